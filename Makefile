@@ -1,0 +1,40 @@
+# One entry point for users and CI. `make test` must work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# Pins every Python package (torch to the CPU build that is on disk here).
+CONSTRAINTS := constraints.txt
+# Extra pytest arguments: make test PYTEST_ARGS="-k storage -x"
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo lint bench clean postgres
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The suite starts its own throwaway PostgreSQL (tests/pgcluster.py); ensure-postgres.sh installs
+# the server binaries if missing. PARETOTUNE_REQUIRE_POSTGRES makes a missing server a failure,
+# never a silent skip.
+test: venv postgres
+	PARETOTUNE_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+postgres:
+	bash scripts/ensure-postgres.sh
+
+lint: venv
+	$(BIN)/ruff check paretotune tests
+	$(BIN)/mypy
+
+demo: venv
+	$(BIN)/paretotune run examples/digits.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache paretotune.db paretotune.db-* .paretotune-cache

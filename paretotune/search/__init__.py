@@ -1,0 +1,31 @@
+"""Studies: ask/tell over a search space, objectives, constraints, Pareto front, hypervolume."""
+
+from __future__ import annotations
+
+from paretotune.search.objectives import METRICS, Constraint
+from paretotune.search.pareto import Front
+from paretotune.search.samplers import register_sampler, sampler_names
+from paretotune.search.study import (
+    PendingTrial,
+    Study,
+    Trial,
+    TrialState,
+    build_spec,
+    create_study_from_spec,
+    load_study_from_store,
+)
+
+__all__ = [
+    "METRICS",
+    "Constraint",
+    "Front",
+    "PendingTrial",
+    "Study",
+    "Trial",
+    "TrialState",
+    "build_spec",
+    "create_study_from_spec",
+    "load_study_from_store",
+    "register_sampler",
+    "sampler_names",
+]

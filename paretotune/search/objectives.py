@@ -1,0 +1,109 @@
+"""The metric vocabulary, objectives and constraints: one set of names everywhere."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from paretotune.errors import ConfigError
+
+#: metric name -> its natural direction ("min" or "max") and what it means
+METRICS: dict[str, tuple[str, str]] = {
+    "latency_p50_ms": ("min", "median latency of one batch, end to end on the engine"),
+    "latency_p90_ms": ("min", "90th percentile latency of one batch"),
+    "latency_p99_ms": ("min", "99th percentile latency (only with >= 100 samples)"),
+    "throughput": ("max", "samples per second at the trial's batch size"),
+    "accuracy": ("max", "the task's metric, higher is better"),
+    "accuracy_drop": ("min", "baseline accuracy minus accuracy"),
+    "speedup": ("max", "baseline latency_p50 / latency_p50 at the same batch size"),
+    "model_bytes": ("min", "size of the built artifact"),
+    "peak_memory_bytes": ("min", "peak resident memory while measuring"),
+    "build_s": ("min", "seconds to build the artifact"),
+    "gpu_memory_bytes": ("min", "GPU memory used while measuring"),
+    "gpu_util": ("max", "GPU utilization while measuring, percent"),
+    "power_w": ("min", "GPU power draw while measuring, watts"),
+}
+#: returned by evaluators for the controller's derived metrics; not an objective by itself
+HELPER_METRICS = ("baseline_latency_p50_ms",)
+DIRECTIONS = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
+OPERATORS = ("<=", ">=")
+
+
+def known_metrics(extra: Iterable[str] = ()) -> list[str]:
+    return [*METRICS, *extra]
+
+
+def check_metric(field: str, name: Any, extra: Sequence[str] = ()) -> str:
+    if name not in METRICS and name not in extra:
+        raise ConfigError(
+            f"{field}: unknown metric {name!r}; known metrics: {known_metrics(extra)} "
+            f"(declare your own with extra_metrics=[...])"
+        )
+    return str(name)
+
+
+def parse_objectives(objectives: Any, extra: Sequence[str] = ()) -> dict[str, str]:
+    """``{"latency_p50_ms": "min", ...}`` or a list of names (natural directions)."""
+    if isinstance(objectives, str) or not isinstance(objectives, (Mapping, list, tuple)):
+        raise ConfigError(
+            f"objectives must be a mapping of metric to 'min'/'max' or a list of metrics, got {objectives!r}"
+        )
+    if not objectives:
+        raise ConfigError("objectives must name at least one metric")
+    items = (
+        objectives.items()
+        if isinstance(objectives, Mapping)
+        else [(n, METRICS[n][0] if n in METRICS else None) for n in objectives]
+    )
+    out: dict[str, str] = {}
+    for name, direction in items:
+        check_metric("objectives", name, extra)
+        if direction not in DIRECTIONS:
+            raise ConfigError(
+                f"objectives.{name}: direction must be 'min' or 'max', got {direction!r}"
+            )
+        out[name] = "min" if DIRECTIONS[direction] == "minimize" else "max"
+    return out
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric op bound``, for example ``accuracy_drop <= 0.01``."""
+
+    metric: str
+    op: str
+    bound: float
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 when satisfied, the size of the violation otherwise."""
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+    def holds(self, value: float) -> bool:
+        return self.violation(value) <= 0
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+def parse_constraints(constraints: Any, extra: Sequence[str] = ()) -> list[Constraint]:
+    """``{"accuracy_drop": ("<=", 0.01)}``."""
+    if constraints is None:
+        return []
+    if not isinstance(constraints, Mapping):
+        raise ConfigError(
+            f"constraints must be a mapping of metric to (op, bound), got {constraints!r}"
+        )
+    out = []
+    for name, rule in constraints.items():
+        check_metric("constraints", name, extra)
+        if not isinstance(rule, (list, tuple)) or len(rule) != 2:
+            raise ConfigError(f"constraints.{name} must be (op, bound) such as ('<=', 0.01), got {rule!r}")
+        op, bound = rule
+        if op not in OPERATORS:
+            raise ConfigError(f"constraints.{name}: operator must be one of {list(OPERATORS)}, got {op!r}")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            raise ConfigError(f"constraints.{name}: bound must be a finite number, got {bound!r}")
+        out.append(Constraint(str(name), op, float(bound)))
+    return out

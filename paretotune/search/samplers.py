@@ -1,0 +1,99 @@
+"""Sampler registry: a name (and options) -> an Optuna sampler.
+
+Every registered sampler handles two and three objectives, takes a seed, and receives the
+study's constraints where Optuna supports them (infeasible trials are kept but ranked last).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from paretotune.errors import ConfigError
+
+ConstraintsFunc = Callable[[optuna.trial.FrozenTrial], list[float]]
+SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
+
+_REGISTRY: dict[str, SamplerFactory] = {}
+DEFAULT_SAMPLER = "tpe"
+
+
+def register_sampler(name: str, factory: SamplerFactory) -> None:
+    """Add a sampler. A name already taken is an error, never a silent overwrite."""
+    if name in _REGISTRY:
+        raise ConfigError(f"sampler {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def sampler_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_sampler(
+    spec: str | Mapping[str, Any],
+    *,
+    seed: int | None,
+    constraints_func: ConstraintsFunc | None,
+) -> optuna.samplers.BaseSampler:
+    """``"tpe"`` or ``{"name": "nsga2", "population_size": 20}``."""
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        name = options.pop("name", None)
+    else:
+        name, options = spec, {}
+    if name not in _REGISTRY:
+        raise ConfigError(f"sampler: unknown name {name!r}; valid samplers: {sampler_names()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _REGISTRY[name](seed=seed, constraints_func=constraints_func, **options)
+    except TypeError as exc:
+        raise ConfigError(f"sampler {name!r}: bad option ({exc})") from None
+
+
+def _tpe(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+    # Multivariate + group models the joint (conditional) space; constant_liar keeps parallel
+    # workers from proposing the same point while trials are still running.
+    kw: dict[str, Any] = {"multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 10}
+    kw.update(opts)
+    return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func, **kw)
+
+
+def _nsga2(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+    kw: dict[str, Any] = {"population_size": 20}
+    kw.update(opts)
+    return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func, **kw)
+
+
+def _nsga3(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+    kw: dict[str, Any] = {"population_size": 20}
+    kw.update(opts)
+    return optuna.samplers.NSGAIIISampler(seed=seed, constraints_func=constraints_func, **kw)
+
+
+def _gp(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func, **opts)
+
+
+def _random(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed, **opts)
+
+
+def _grid(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+    # Optuna's GridSampler needs a fixed, unconditional grid; BruteForceSampler enumerates a
+    # define-by-run (conditional) discrete space exhaustively, which is what a grid means here.
+    return optuna.samplers.BruteForceSampler(seed=seed, **opts)
+
+
+for _name, _factory in {
+    "tpe": _tpe,
+    "nsga2": _nsga2,
+    "nsga3": _nsga3,
+    "gp": _gp,
+    "random": _random,
+    "grid": _grid,
+}.items():
+    register_sampler(_name, _factory)

@@ -1,0 +1,513 @@
+"""`Study`: an Optuna multi-objective study bound to a search space and the study store.
+
+The study asks the sampler for points, resolves them into Configs, and tells results back with
+their state: COMPLETE with metrics, FAIL with a reason, or INVALID (a forbidden combination,
+never built) with a reason. The baseline (unoptimized) configuration is enqueued first, so the
+relative metrics `accuracy_drop` and `speedup` have a reference.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState as OptunaState
+
+from paretotune.errors import ConfigError, InvalidConfigError, StudyError
+from paretotune.search.objectives import (
+    HELPER_METRICS,
+    Constraint,
+    parse_constraints,
+    parse_objectives,
+)
+from paretotune.search.pareto import Front, finite, hypervolume, non_dominated, reference_point, to_loss
+from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, sampler_names
+from paretotune.space import Config, SearchSpace
+from paretotune.storage import StudyStore
+
+log = logging.getLogger(__name__)
+
+SPEC_VERSION = 1
+SPEC_KEYS = {
+    "version", "space", "objectives", "constraints", "sampler", "seed", "task",
+    "extra_metrics", "trial_timeout_s", "max_failures",
+}
+#: seconds a trial waits at tell-time for the baseline to finish (derived metrics need it)
+BASELINE_WAIT_S = 3600.0
+#: consecutive forbidden proposals before the sampler is declared stuck
+MAX_INVALID_STREAK = 200
+DEFAULT_TRIAL_TIMEOUT_S = 1800.0
+
+
+class TrialState(str, enum.Enum):
+    COMPLETE = "COMPLETE"
+    FAIL = "FAIL"
+    INVALID = "INVALID"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial as users see it: number, state, config, metrics and, if it failed, why."""
+
+    number: int
+    state: TrialState
+    config: Config | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    feasible: bool | None = None
+    is_baseline: bool = False
+    duration_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "state": self.state.value,
+            "config": None if self.config is None else self.config.to_dict(),
+            "metrics": dict(self.metrics),
+            "reason": self.reason,
+            "feasible": self.feasible,
+            "is_baseline": self.is_baseline,
+            "duration_s": self.duration_s,
+        }
+
+
+@dataclass
+class PendingTrial:
+    """A trial handed out by ``Study.ask`` and not yet told."""
+
+    number: int
+    config: Config
+    is_baseline: bool
+    _optuna_trial: optuna.trial.Trial
+
+
+def worker_seed(seed: int | None, worker: str) -> int | None:
+    """Each worker process gets its own stream, so parallel workers don't propose alike."""
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + zlib.crc32(worker.encode())) % (2**31)
+
+
+class Study:
+    """A multi-objective study in a study store. Create with ``create_study``, reopen with
+    ``load_study``; every process (controller, workers) holds its own ``Study`` object."""
+
+    def __init__(self, name: str, store: StudyStore, spec: dict[str, Any], *, worker: str = "main") -> None:
+        self.name = name
+        self.store = store
+        self.spec = spec
+        self.space = SearchSpace.from_dict(spec["space"])
+        extra = list(spec.get("extra_metrics") or [])
+        self.objectives: dict[str, str] = parse_objectives(spec["objectives"], extra)
+        self.constraints: list[Constraint] = parse_constraints(
+            {k: tuple(v) for k, v in (spec.get("constraints") or {}).items()}, extra
+        )
+        self.trial_timeout_s = float(spec.get("trial_timeout_s") or DEFAULT_TRIAL_TIMEOUT_S)
+        self.task_path: str | None = spec.get("task")
+        sampler = make_sampler(
+            spec.get("sampler") or DEFAULT_SAMPLER,
+            seed=worker_seed(spec.get("seed"), worker),
+            constraints_func=self._constraints_func if self.constraints else None,
+        )
+        try:
+            self._optuna = optuna.load_study(
+                study_name=name, storage=store.optuna_storage(), sampler=sampler
+            )
+        except KeyError:
+            raise StudyError(f"study {name!r} has no Optuna record in {store.masked_url}") from None
+        self._baseline_cache: Trial | None = None
+
+    def __repr__(self) -> str:
+        return f"Study({self.name!r}, storage={self.store.masked_url!r})"
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def optuna_study(self) -> optuna.Study:
+        """The underlying Optuna study (metric names are set, so Optuna's tools show them)."""
+        return self._optuna
+
+    @property
+    def directions(self) -> list[str]:
+        return list(self.objectives.values())
+
+    def _constraints_func(self, frozen: optuna.trial.FrozenTrial) -> list[float]:
+        metrics = frozen.user_attrs.get("metrics") or {}
+        return [c.violation(metrics[c.metric]) if c.metric in metrics else 1.0 for c in self.constraints]
+
+    def is_feasible(self, metrics: Mapping[str, float]) -> bool:
+        return all(c.metric in metrics and c.holds(metrics[c.metric]) for c in self.constraints)
+
+    # -- trials -----------------------------------------------------------------------------------
+    def _to_trial(self, ft: optuna.trial.FrozenTrial) -> Trial:
+        attrs = ft.user_attrs
+        config = Config.from_json(attrs["config"]) if "config" in attrs else None
+        if config is None and ft.params:
+            try:
+                config = self.space.from_params(ft.params)
+            except (ConfigError, InvalidConfigError):
+                config = None
+        metrics = dict(attrs.get("metrics") or {})
+        if ft.state == OptunaState.COMPLETE:
+            state, reason = TrialState.COMPLETE, None
+        elif ft.state == OptunaState.PRUNED:
+            state, reason = TrialState.INVALID, attrs.get("invalid_reason", "pruned")
+        elif ft.state == OptunaState.FAIL:
+            state, reason = TrialState.FAIL, attrs.get("fail_reason", "failed (no reason recorded)")
+        elif ft.state == OptunaState.RUNNING:
+            state, reason = TrialState.RUNNING, None
+        else:
+            state, reason = TrialState.WAITING, None
+        duration = (
+            (ft.datetime_complete - ft.datetime_start).total_seconds()
+            if ft.datetime_complete and ft.datetime_start
+            else None
+        )
+        return Trial(
+            number=ft.number,
+            state=state,
+            config=config,
+            metrics=metrics,
+            reason=reason,
+            feasible=self.is_feasible(metrics) if state == TrialState.COMPLETE else None,
+            is_baseline=bool(attrs.get("baseline")),
+            duration_s=duration,
+        )
+
+    @property
+    def trials(self) -> list[Trial]:
+        return [self._to_trial(ft) for ft in self._optuna.get_trials(deepcopy=False)]
+
+    def trial(self, number: int) -> Trial:
+        for t in self.trials:
+            if t.number == number:
+                return t
+        raise StudyError(f"study {self.name!r} has no trial {number}")
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in TrialState}
+        for t in self.trials:
+            out[t.state.value] += 1
+        return out
+
+    def baseline_trial(self) -> Trial | None:
+        """The completed baseline trial, or None while it hasn't completed."""
+        if self._baseline_cache is not None:
+            return self._baseline_cache
+        for t in self.trials:
+            if t.is_baseline and t.state == TrialState.COMPLETE:
+                self._baseline_cache = t
+                return t
+        return None
+
+    def _baseline_state(self) -> TrialState | None:
+        states = [t.state for t in self.trials if t.is_baseline]
+        if TrialState.COMPLETE in states:
+            return TrialState.COMPLETE
+        return states[-1] if states else None
+
+    def enqueue_baseline(self) -> None:
+        """Queue the baseline (unless one already completed or waits): it runs before the rest."""
+        if self._baseline_state() in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING):
+            return
+        self._optuna.enqueue_trial(
+            self.space.to_params(self.space.baseline()),
+            user_attrs={"baseline": True},
+            skip_if_exists=False,
+        )
+
+    # -- ask / tell -----------------------------------------------------------------------------
+    def ask(self) -> PendingTrial:
+        """The next config to evaluate. Forbidden proposals are recorded INVALID and skipped."""
+        for _ in range(MAX_INVALID_STREAK):
+            ot = self._optuna.ask()
+            try:
+                config = self.space.suggest(ot)
+            except InvalidConfigError as exc:
+                ot.set_user_attr("invalid_reason", str(exc))
+                self._optuna.tell(ot, state=OptunaState.PRUNED)
+                log.debug("trial %d invalid: %s", ot.number, exc)
+                continue
+            ot.set_user_attr("config", config.to_json())
+            return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)
+        raise StudyError(
+            f"the sampler proposed {MAX_INVALID_STREAK} forbidden configs in a row; "
+            "check the space's `forbidden` rules"
+        )
+
+    def tell_invalid(self, pending: PendingTrial, reason: str) -> Trial:
+        pending._optuna_trial.set_user_attr("invalid_reason", reason)
+        self._optuna.tell(pending._optuna_trial, state=OptunaState.PRUNED)
+        return self.trial(pending.number)
+
+    def tell_failure(self, pending: PendingTrial, reason: str) -> Trial:
+        pending._optuna_trial.set_user_attr("fail_reason", reason)
+        self._optuna.tell(pending._optuna_trial, state=OptunaState.FAIL)
+        log.info("trial %d FAIL: %s", pending.number, reason)
+        return self.trial(pending.number)
+
+    def tell(
+        self,
+        pending: PendingTrial,
+        metrics: Mapping[str, Any],
+        details: Mapping[str, Any] | None = None,
+        *,
+        baseline_wait_s: float = BASELINE_WAIT_S,
+    ) -> Trial:
+        """Record a finished evaluation. Non-finite metrics make the trial FAIL; an objective
+        the evaluator never returns stops the study (every later trial would fail alike)."""
+        metrics = dict(metrics)
+        bad = finite(metrics)
+        if bad:
+            return self.tell_failure(pending, bad)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        derived_reason = self._derive(pending, metrics, baseline_wait_s)
+        needed = list(self.objectives) + [c.metric for c in self.constraints]
+        missing = [m for m in needed if m not in metrics]
+        if missing:
+            got = sorted(k for k in metrics if k not in HELPER_METRICS)
+            reason = (
+                f"the evaluator did not return {missing} (needed by the objectives/constraints); "
+                f"it returned {got}"
+            )
+            if derived_reason and set(missing) <= {"accuracy_drop", "speedup"}:
+                return self.tell_failure(pending, derived_reason)
+            self.tell_failure(pending, reason)
+            self.store.stop_study(self.name, reason)
+            raise StudyError(f"study {self.name!r} stopped: {reason}")
+        self.store.record_measurement(
+            self.name, pending.number, pending.config.hash, pending.config.to_json(),
+            metrics, dict(details or {}),
+        )
+        ot = pending._optuna_trial
+        ot.set_user_attr("metrics", metrics)
+        self._optuna.tell(ot, [metrics[m] for m in self.objectives])
+        return self.trial(pending.number)
+
+    def _derive(self, pending: PendingTrial, metrics: dict[str, float], wait_s: float) -> str | None:
+        """Fill in accuracy_drop and speedup against the baseline. Returns why not, if not."""
+        if pending.is_baseline:
+            base: Trial | None = Trial(pending.number, TrialState.COMPLETE, pending.config, dict(metrics))
+        else:
+            base = self._wait_for_baseline(wait_s)
+        if base is None:
+            return "the baseline trial did not complete, so relative metrics are unavailable"
+        if "accuracy" in metrics and "accuracy" in base.metrics:
+            metrics["accuracy_drop"] = base.metrics["accuracy"] - metrics["accuracy"]
+        lat = metrics.get("latency_p50_ms")
+        ref = metrics.get("baseline_latency_p50_ms")
+        if ref is None and base.config is not None and base.config.get("batch_size") == pending.config.get("batch_size"):
+            ref = base.metrics.get("latency_p50_ms")
+        if lat and ref:
+            metrics["speedup"] = ref / lat
+        return None
+
+    def _wait_for_baseline(self, wait_s: float) -> Trial | None:
+        deadline = time.monotonic() + wait_s
+        delay = 0.05
+        while True:
+            base = self.baseline_trial()
+            if base is not None:
+                return base
+            state = self._baseline_state()
+            if state in (TrialState.FAIL, TrialState.INVALID, None) or time.monotonic() > deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- results -----------------------------------------------------------------------------
+    def completed(self) -> list[Trial]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE]
+
+    def pareto_front(self) -> Front:
+        """Feasible, non-dominated, completed trials (ordered by trial number)."""
+        feasible = [t for t in self.completed() if t.feasible]
+        if not feasible:
+            return Front([], self.objectives)
+        losses = np.array([self._loss(t) for t in feasible])
+        mask = non_dominated(losses)
+        return Front([t for t, keep in zip(feasible, mask) if keep], self.objectives)
+
+    def _loss(self, t: Trial) -> list[float]:
+        return to_loss([t.metrics[m] for m in self.objectives], self.directions)
+
+    def reference_point(self) -> np.ndarray | None:
+        """10% worse than the baseline in every objective (see ``pareto.reference_point``)."""
+        base = self.baseline_trial()
+        if base is None:
+            return None
+        return reference_point(self._loss(base))
+
+    def hypervolume(self, trials: Sequence[Trial] | None = None) -> float:
+        """Hypervolume of the feasible completed trials (or ``trials``) w.r.t. the reference."""
+        ref = self.reference_point()
+        if ref is None:
+            raise StudyError(f"study {self.name!r}: no completed baseline, so no reference point")
+        pts = [self._loss(t) for t in (trials if trials is not None else self.completed()) if t.feasible]
+        return hypervolume(np.array(pts), ref) if pts else 0.0
+
+    def hypervolume_history(self) -> list[tuple[int, float]]:
+        """(trial number, hypervolume of the feasible front so far) for each completed trial."""
+        ref = self.reference_point()
+        if ref is None:
+            return []
+        out, pts = [], []
+        for t in sorted(self.completed(), key=lambda t: t.number):
+            if t.feasible:
+                pts.append(self._loss(t))
+            out.append((t.number, hypervolume(np.array(pts), ref) if pts else 0.0))
+        return out
+
+    # -- running ------------------------------------------------------------------------------
+    def optimize(
+        self,
+        evaluator: Callable[[Config], Any] | Any | None = None,
+        n_trials: int = 20,
+        *,
+        n_workers: int = 1,
+        backend: str = "local",
+        timeout_s: float | None = None,
+        show_progress: bool | None = None,
+        **backend_options: Any,
+    ) -> Study:
+        """Run until the study holds ``n_trials`` completed trials (the baseline included).
+
+        ``n_trials`` is a total, so calling again after an interruption resumes where it
+        stopped. ``evaluator``: a ``pt.Task``, any ``callable(config) -> dict of metrics``, or
+        None to load the task import path stored with the study.
+        """
+        from paretotune.workers import run_study  # the one late import into workers/
+
+        run_study(
+            self,
+            evaluator,
+            n_trials=n_trials,
+            n_workers=n_workers,
+            backend=backend,
+            trial_timeout_s=timeout_s,
+            show_progress=show_progress,
+            **backend_options,
+        )
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        counts = self.counts()
+        front = self.pareto_front()
+        try:
+            hv: float | None = self.hypervolume()
+        except StudyError:
+            hv = None
+        return {
+            "name": self.name,
+            "storage": self.store.masked_url,
+            "objectives": self.objectives,
+            "constraints": [str(c) for c in self.constraints],
+            "sampler": self.spec.get("sampler"),
+            "trials": counts,
+            "front_size": len(front),
+            "hypervolume": hv,
+            "stopped_reason": self.store.stopped_reason(self.name),
+        }
+
+
+def build_spec(
+    *,
+    space: SearchSpace,
+    objectives: Any,
+    constraints: Any = None,
+    sampler: str | Mapping[str, Any] = DEFAULT_SAMPLER,
+    seed: int | None = None,
+    task: str | None = None,
+    extra_metrics: Sequence[str] = (),
+    trial_timeout_s: float | None = None,
+    max_failures: int | None = None,
+) -> dict[str, Any]:
+    """Validate the pieces of a study and return the spec stored with it (JSON-able)."""
+    if not isinstance(space, SearchSpace):
+        raise ConfigError(f"space must be a paretotune.SearchSpace, got {type(space).__name__}")
+    if not space.is_bound:
+        raise ConfigError(
+            "space: a PerLayer dimension has layers='auto' but no task to take the layers from; "
+            "pass task=... or bind the space with space.bind(layers)"
+        )
+    extra = list(extra_metrics)
+    objs = parse_objectives(objectives, extra)
+    cons = parse_constraints(constraints, extra)
+    name = sampler.get("name") if isinstance(sampler, Mapping) else sampler
+    if name not in sampler_names():
+        raise ConfigError(f"sampler: unknown name {name!r}; valid samplers: {sampler_names()}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"seed must be an integer or None, got {seed!r}")
+    if trial_timeout_s is not None and not (isinstance(trial_timeout_s, (int, float)) and trial_timeout_s > 0):
+        raise ConfigError(f"trial_timeout_s must be a positive number of seconds, got {trial_timeout_s!r}")
+    if max_failures is not None and not (isinstance(max_failures, int) and max_failures >= 1):
+        raise ConfigError(f"max_failures must be an integer >= 1, got {max_failures!r}")
+    return {
+        "version": SPEC_VERSION,
+        "space": space.to_dict(),
+        "objectives": objs,
+        "constraints": {c.metric: [c.op, c.bound] for c in cons},
+        "sampler": dict(sampler) if isinstance(sampler, Mapping) else sampler,
+        "seed": seed,
+        "task": task,
+        "extra_metrics": extra,
+        "trial_timeout_s": trial_timeout_s,
+        "max_failures": max_failures,
+    }
+
+
+def _spec_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True))
+
+
+def create_study_from_spec(
+    name: str, store: StudyStore, spec: dict[str, Any], *, load_if_exists: bool = False
+) -> Study:
+    """Create the study (Optuna record, stored spec, queued baseline) or reopen it.
+
+    An existing study with the same spec is reopened. One with a different spec is an error
+    unless ``load_if_exists`` asks to load it as it is (its stored spec wins).
+    """
+    if not isinstance(name, str) or not name.strip() or len(name) > 512:
+        raise ConfigError(f"study name must be a non-empty string of at most 512 characters, got {name!r}")
+    existing = store.load_spec(name)
+    if existing is not None:
+        diff = _spec_diff(existing, spec)
+        if diff and not load_if_exists:
+            raise StudyError(
+                f"study {name!r} already exists in {store.masked_url} with a different spec "
+                f"(differs in: {', '.join(diff)}); use another name, or load_if_exists=True "
+                f"(CLI: --load-if-exists) to continue the stored one"
+            )
+        if diff:
+            log.warning("study %r exists; loading its stored spec (differs in %s)", name, ", ".join(diff))
+        study = Study(name, store, existing)
+        study.enqueue_baseline()
+        return study
+    directions = ["minimize" if d == "min" else "maximize" for d in spec["objectives"].values()]
+    ostudy = optuna.create_study(
+        study_name=name, storage=store.optuna_storage(), directions=directions, load_if_exists=True
+    )
+    ostudy.set_metric_names(list(spec["objectives"]))
+    store.save_spec(name, spec)
+    study = Study(name, store, spec)
+    study.enqueue_baseline()
+    return study
+
+
+def load_study_from_store(name: str, store: StudyStore, *, worker: str = "main") -> Study:
+    spec = store.load_spec(name)
+    if spec is None:
+        known = store.study_names()
+        raise StudyError(f"no study named {name!r} in {store.masked_url}; studies there: {known}")
+    return Study(name, store, spec, worker=worker)

@@ -1,0 +1,8 @@
+"""The SQL study store: Optuna's RDB storage plus paretotune's own tables."""
+
+from __future__ import annotations
+
+from paretotune.storage.engine import DEFAULT_URL, mask, resolve_url
+from paretotune.storage.store import StudyStore
+
+__all__ = ["DEFAULT_URL", "StudyStore", "mask", "resolve_url"]

@@ -1,0 +1,125 @@
+"""SQLAlchemy engines from a URL, with the settings each backend needs, and password masking.
+
+SQLite is the embedded default (WAL, a busy timeout, immediate write transactions so that
+budget claims serialize). PostgreSQL is the shared store (pre-ping, a bounded pool per
+process, a connect timeout so an unreachable server fails fast).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from paretotune.errors import StorageError
+
+DEFAULT_URL = "sqlite:///paretotune.db"
+#: seconds a new PostgreSQL connection may take before we call the store unreachable
+CONNECT_TIMEOUT_S = 5
+#: seconds SQLite waits on a locked database before giving up
+SQLITE_BUSY_TIMEOUT_S = 60
+#: per-process pool bound for PostgreSQL: pool_size + max_overflow connections at most
+POOL_SIZE = 2
+MAX_OVERFLOW = 2
+
+_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
+_PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2")
+
+
+def resolve_url(url: str | None) -> str:
+    """``None`` means the embedded default, ``sqlite:///paretotune.db``."""
+    if url is None:
+        return DEFAULT_URL
+    if not isinstance(url, str) or not url.strip():
+        raise StorageError(f"storage: expected a database URL such as {DEFAULT_URL!r}, got {url!r}")
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StorageError(f"storage: {mask(url)!r} is not a database URL ({mask(str(exc))})") from None
+    if parsed.drivername not in SUPPORTED_SCHEMES:
+        raise StorageError(
+            f"storage: scheme {parsed.drivername!r} of {mask(url)!r} is not supported; "
+            f"use one of {list(SUPPORTED_SCHEMES)}"
+        )
+    return url
+
+
+def driver_url(url: str) -> str:
+    """The URL SQLAlchemy should use: a bare ``postgresql://`` means psycopg2 (the driver we
+    ship), since SQLAlchemy 2.1 would otherwise pick psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+def mask(text: str) -> str:
+    """Replace every password in ``text`` (URLs and ``password=...`` pairs) with ``***``."""
+    text = _PASSWORD_RE.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _PASSWORD_KV_RE.sub(lambda m: f"{m.group(1)}***", text)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """Keyword arguments for ``sqlalchemy.create_engine`` (also given to Optuna's RDBStorage)."""
+    if is_sqlite(url):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": POOL_SIZE,
+        "max_overflow": MAX_OVERFLOW,
+        "pool_recycle": 300,
+        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "paretotune"},
+    }
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def enable_wal(engine: sa.Engine) -> None:
+    """WAL and a busy timeout on every new SQLite connection of ``engine``."""
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+
+
+def create_engine(url: str | None) -> sa.Engine:
+    """An engine for our own tables. On SQLite every transaction is ``BEGIN IMMEDIATE``,
+    so read-then-write sequences (budget claims) serialize instead of failing."""
+    url = resolve_url(url)
+    engine = sa.create_engine(driver_url(url), **engine_kwargs(url))
+    if is_sqlite(url):
+        enable_wal(engine)
+
+        @sa.event.listens_for(engine, "connect")
+        def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin_immediate(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def check_reachable(engine: sa.Engine) -> None:
+    """Connect once; an unreachable or refusing store becomes a StorageError, password masked."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.DBAPIError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise StorageError(
+            f"cannot reach the study store at {engine.url.render_as_string(hide_password=True)}: "
+            f"{mask(detail)}"
+        ) from None

@@ -1,0 +1,280 @@
+"""`StudyStore`: Optuna's RDB storage plus the project's own tables, on one database.
+
+Invariants:
+- Thread- and process-safe: every method is one short transaction; several processes on
+  several machines may share a store.
+- Budget claims serialize (a locked study row on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite),
+  so N workers never complete more trials than the budget.
+- A measurement row, once written, is never changed or deleted.
+- Nothing returned or raised here contains the database password.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from paretotune.errors import StorageError, StudyError
+from paretotune.storage.engine import (
+    check_reachable,
+    create_engine,
+    driver_url,
+    enable_wal,
+    engine_kwargs,
+    is_sqlite,
+    mask,
+    resolve_url,
+)
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+studies_table = sa.Table(
+    "pt_studies",
+    metadata,
+    sa.Column("name", sa.String(512), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("stopped_reason", sa.Text, nullable=True),
+)
+
+#: One row per budget slot a worker holds. ``active`` while its trial runs, then ``done``
+#: (the trial completed: it counts against the budget) or ``released`` (failed or invalid:
+#: the slot goes back).
+claims_table = sa.Table(
+    "pt_claims",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study", sa.String(512), nullable=False, index=True),
+    sa.Column("worker", sa.String(256), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("trial_number", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+)
+
+measurements_table = sa.Table(
+    "pt_measurements",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study", sa.String(512), nullable=False, index=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("config_hash", sa.String(64), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("study", "trial_number", name="uq_pt_measurements_trial"),
+)
+
+ACTIVE, DONE, RELEASED = "active", "done", "released"
+
+
+def _wrap(exc: Exception, what: str) -> StorageError:
+    return StorageError(f"{what}: {mask(str(exc).splitlines()[0])}")
+
+
+class StudyStore:
+    """One study store, addressed by URL (``None`` = ``sqlite:///paretotune.db``)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = resolve_url(url)
+        self.engine = create_engine(self.url)
+        check_reachable(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _wrap(exc, f"cannot create tables in {self.masked_url}") from None
+        self._optuna: Any = None
+
+    @property
+    def masked_url(self) -> str:
+        return mask(self.url)
+
+    def __repr__(self) -> str:
+        return f"StudyStore({self.masked_url!r})"
+
+    def optuna_storage(self) -> Any:
+        """Optuna's RDBStorage on the same database (created once per store object)."""
+        if self._optuna is None:
+            import optuna
+
+            try:
+                storage = optuna.storages.RDBStorage(driver_url(self.url), engine_kwargs=engine_kwargs(self.url))
+            except Exception as exc:  # optuna wraps driver errors in several ways
+                raise _wrap(exc, f"cannot open Optuna storage at {self.masked_url}") from None
+            if is_sqlite(self.url):
+                enable_wal(storage.engine)
+            self._optuna = storage
+        return self._optuna
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self._optuna is not None:
+            self._optuna.engine.dispose()
+
+    # -- study specs ----------------------------------------------------------------------------
+    def save_spec(self, name: str, spec: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                studies_table.insert().values(
+                    name=name, spec=json.dumps(spec, sort_keys=True), created_at=time.time()
+                )
+            )
+
+    def load_spec(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(studies_table.c.spec).where(studies_table.c.name == name)
+            ).first()
+        return None if row is None else json.loads(row[0])
+
+    def study_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(studies_table.c.name).order_by(studies_table.c.created_at))]
+
+    def stop_study(self, name: str, reason: str) -> None:
+        """Mark the study stopped: every worker stops claiming (a fatal spec error, say)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                studies_table.update()
+                .where(studies_table.c.name == name, studies_table.c.stopped_reason.is_(None))
+                .values(stopped_reason=reason)
+            )
+
+    def clear_stop(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(studies_table.update().where(studies_table.c.name == name).values(stopped_reason=None))
+
+    def stopped_reason(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(studies_table.c.stopped_reason).where(studies_table.c.name == name)
+            ).first()
+        return None if row is None else row[0]
+
+    # -- budget claims ----------------------------------------------------------------------------
+    def claim(self, study: str, worker: str, target: int) -> int | None:
+        """Take one budget slot if ``done + active < target`` and the study isn't stopped.
+
+        Returns the claim id, or None when the budget is spoken for.
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(studies_table.c.stopped_reason)
+                .where(studies_table.c.name == study)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise StudyError(f"study {study!r} does not exist in {self.masked_url}")
+            if row[0] is not None:
+                return None
+            taken = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(claims_table)
+                .where(claims_table.c.study == study, claims_table.c.state.in_([ACTIVE, DONE]))
+            ).scalar_one()
+            if taken >= target:
+                return None
+            result = conn.execute(
+                claims_table.insert().values(
+                    study=study, worker=worker, state=ACTIVE, created_at=now, heartbeat_at=now
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def bind_claim(self, claim_id: int, trial_number: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                claims_table.update().where(claims_table.c.id == claim_id).values(trial_number=trial_number)
+            )
+
+    def finish_claim(self, claim_id: int, *, completed: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                claims_table.update()
+                .where(claims_table.c.id == claim_id, claims_table.c.state == ACTIVE)
+                .values(state=DONE if completed else RELEASED)
+            )
+
+    def heartbeat(self, claim_ids: Iterable[int]) -> None:
+        ids = list(claim_ids)
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                claims_table.update().where(claims_table.c.id.in_(ids)).values(heartbeat_at=time.time())
+            )
+
+    def stale_claims(self, study: str, grace_s: float) -> list[dict[str, Any]]:
+        """Active claims whose worker has not heartbeated for ``grace_s`` seconds."""
+        cutoff = time.time() - grace_s
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(claims_table).where(
+                    claims_table.c.study == study,
+                    claims_table.c.state == ACTIVE,
+                    claims_table.c.heartbeat_at < cutoff,
+                )
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def claim_counts(self, study: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(claims_table.c.state, sa.func.count())
+                .where(claims_table.c.study == study)
+                .group_by(claims_table.c.state)
+            ).all()
+        counts = {ACTIVE: 0, DONE: 0, RELEASED: 0}
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    # -- measurements ---------------------------------------------------------------------------
+    def record_measurement(
+        self,
+        study: str,
+        trial_number: int,
+        config_hash: str,
+        config_json: str,
+        metrics: dict[str, float],
+        details: dict[str, Any],
+    ) -> None:
+        """Keep the raw measurement; a second write for the same trial is ignored."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    measurements_table.insert().values(
+                        study=study,
+                        trial_number=trial_number,
+                        config_hash=config_hash,
+                        config=config_json,
+                        metrics=json.dumps(metrics, sort_keys=True),
+                        details=json.dumps(details, sort_keys=True, default=str),
+                        created_at=time.time(),
+                    )
+                )
+        except sa.exc.IntegrityError:
+            log.debug("measurement for trial %d of %s already stored", trial_number, study)
+
+    def measurements(self, study: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(measurements_table)
+                .where(measurements_table.c.study == study)
+                .order_by(measurements_table.c.trial_number)
+            ).mappings()
+            out = []
+            for r in rows:
+                d = dict(r)
+                d["metrics"] = json.loads(d["metrics"])
+                d["details"] = json.loads(d["details"])
+                out.append(d)
+            return out
