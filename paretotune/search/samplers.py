@@ -1,7 +1,8 @@
 """Sampler registry: a name (and options) -> an Optuna sampler.
 
-Every registered sampler handles two and three objectives, takes a seed, and receives the
-study's constraints where Optuna supports them (infeasible trials are kept but ranked last).
+Every registered sampler handles two and three objectives and takes a seed. Constraints reach
+the samplers that use them through ``Trial.set_constraint`` at tell time (infeasible trials are
+kept, but ranked behind feasible ones).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import optuna
 
 from paretotune.errors import ConfigError
 
-ConstraintsFunc = Callable[[optuna.trial.FrozenTrial], list[float]]
 SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
 
 _REGISTRY: dict[str, SamplerFactory] = {}
@@ -36,7 +36,6 @@ def make_sampler(
     spec: str | Mapping[str, Any],
     *,
     seed: int | None,
-    constraints_func: ConstraintsFunc | None,
 ) -> optuna.samplers.BaseSampler:
     """``"tpe"`` or ``{"name": "nsga2", "population_size": 20}``."""
     if isinstance(spec, Mapping):
@@ -49,40 +48,40 @@ def make_sampler(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _REGISTRY[name](seed=seed, constraints_func=constraints_func, **options)
+            return _REGISTRY[name](seed=seed, **options)
     except TypeError as exc:
         raise ConfigError(f"sampler {name!r}: bad option ({exc})") from None
 
 
-def _tpe(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+def _tpe(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     # Multivariate + group models the joint (conditional) space; constant_liar keeps parallel
     # workers from proposing the same point while trials are still running.
     kw: dict[str, Any] = {"multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 10}
     kw.update(opts)
-    return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func, **kw)
+    return optuna.samplers.TPESampler(seed=seed, **kw)
 
 
-def _nsga2(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+def _nsga2(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     kw: dict[str, Any] = {"population_size": 20}
     kw.update(opts)
-    return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func, **kw)
+    return optuna.samplers.NSGAIISampler(seed=seed, **kw)
 
 
-def _nsga3(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+def _nsga3(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     kw: dict[str, Any] = {"population_size": 20}
     kw.update(opts)
-    return optuna.samplers.NSGAIIISampler(seed=seed, constraints_func=constraints_func, **kw)
+    return optuna.samplers.NSGAIIISampler(seed=seed, **kw)
 
 
-def _gp(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func, **opts)
+def _gp(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, **opts)
 
 
-def _random(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+def _random(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed, **opts)
 
 
-def _grid(*, seed: int | None, constraints_func: ConstraintsFunc | None, **opts: Any) -> optuna.samplers.BaseSampler:
+def _grid(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     # Optuna's GridSampler needs a fixed, unconditional grid; BruteForceSampler enumerates a
     # define-by-run (conditional) discrete space exhaustively, which is what a grid means here.
     return optuna.samplers.BruteForceSampler(seed=seed, **opts)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import math
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +29,14 @@ from paretotune.search.objectives import (
     parse_constraints,
     parse_objectives,
 )
-from paretotune.search.pareto import Front, finite, hypervolume, non_dominated, reference_point, to_loss
+from paretotune.search.pareto import (
+    Front,
+    finite,
+    hypervolume,
+    non_dominated,
+    reference_point,
+    to_loss,
+)
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, sampler_names
 from paretotune.space import Config, SearchSpace
 from paretotune.storage import StudyStore
@@ -118,7 +125,6 @@ class Study:
         sampler = make_sampler(
             spec.get("sampler") or DEFAULT_SAMPLER,
             seed=worker_seed(spec.get("seed"), worker),
-            constraints_func=self._constraints_func if self.constraints else None,
         )
         try:
             self._optuna = optuna.load_study(
@@ -127,6 +133,8 @@ class Study:
         except KeyError:
             raise StudyError(f"study {name!r} has no Optuna record in {store.masked_url}") from None
         self._baseline_cache: Trial | None = None
+        #: the task object given at creation, used when optimize() gets no evaluator
+        self.task: Any = None
 
     def __repr__(self) -> str:
         return f"Study({self.name!r}, storage={self.store.masked_url!r})"
@@ -140,10 +148,6 @@ class Study:
     @property
     def directions(self) -> list[str]:
         return list(self.objectives.values())
-
-    def _constraints_func(self, frozen: optuna.trial.FrozenTrial) -> list[float]:
-        metrics = frozen.user_attrs.get("metrics") or {}
-        return [c.violation(metrics[c.metric]) if c.metric in metrics else 1.0 for c in self.constraints]
 
     def is_feasible(self, metrics: Mapping[str, float]) -> bool:
         return all(c.metric in metrics and c.holds(metrics[c.metric]) for c in self.constraints)
@@ -291,6 +295,8 @@ class Study:
         )
         ot = pending._optuna_trial
         ot.set_user_attr("metrics", metrics)
+        for c in self.constraints:
+            ot.set_constraint(str(c), c.violation(metrics[c.metric]))
         self._optuna.tell(ot, [metrics[m] for m in self.objectives])
         return self.trial(pending.number)
 
@@ -336,7 +342,7 @@ class Study:
             return Front([], self.objectives)
         losses = np.array([self._loss(t) for t in feasible])
         mask = non_dominated(losses)
-        return Front([t for t, keep in zip(feasible, mask) if keep], self.objectives)
+        return Front([t for t, keep in zip(feasible, mask, strict=True) if keep], self.objectives)
 
     def _loss(self, t: Trial) -> list[float]:
         return to_loss([t.metrics[m] for m in self.objectives], self.directions)
@@ -498,7 +504,9 @@ def create_study_from_spec(
     ostudy = optuna.create_study(
         study_name=name, storage=store.optuna_storage(), directions=directions, load_if_exists=True
     )
-    ostudy.set_metric_names(list(spec["objectives"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ostudy.set_metric_names(list(spec["objectives"]))
     store.save_spec(name, spec)
     study = Study(name, store, spec)
     study.enqueue_baseline()

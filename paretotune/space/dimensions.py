@@ -445,7 +445,7 @@ class PerLayer(Dimension):
         out = []
         for combo in itertools.product(self.choices, repeat=len(groups)):
             out.append(
-                {layer: c for c, members in zip(combo, groups.values()) for layer in members}
+                {layer: c for c, members in zip(combo, groups.values(), strict=True) for layer in members}
             )
         return out
 

@@ -204,6 +204,30 @@ class StudyStore:
                 .values(state=DONE if completed else RELEASED)
             )
 
+    def release_if_stale(self, claim_id: int, heartbeat_at: float) -> bool:
+        """Release an active claim only if its heartbeat is still ``heartbeat_at``: the
+        compare-and-set that keeps two reapers from reaping the same trial."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                claims_table.update()
+                .where(
+                    claims_table.c.id == claim_id,
+                    claims_table.c.state == ACTIVE,
+                    claims_table.c.heartbeat_at == heartbeat_at,
+                )
+                .values(state=RELEASED)
+            )
+            return bool(result.rowcount)
+
+    def finish_claim_forced(self, claim_id: int, *, completed: bool) -> None:
+        """Set a claim's final state whatever it was (the reaper found its trial complete)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                claims_table.update()
+                .where(claims_table.c.id == claim_id)
+                .values(state=DONE if completed else RELEASED)
+            )
+
     def heartbeat(self, claim_ids: Iterable[int]) -> None:
         ids = list(claim_ids)
         if not ids:

@@ -1,0 +1,10 @@
+"""Workers: the trial loop, the local pool, the Ray backend, the reaper."""
+
+from __future__ import annotations
+
+from paretotune.workers.executor import Outcome, TrialExecutor
+from paretotune.workers.loop import run_worker
+from paretotune.workers.pool import run_study
+from paretotune.workers.reaper import reap_stale
+
+__all__ = ["Outcome", "TrialExecutor", "reap_stale", "run_study", "run_worker"]

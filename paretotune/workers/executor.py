@@ -9,19 +9,19 @@ and the next trial gets a fresh child.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
-import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
 
-from paretotune.errors import InvalidConfigError
 from paretotune.space import Config
 
 log = logging.getLogger(__name__)
@@ -36,44 +36,6 @@ class Outcome:
     error: str | None = None
     invalid: str | None = None
     elapsed_s: float = 0.0
-
-
-def _normalize(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """An evaluator may return a Measurement (``.metrics``/``.details``) or a plain mapping."""
-    if hasattr(result, "metrics") and isinstance(result.metrics, Mapping):
-        return dict(result.metrics), dict(getattr(result, "details", {}) or {})
-    if isinstance(result, Mapping):
-        return dict(result), {}
-    raise TypeError(
-        f"the evaluator must return a mapping of metric name to number (or a Measurement), "
-        f"got {type(result).__name__}"
-    )
-
-
-def _child_main(conn: Connection, payload: bytes) -> None:
-    os.setsid()  # own process group: a timeout kills the trial and everything it started
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        evaluator = cloudpickle.loads(payload)
-    except Exception as exc:
-        conn.send(("error", f"cannot load the evaluator in the trial process: {type(exc).__name__}: {exc}"))
-        return
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        try:
-            metrics, details = _normalize(evaluator(Config.from_json(msg)))
-            conn.send(("ok", metrics, details))
-        except InvalidConfigError as exc:
-            conn.send(("invalid", str(exc)))
-        except BaseException as exc:  # a trial's failure is data, not a crash of the worker
-            tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-            log.debug("trial raised:\n%s", "".join(tb))
-            conn.send(("error", f"{type(exc).__name__}: {exc}".strip()))
 
 
 def _signal_reason(code: int) -> str:
@@ -93,16 +55,20 @@ class TrialExecutor:
     def __init__(self, evaluator: Callable[[Config], Any], timeout_s: float | None = None) -> None:
         self._payload = cloudpickle.dumps(evaluator)
         self.timeout_s = timeout_s
-        self._ctx = mp.get_context("spawn")
-        self._proc: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
 
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_child_main, args=(child, self._payload), daemon=True)
-        self._proc.start()
+        parent, child = socket.socketpair()
+        fd = child.fileno()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "paretotune.workers._entry", "trial", str(fd)],
+            pass_fds=(fd,),
+            start_new_session=True,  # own process group: a timeout kills all it started
+        )
         child.close()
-        self._conn = parent
+        self._conn = Connection(parent.detach())
+        self._conn.send_bytes(self._payload)
 
     @property
     def pid(self) -> int | None:
@@ -110,7 +76,8 @@ class TrialExecutor:
 
     def run(self, config: Config, on_wait: Callable[[], None] | None = None) -> Outcome:
         """Evaluate one config. ``on_wait`` is called about once a second while it runs."""
-        if self._proc is None or not self._proc.is_alive():
+        if self._proc is None or self._proc.poll() is not None:
+            self._cleanup()
             self._start()
         if self._conn is None:
             raise RuntimeError("trial process is not connected")
@@ -140,15 +107,18 @@ class TrialExecutor:
                 if msg[0] == "invalid":
                     return Outcome(invalid=msg[1], elapsed_s=elapsed)
                 return Outcome(error=msg[1], elapsed_s=elapsed)
-            if not self._proc.is_alive():
+            if self._proc is None or self._proc.poll() is not None:
                 return self._dead(t0)
             if on_wait is not None:
                 on_wait()
 
     def _dead(self, t0: float) -> Outcome:
-        proc = self._proc
-        proc.join(timeout=5)
-        code = proc.exitcode if proc.exitcode is not None else -signal.SIGKILL
+        code = -signal.SIGKILL
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
         self._cleanup()
         return Outcome(error=_signal_reason(code), elapsed_s=time.monotonic() - t0)
 
@@ -157,17 +127,22 @@ class TrialExecutor:
         proc = self._proc
         if proc is None:
             return
-        if proc.pid is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        proc.join(timeout=5)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.warning("trial process %d did not die after SIGKILL", proc.pid)
         self._cleanup()
 
     def _cleanup(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            try:
+                self._conn.close()
+            except OSError:
+                pass
         self._conn = None
         self._proc = None
 
@@ -178,10 +153,10 @@ class TrialExecutor:
         try:
             if self._conn is not None:
                 self._conn.send(None)
-            self._proc.join(timeout=5)
-        except (BrokenPipeError, OSError):
+            self._proc.wait(timeout=5)
+        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
             pass
-        if self._proc is not None and self._proc.is_alive():
+        if self._proc is not None and self._proc.poll() is None:
             self.kill()
         self._cleanup()
 
@@ -190,3 +165,4 @@ class TrialExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+

@@ -1,0 +1,81 @@
+"""`create_study` and `load_study`: the entry points of the Python API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from paretotune.errors import ConfigError
+from paretotune.search import Study, build_spec, create_study_from_spec, load_study_from_store
+from paretotune.space import SearchSpace
+from paretotune.storage import StudyStore
+
+log = logging.getLogger(__name__)
+
+
+def resolve_task(task: Any) -> tuple[Any, str | None]:
+    """(task object, import path or None). An import path is loaded and the task validated:
+    a broken task is rejected here, before any trial runs."""
+    if task is None:
+        return None, None
+    path = task if isinstance(task, str) else None
+    if path is not None:
+        from paretotune.evaluators import load_task
+
+        task = load_task(path)
+    validate = getattr(task, "validate", None)
+    if callable(validate):
+        validate()
+    return task, path
+
+
+def create_study(
+    name: str,
+    storage: str | None = None,
+    *,
+    space: SearchSpace | Mapping[str, Any] | None = None,
+    objectives: Mapping[str, str] | Sequence[str],
+    constraints: Mapping[str, Any] | None = None,
+    sampler: str | Mapping[str, Any] = "tpe",
+    seed: int | None = None,
+    task: Any = None,
+    extra_metrics: Sequence[str] = (),
+    trial_timeout_s: float | None = None,
+    max_failures: int | None = None,
+    load_if_exists: bool = False,
+) -> Study:
+    """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
+
+    ``task`` is a ``pt.Task`` or an import path (``"examples.digits:task"``); with a task and
+    no ``space``, the space is ``SearchSpace.standard(task)``. An import path is stored with
+    the study, so ``paretotune worker`` can join it knowing only the storage URL and the name.
+    """
+    task_obj, task_path = resolve_task(task)
+    if space is None:
+        if task_obj is None or not hasattr(task_obj, "layers"):
+            raise ConfigError("space is required unless a pt.Task is given (then it defaults to SearchSpace.standard(task))")
+        space = SearchSpace.standard(task_obj)
+    elif isinstance(space, Mapping):
+        space = SearchSpace.from_dict(space)
+    if isinstance(space, SearchSpace) and not space.is_bound and task_obj is not None and hasattr(task_obj, "layers"):
+        space = space.bind(task_obj.layers)
+    spec = build_spec(
+        space=space,  # type: ignore[arg-type]
+        objectives=objectives,
+        constraints=constraints,
+        sampler=sampler,
+        seed=seed,
+        task=task_path,
+        extra_metrics=extra_metrics,
+        trial_timeout_s=trial_timeout_s,
+        max_failures=max_failures,
+    )
+    study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
+    study.task = task_obj
+    return study
+
+
+def load_study(name: str, storage: str | None = None) -> Study:
+    """Reopen a study from its store; the stored spec says everything else."""
+    return load_study_from_store(name, StudyStore(storage))

@@ -1,0 +1,199 @@
+"""Running a study: the local process pool, the progress display, and backend dispatch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from paretotune.errors import ConfigError, StudyError
+from paretotune.search import Study, TrialState
+from paretotune.workers.loop import GRACE_S, run_worker
+from paretotune.workers.reaper import reap_stale
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "ray")
+PROGRESS_POLL_S = 1.0
+
+
+def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
+    """A ``pt.Task``, an import path, any callable, or None (the task stored with the study)."""
+    if evaluator is None:
+        evaluator = study.task
+    if evaluator is None:
+        if not study.task_path:
+            raise ConfigError(
+                f"study {study.name!r} stores no task import path, so an evaluator must be given"
+            )
+        evaluator = study.task_path
+    from paretotune.evaluators import as_evaluator, load_task
+
+    if isinstance(evaluator, str):
+        evaluator = load_task(evaluator)
+    return as_evaluator(evaluator)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class Progress:
+    """A progress bar of completed trials, with running/failed counts and the front size."""
+
+    def __init__(self, study: Study, total: int, enabled: bool | None) -> None:
+        self.study = study
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._bar: Any = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=study.name, unit="trial", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self) -> None:
+        if self._bar is None:
+            return
+        counts = self.study.counts()
+        self._bar.n = min(counts[TrialState.COMPLETE.value], self.total)
+        self._bar.set_postfix(
+            running=counts[TrialState.RUNNING.value],
+            failed=counts[TrialState.FAIL.value],
+            invalid=counts[TrialState.INVALID.value],
+            front=len(self.study.pareto_front()),
+            refresh=False,
+        )
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self.update()
+            self._bar.close()
+
+
+def run_local(
+    study: Study,
+    evaluator: Callable[..., Any],
+    *,
+    n_trials: int,
+    n_workers: int,
+    trial_timeout_s: float | None,
+    show_progress: bool | None,
+) -> None:
+    progress = Progress(study, n_trials, show_progress)
+    try:
+        if n_workers == 1:
+            done = threading.Event()
+
+            def monitor() -> None:
+                while not done.wait(PROGRESS_POLL_S):
+                    progress.update()
+                    reap_stale(study, GRACE_S)
+
+            thread = threading.Thread(target=monitor, daemon=True)
+            thread.start()
+            try:
+                run_worker(study.store, study.name, evaluator, n_trials=n_trials, trial_timeout_s=trial_timeout_s)
+            finally:
+                done.set()
+                thread.join()
+            return
+        args = pickle.dumps(
+            {
+                "storage": study.store.url,
+                "study": study.name,
+                "evaluator": cloudpickle.dumps(evaluator),
+                "n_trials": n_trials,
+                "trial_timeout_s": trial_timeout_s,
+            }
+        )
+        env = dict(os.environ)
+        env.setdefault(
+            "PARETOTUNE_LOG_LEVEL", logging.getLevelName(logging.getLogger("paretotune").getEffectiveLevel())
+        )
+        procs = []
+        for _ in range(n_workers):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "paretotune.workers._entry", "worker"], stdin=subprocess.PIPE, env=env
+            )
+            stdin = proc.stdin
+            if stdin is not None:
+                stdin.write(args)
+                stdin.close()
+            procs.append(proc)
+        try:
+            while any(p.poll() is None for p in procs):
+                time.sleep(PROGRESS_POLL_S)
+                progress.update()
+                reap_stale(study, GRACE_S)
+        except BaseException:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            raise
+        for p in procs:
+            if p.returncode != 0:
+                log.warning("worker process %d exited with code %s", p.pid, p.returncode)
+        reap_stale(study, GRACE_S)
+    finally:
+        progress.close()
+
+
+def run_study(
+    study: Study,
+    evaluator: Any,
+    *,
+    n_trials: int,
+    n_workers: int = 1,
+    backend: str = "local",
+    trial_timeout_s: float | None = None,
+    show_progress: bool | None = None,
+    **backend_options: Any,
+) -> None:
+    """Drive ``study`` until it holds ``n_trials`` completed trials (baseline included)."""
+    _check_int("n_trials", n_trials, 1)
+    _check_int("n_workers", n_workers, 1)
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    evaluator = resolve_evaluator(study, evaluator)
+    study.store.clear_stop(study.name)
+    reap_stale(study, GRACE_S)
+    study.enqueue_baseline()
+    started = time.monotonic()
+    done_before = study.counts()[TrialState.COMPLETE.value]
+    if done_before >= n_trials:
+        log.info("study %r already holds %d completed trials (budget %d)", study.name, done_before, n_trials)
+        return
+    if backend == "ray":
+        from paretotune.workers.ray_backend import run_ray
+
+        run_ray(study, evaluator, n_trials=n_trials, trial_timeout_s=trial_timeout_s, **backend_options)
+    else:
+        if backend_options:
+            raise ConfigError(f"backend 'local' takes no options, got {sorted(backend_options)}")
+        run_local(
+            study, evaluator, n_trials=n_trials, n_workers=n_workers,
+            trial_timeout_s=trial_timeout_s, show_progress=show_progress,
+        )
+    reason = study.store.stopped_reason(study.name)
+    if reason:
+        raise StudyError(f"study {study.name!r} stopped: {reason}")
+    counts = study.counts()
+    log.info(
+        "study %r: %d completed, %d failed, %d invalid in %.1f s",
+        study.name, counts["COMPLETE"], counts["FAIL"], counts["INVALID"], time.monotonic() - started,
+    )
