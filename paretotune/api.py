@@ -30,11 +30,32 @@ def resolve_task(task: Any) -> tuple[Any, str | None]:
     return task, path
 
 
+def _resolve_space(space: Any, task: Any) -> SearchSpace:
+    """None or "standard" (optionally ``{"standard": {options}}``): the task's standard
+    space; a mapping: a space in its dict form."""
+    if space is None or space == "standard" or (isinstance(space, Mapping) and set(space) == {"standard"}):
+        if task is None or not hasattr(task, "layers"):
+            raise ConfigError(
+                "space: the standard space needs a pt.Task (with layers); give `space` explicitly "
+                "for any other evaluator"
+            )
+        options = space["standard"] if isinstance(space, Mapping) else {}
+        try:
+            return SearchSpace.standard(task, **(options or {}))
+        except TypeError as exc:
+            raise ConfigError(f"space.standard: bad option ({exc})") from None
+    if isinstance(space, SearchSpace):
+        return space
+    if isinstance(space, Mapping):
+        return SearchSpace.from_dict(space)
+    raise ConfigError(f"space must be a SearchSpace, a mapping, or 'standard', got {space!r}")
+
+
 def create_study(
     name: str,
     storage: str | None = None,
     *,
-    space: SearchSpace | Mapping[str, Any] | None = None,
+    space: SearchSpace | Mapping[str, Any] | str | None = None,
     objectives: Mapping[str, str] | Sequence[str],
     constraints: Mapping[str, Any] | None = None,
     sampler: str | Mapping[str, Any] = "tpe",
@@ -52,12 +73,7 @@ def create_study(
     the study, so ``paretotune worker`` can join it knowing only the storage URL and the name.
     """
     task_obj, task_path = resolve_task(task)
-    if space is None:
-        if task_obj is None or not hasattr(task_obj, "layers"):
-            raise ConfigError("space is required unless a pt.Task is given (then it defaults to SearchSpace.standard(task))")
-        space = SearchSpace.standard(task_obj)
-    elif isinstance(space, Mapping):
-        space = SearchSpace.from_dict(space)
+    space = _resolve_space(space, task_obj)
     if isinstance(space, SearchSpace) and not space.is_bound and task_obj is not None and hasattr(task_obj, "layers"):
         space = space.bind(task_obj.layers)
     spec = build_spec(

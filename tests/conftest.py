@@ -73,3 +73,21 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path.resolve() / 'study.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+# -- shared helpers for the controller tests ----------------------------------------------------
+import paretotune as _pt  # noqa: E402
+
+
+@pytest.fixture
+def toy_space() -> _pt.SearchSpace:
+    """A small joint space the FakeEvaluator understands."""
+    return _pt.SearchSpace(
+        {
+            "prune_ratio": _pt.Float(0.0, 0.5, step=0.1),
+            "bit_width": _pt.Choice([32, 16, 8, 4]),
+            "batch_size": _pt.Int(1, 64, log=True),
+            "engine": _pt.Choice(["torch", "onnxruntime"]),
+        },
+        forbidden=[{"engine": "torch", "bit_width": 4}],
+    )

@@ -42,6 +42,7 @@ studies_table = sa.Table(
     sa.Column("spec", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("stopped_reason", sa.Text, nullable=True),
+    sa.Column("target", sa.Integer, nullable=True),
 )
 
 #: One row per budget slot a worker holds. ``active`` while its trial runs, then ``done``
@@ -138,6 +139,16 @@ class StudyStore:
     def study_names(self) -> list[str]:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(studies_table.c.name).order_by(studies_table.c.created_at))]
+
+    def set_target(self, name: str, n_trials: int) -> None:
+        """The budget of completed trials, so workers joining later know when to stop."""
+        with self.engine.begin() as conn:
+            conn.execute(studies_table.update().where(studies_table.c.name == name).values(target=n_trials))
+
+    def target(self, name: str) -> int | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(studies_table.c.target).where(studies_table.c.name == name)).first()
+        return None if row is None else row[0]
 
     def stop_study(self, name: str, reason: str) -> None:
         """Mark the study stopped: every worker stops claiming (a fatal spec error, say)."""

@@ -171,6 +171,7 @@ def run_study(
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     evaluator = resolve_evaluator(study, evaluator)
     study.store.clear_stop(study.name)
+    study.store.set_target(study.name, n_trials)
     reap_stale(study, GRACE_S)
     study.enqueue_baseline()
     started = time.monotonic()

@@ -1,0 +1,262 @@
+"""The `paretotune` command: run, worker, status, pareto, trials (and export, report).
+
+Errors print one line, ``error: ...``, with any password masked, and exit with code 2 for
+bad input and 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from paretotune.errors import ConfigError, ParetotuneError
+from paretotune.storage import mask
+
+log = logging.getLogger("paretotune.cli")
+
+STORAGE_ENV = "PARETOTUNE_STORAGE"
+
+
+# -- formatting ---------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        counts: dict[str, int] = {}
+        for x in v.values():
+            counts[str(x)] = counts.get(str(x), 0) + 1
+        return "/".join(f"{k}:{n}" for k, n in sorted(counts.items()))
+    return str(v)
+
+
+def trial_rows(study: Any, trials: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns (config, then objectives, then other metrics) and one row per trial."""
+    cfg_keys: list[str] = []
+    metric_keys: list[str] = list(study.objectives)
+    for t in trials:
+        for k in (t.config or {}):
+            if k not in cfg_keys:
+                cfg_keys.append(k)
+        for k in t.metrics:
+            if k not in metric_keys:
+                metric_keys.append(k)
+    columns = ["trial", "state", *cfg_keys, *metric_keys, "reason"]
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.value + (" (baseline)" if t.is_baseline else "")}
+        for k in cfg_keys:
+            row[k] = (t.config or {}).get(k)
+        for k in metric_keys:
+            row[k] = t.metrics.get(k)
+        row["reason"] = t.reason
+        rows.append(row)
+    return columns, rows
+
+
+def render(columns: list[str], rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=lambda o: o if not hasattr(o, "to_dict") else o.to_dict())
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([json.dumps(dict(r[c])) if isinstance(r.get(c), dict) else ("" if r.get(c) is None else r[c]) for c in columns])
+        return buf.getvalue().rstrip("\n")
+    # table: drop columns that are empty everywhere
+    cols = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)] or columns
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    widths = [min(w, 60) for w in widths]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(v[:w].ljust(w) for v, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _storage(args: argparse.Namespace, fallback: str | None = None) -> str | None:
+    return args.storage or os.environ.get(STORAGE_ENV) or fallback
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from paretotune.api import create_study
+    from paretotune.spec import load_spec_file
+
+    spec = load_spec_file(args.spec)
+    storage = _storage(args, spec.storage)
+    study = create_study(spec.name, storage, load_if_exists=args.load_if_exists, **spec.study_args)
+    n_trials = args.n_trials or spec.n_trials
+    n_workers = args.n_workers or spec.n_workers
+    print(f"study {study.name!r} in {study.store.masked_url}: budget {n_trials} completed trials, "
+          f"{n_workers} worker(s), backend {args.backend}", file=sys.stderr)
+    options: dict[str, Any] = {}
+    if args.backend == "ray":
+        options = {"address": args.address, "resources_per_trial": json.loads(args.resources) if args.resources else None}
+        options = {k: v for k, v in options.items() if v is not None}
+    study.optimize(
+        None, n_trials=n_trials, n_workers=n_workers, backend=args.backend,
+        show_progress=not args.no_progress, **options,
+    )
+    _print_front(study, args.format)
+    return 0
+
+
+def _print_front(study: Any, fmt: str) -> None:
+    front = study.pareto_front()
+    columns, rows = trial_rows(study, list(front))
+    if fmt == "table":
+        s = study.summary()
+        hv = "n/a" if s["hypervolume"] is None else f"{s['hypervolume']:.6g}"
+        print(f"Pareto front of {study.name!r}: {len(front)} of {s['trials']['COMPLETE']} completed trials "
+              f"(hypervolume {hv})")
+    print(render(columns, rows, fmt))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from paretotune.search import load_study_from_store
+    from paretotune.storage import StudyStore
+    from paretotune.workers.loop import run_worker, worker_id
+    from paretotune.workers.pool import resolve_evaluator
+
+    store = StudyStore(_storage(args))
+    wid = worker_id("cli")
+    study = load_study_from_store(args.study, store, worker=wid)
+    n_trials = args.n_trials or store.target(args.study)
+    if not n_trials:
+        raise ConfigError(
+            f"study {args.study!r} has no budget yet: start it with `paretotune run`, or pass --n-trials"
+        )
+    evaluator = resolve_evaluator(study, args.task)
+    print(f"worker {wid} joined {args.study!r} in {store.masked_url} (budget {n_trials})", file=sys.stderr)
+    stats = run_worker(store, args.study, evaluator, n_trials=n_trials, worker=wid)
+    print(f"worker done: {stats.completed} completed, {stats.failed} failed, {stats.invalid} invalid", file=sys.stderr)
+    reason = store.stopped_reason(args.study)
+    if reason:
+        print(f"error: study stopped: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from paretotune.api import load_study
+
+    return load_study(args.name, _storage(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study = _load(args)
+    s = study.summary()
+    s["target"] = study.store.target(study.name)
+    if args.format == "json":
+        print(json.dumps(s, indent=2))
+        return 0
+    t = s["trials"]
+    hv = "n/a" if s["hypervolume"] is None else f"{s['hypervolume']:.6g}"
+    print(f"study:       {s['name']}  ({s['storage']})")
+    print(f"objectives:  {', '.join(f'{k} ({v})' for k, v in s['objectives'].items())}")
+    print(f"constraints: {', '.join(s['constraints']) or 'none'}")
+    print(f"sampler:     {s['sampler']}")
+    print(f"trials:      {t['COMPLETE']} completed / budget {s['target'] or '?'}, {t['RUNNING']} running, "
+          f"{t['WAITING']} waiting, {t['FAIL']} failed, {t['INVALID']} invalid")
+    print(f"front:       {s['front_size']} trials, hypervolume {hv}")
+    if s["stopped_reason"]:
+        print(f"stopped:     {s['stopped_reason']}")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    _print_front(_load(args), args.format)
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    study = _load(args)
+    trials = study.trials
+    if args.state:
+        trials = [t for t in trials if t.state.value == args.state.upper()]
+    columns, rows = trial_rows(study, trials)
+    print(render(columns, rows, args.format))
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="paretotune", description="Multi-objective autotuning of model deployment settings.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def storage_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--storage", help=f"study store URL (default: ${STORAGE_ENV} or sqlite:///paretotune.db)")
+
+    run = sub.add_parser("run", help="create or resume the study of a YAML spec and run it")
+    run.add_argument("spec", help="YAML spec file")
+    storage_arg(run)
+    run.add_argument("--n-trials", type=int, help="budget of completed trials (overrides the spec)")
+    run.add_argument("--n-workers", type=int, help="local worker processes (overrides the spec)")
+    run.add_argument("--backend", choices=["local", "ray"], default="local")
+    run.add_argument("--address", help="Ray cluster address (backend ray)")
+    run.add_argument("--resources", help='per-trial resources as JSON, e.g. \'{"cpu": 1, "gpu": 1}\' (backend ray)')
+    run.add_argument("--load-if-exists", action="store_true", help="continue a stored study whose spec differs")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    run.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("worker", help="join a running study from this machine")
+    storage_arg(w)
+    w.add_argument("--study", required=True, help="study name")
+    w.add_argument("--n-trials", type=int, help="budget (default: the study's stored budget)")
+    w.add_argument("--task", help="task import path (default: the one stored with the study)")
+    w.set_defaults(func=cmd_worker)
+
+    for name, func, fmts, helptext in (
+        ("status", cmd_status, ["table", "json"], "counts, budget, front size and hypervolume"),
+        ("pareto", cmd_pareto, ["table", "json", "csv"], "the feasible Pareto front"),
+        ("trials", cmd_trials, ["table", "json", "csv"], "every trial with its state and reason"),
+    ):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("name", help="study name")
+        storage_arg(sp)
+        sp.add_argument("--format", choices=fmts, default="table")
+        if name == "trials":
+            sp.add_argument("--state", choices=["complete", "fail", "invalid", "running", "waiting"])
+        sp.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("paretotune").setLevel(level)
+    if args.verbose == 0:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
+        return 2
+    except ParetotuneError as exc:
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; completed trials are kept in the store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
