@@ -73,6 +73,8 @@ class Task:
         rows are unit-norm embeddings, else top-1).
     prune_ignore: module names whose output channels are never pruned (default: the last
         Linear/Conv executed, so the model's output shape is kept).
+    finetune: optional callable(module) -> None run after structured pruning to recover
+        accuracy (e.g. one short epoch); it is part of the build and of its cache key.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Task:
         fidelity: str = "auto",
         name: str | None = None,
         prune_ignore: Sequence[str] | None = None,
+        finetune: Callable[[Any], None] | None = None,
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             self.model_path: Path | None = Path(model)
@@ -129,6 +132,9 @@ class Task:
         self.metric = metric
         self.fidelity = fidelity
         self.prune_ignore = list(prune_ignore) if prune_ignore is not None else None
+        if finetune is not None and not callable(finetune):
+            raise TaskError(f"Task finetune must be callable(module) -> None, got {finetune!r}")
+        self.finetune = finetune
         self._reset_caches()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -225,6 +231,8 @@ class Task:
             parts.extend(a.tobytes() for a in inputs.values())
             parts.append(None if targets is None else np.ascontiguousarray(targets).tobytes())
         parts.append(getattr(self.metric, "__qualname__", None))
+        parts.append(getattr(self.finetune, "__qualname__", None))
+        parts.append(self.prune_ignore)
         return cache_key(*parts)
 
     @property

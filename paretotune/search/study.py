@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import random
 import time
 import warnings
 import zlib
@@ -133,6 +134,7 @@ class Study:
         except KeyError:
             raise StudyError(f"study {name!r} has no Optuna record in {store.masked_url}") from None
         self._baseline_cache: Trial | None = None
+        self._rng = random.Random(worker_seed(spec.get("seed"), worker + "/replacements"))
         #: the task object given at creation, used when optimize() gets no evaluator
         self.task: Any = None
 
@@ -232,8 +234,14 @@ class Study:
 
     # -- ask / tell -----------------------------------------------------------------------------
     def ask(self) -> PendingTrial:
-        """The next config to evaluate. Forbidden proposals are recorded INVALID and skipped."""
-        for _ in range(MAX_INVALID_STREAK):
+        """The next config to evaluate.
+
+        A forbidden proposal is recorded INVALID (never built). Samplers learn nothing from
+        it, and a model-based one (GP) may propose the same point again, so the next ask
+        after an invalid proposal gets a random valid config instead (enqueued, so it is a
+        recorded trial like any other).
+        """
+        for attempt in range(MAX_INVALID_STREAK):
             ot = self._optuna.ask()
             try:
                 config = self.space.suggest(ot)
@@ -241,6 +249,10 @@ class Study:
                 ot.set_user_attr("invalid_reason", str(exc))
                 self._optuna.tell(ot, state=OptunaState.PRUNED)
                 log.debug("trial %d invalid: %s", ot.number, exc)
+                replacement = self.space.sample(self._rng)
+                self._optuna.enqueue_trial(
+                    self.space.to_params(replacement), user_attrs={"replaces_invalid": ot.number}
+                )
                 continue
             ot.set_user_attr("config", config.to_json())
             return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)

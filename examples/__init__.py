@@ -1,0 +1,1 @@
+"""Example tasks for paretotune (`examples.digits:task`, `examples.minilm:task`)."""

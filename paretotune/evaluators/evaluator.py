@@ -1,0 +1,356 @@
+"""`TaskEvaluator`: Config in, built engine and honest `Measurement` out.
+
+One instance lives in a worker's long-lived child process and serves many trials, so it keeps
+recent builds in memory (a config differing only in batch size or threads reuses the built
+engine and its accuracy) and shares finished builds with other processes via `ArtifactCache`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from paretotune.errors import EvaluationError, InvalidConfigError, ParetotuneError
+from paretotune.evaluators.cache import DEFAULT_MAX_BYTES, ArtifactCache, cache_key
+from paretotune.evaluators.config import BuildSpec, resolve_config
+from paretotune.evaluators.hardware import hardware_fingerprint, library_versions, peak_rss_bytes, reset_peak_rss
+from paretotune.evaluators.measurement import Measurement
+from paretotune.evaluators.task import Task
+from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable
+
+logger = logging.getLogger(__name__)
+
+BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
+CACHE_FORMAT = 1  # bump when the artifact layout changes
+
+
+@dataclass
+class _Built:
+    spec: BuildSpec
+    artifact: bytes
+    accuracy: float
+    model_bytes: int
+    build_s: float
+    details: dict[str, Any]
+    runners: dict[int, Any] = field(default_factory=dict)
+
+
+class TaskEvaluator:
+    """Evaluate configurations of `task`: `evaluator(config) -> Measurement`.
+
+    cache_dir: the shared artifact cache (default `$PARETOTUNE_CACHE_DIR` or
+    `./.paretotune-cache`); `timing`: the timing policy; `memory_slots`: built engines kept in
+    memory.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        timing: TimingPolicy | None = None,
+        max_cache_bytes: int = DEFAULT_MAX_BYTES,
+        memory_slots: int = 4,
+    ) -> None:
+        if not isinstance(task, Task):
+            raise TypeError(f"TaskEvaluator needs a paretotune Task, got {type(task).__name__}")
+        self.task = task
+        self.cache = ArtifactCache(cache_dir, max_bytes=max_cache_bytes)
+        self.timing = timing or TimingPolicy()
+        self.memory_slots = memory_slots
+        self._built: OrderedDict[str, _Built] = OrderedDict()
+        self._exports: OrderedDict[str, bytes] = OrderedDict()
+        self._baselines: dict[tuple[int, int], dict[str, Any]] = {}
+        self._reference_outputs: np.ndarray | None = None
+        self.builds = 0  # how many artifacts this instance built (not loaded): for tests, logs
+
+    # -- the public call -------------------------------------------------------------------
+
+    def __call__(self, config: Mapping[str, Any]) -> Measurement:
+        started = time.perf_counter()
+        spec = self._resolve(config)
+        key = self._build_key(spec)
+        built, cache_hit, phase_build = self._get_built(spec, key)
+        self._set_threads(spec.threads)
+        runner = self._runner(built, spec.threads)
+        inputs = self._batch(spec.batch_size)
+        try:
+            run = runner.prepare(inputs)
+            reset = reset_peak_rss()
+            result = time_callable(run, spec.batch_size, self.timing)
+            peak = peak_rss_bytes()
+        except ParetotuneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine failing to run is the trial failing
+            raise EvaluationError(f"running the built {spec.engine} engine at batch_size={spec.batch_size} failed: {exc}") from exc
+        baseline_started = time.perf_counter()
+        baseline = self._baseline(spec.batch_size, spec.threads)
+        metrics = {
+            "latency_p50_ms": result.p50_ms,
+            "latency_p90_ms": result.p90_ms,
+            "throughput": result.throughput,
+            "accuracy": built.accuracy,
+            "model_bytes": float(built.model_bytes),
+            "peak_memory_bytes": float(peak),
+            "build_s": built.build_s,
+            "baseline_latency_p50_ms": baseline["p50_ms"],
+        }
+        if result.p99_ms is not None:
+            metrics["latency_p99_ms"] = result.p99_ms
+        details: dict[str, Any] = {
+            **result.details(),
+            "cache_hit": cache_hit,
+            "engine": spec.engine,
+            "build": spec.build_dict(),
+            "batch_size": spec.batch_size,
+            "threads": spec.threads,
+            "build_details": built.details,
+            "baseline": {k: v for k, v in baseline.items() if k != "p50_ms"},
+            "peak_memory": "process VmHWM during timing" if reset else "process lifetime peak RSS",
+            "timing_policy": self.timing.to_dict(),
+            "hardware": hardware_fingerprint(spec.threads),
+            "phases_s": {
+                "build": round(phase_build, 4),
+                "measure": round(result.measure_s, 4),
+                "baseline": round(time.perf_counter() - baseline_started, 4),
+                "total": round(time.perf_counter() - started, 4),
+            },
+        }
+        if spec.ignored:
+            details["ignored_keys"] = list(spec.ignored)
+        return Measurement(metrics=metrics, details=details)
+
+    def reference_accuracy(self) -> float:
+        """The task metric of the unmodified model on its reference engine (the baseline)."""
+        return self.task.score(self._reference_validation_outputs(), self._reference_outputs)
+
+    # -- config ----------------------------------------------------------------------------
+
+    def _resolve(self, config: Mapping[str, Any]) -> BuildSpec:
+        task = self.task
+        spec = resolve_config(config, task.layers)
+        engines = task.available_engines()
+        if spec.engine not in engines:
+            raise InvalidConfigError(f"engine={spec.engine!r} cannot run task {task.name!r} here; available engines: {engines}")
+        if task.is_onnx and (spec.prune_ratio > 0 or spec.sparsity > 0):
+            raise InvalidConfigError(
+                f"prune_ratio={spec.prune_ratio} / sparsity={spec.sparsity}: pruning needs a "
+                f"PyTorch model, and task {task.name!r} is an .onnx file; allowed: 0"
+            )
+        if spec.engine == "torch" and spec.bit_width == 8:
+            layers = task.layers
+            if not any(layers[n] == "Linear" for n in layers if n not in spec.excluded_layers):
+                raise InvalidConfigError(
+                    "bit_width=8 on engine='torch' quantizes Linear layers (dynamic int8), and "
+                    "this configuration keeps every Linear layer in fp32"
+                )
+        return spec
+
+    def _build_key(self, spec: BuildSpec) -> str:
+        return cache_key("build", CACHE_FORMAT, self.task.model_id(), self.task.data_id(), spec.build_dict(), library_versions())
+
+    # -- building --------------------------------------------------------------------------
+
+    def _get_built(self, spec: BuildSpec, key: str) -> tuple[_Built, str | bool, float]:
+        started = time.perf_counter()
+        if key in self._built:
+            self._built.move_to_end(key)
+            return self._built[key], "memory", time.perf_counter() - started
+        entry = self.cache.get(key)
+        if entry is not None and entry.data is not None:
+            meta = entry.meta
+            built = _Built(spec, entry.data, meta["accuracy"], meta["model_bytes"], meta["build_s"], meta["details"])
+            hit: str | bool = "disk"
+        else:
+            try:
+                built = self._build(spec)
+            except ParetotuneError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any build crash fails the trial with its reason
+                raise EvaluationError(f"building {spec.engine} bit_width={spec.bit_width} failed: {type(exc).__name__}: {exc}") from exc
+            self.builds += 1
+            meta = {"accuracy": built.accuracy, "model_bytes": built.model_bytes, "build_s": built.build_s, "details": built.details}
+            self.cache.put(key, meta, built.artifact)
+            hit = False
+        self._built[key] = built
+        while len(self._built) > self.memory_slots:
+            self._built.popitem(last=False)
+        return built, hit, time.perf_counter() - started
+
+    def _build(self, spec: BuildSpec) -> _Built:
+        started = time.perf_counter()
+        task = self.task
+        details: dict[str, Any] = {}
+        module = None
+        if not task.is_onnx:
+            module = self._transformed_module(spec, details)
+        if spec.engine == "torch":
+            from paretotune.evaluators import torch_engine
+
+            quantize = [n for n in task.layers if n not in spec.excluded_layers]
+            module = torch_engine.build_torch(module, spec.bit_width, spec.per_channel, quantize)
+            artifact = torch_engine.serialize(module)
+            model_bytes = torch_engine.module_bytes(module)
+        else:
+            from paretotune.evaluators import onnxruntime_engine as ort_engine
+
+            fp32 = task.onnx_bytes() if module is None else self._export(spec, module)
+            artifact, info = ort_engine.build_onnxruntime(fp32, spec, task, list(task.layers))
+            details.update(info)
+            details["op_counts"] = ort_engine.onnx_summary(artifact)
+            model_bytes = len(artifact)
+        if "zeroed_weights" in details:  # unstructured sparsity: credit the size of a bitmask encoding
+            details["dense_model_bytes"] = model_bytes
+            saved = details["zeroed_weights"] * BYTES_PER_WEIGHT[spec.bit_width] - details["sparse_weights"] / 8
+            model_bytes = int(max(model_bytes - saved, 0))
+        built = _Built(spec, artifact, float("nan"), model_bytes, 0.0, details)
+        runner = self._runner(built, 1)
+        if spec.torch_compile:  # compiling happens on the first call: part of the build
+            runner.run(self.task.example_inputs)
+        built.build_s = time.perf_counter() - started
+        built.accuracy = self._accuracy(runner)
+        return built
+
+    def _transformed_module(self, spec: BuildSpec, details: dict[str, Any]) -> Any:
+        from paretotune.evaluators import pruning
+        from paretotune.evaluators.torch_engine import TorchRunner, to_tensors
+
+        module = self.task.fresh_module()
+        if spec.prune_ratio > 0:
+            before = pruning.count_parameters(module)
+            args = to_tensors(self.task.example_inputs, self.task.input_names)
+            pruning.prune_structured(module, args, spec.prune_ratio, self.task.prune_ignore)
+            details["parameters_before"], details["parameters"] = before, pruning.count_parameters(module)
+            if self.task.finetune is not None:
+                tuned = time.perf_counter()
+                try:
+                    self.task.finetune(module)
+                except Exception as exc:  # noqa: BLE001 - the user's hook failing fails the trial
+                    raise EvaluationError(f"the task's finetune hook raised {exc!r}") from exc
+                module.eval()
+                details["finetune_s"] = round(time.perf_counter() - tuned, 3)
+            out = TorchRunner(module, self.task.input_names).run(self.task.example_inputs)
+            ref = TorchRunner(self.task.reference_module(), self.task.input_names).run(self.task.example_inputs)
+            if out.shape != ref.shape:
+                raise EvaluationError(
+                    f"pruning changed the output shape from {ref.shape} to {out.shape}; name the "
+                    f"output layer in Task(prune_ignore=[...])"
+                )
+        if spec.sparsity > 0:
+            zeros, total = pruning.apply_sparsity(module, spec.sparsity)
+            details["zeroed_weights"], details["sparse_weights"] = zeros, total
+        return module
+
+    def _export(self, spec: BuildSpec, module: Any) -> bytes:
+        """The fp32 ONNX export of the (pruned) model, shared by every ORT variant of it."""
+        from paretotune.evaluators.onnxruntime_engine import export_onnx
+
+        key = cache_key("export", CACHE_FORMAT, self.task.model_id(), self.task.data_id(), spec.prune_ratio, spec.sparsity, library_versions())
+        if key in self._exports:
+            return self._exports[key]
+        entry = self.cache.get(key)
+        data = entry.data if entry is not None and entry.data is not None else None
+        if data is None:
+            data = export_onnx(module, self.task)
+            self.cache.put(key, {"kind": "fp32 onnx export"}, data)
+        self._exports[key] = data
+        while len(self._exports) > 2:
+            self._exports.popitem(last=False)
+        return data
+
+    def _runner(self, built: _Built, threads: int) -> Any:
+        runner = built.runners.get(threads)
+        if runner is not None:
+            return runner
+        if built.spec.engine == "torch":
+            runner = next(iter(built.runners.values()), None)  # thread count is process-wide
+            if runner is None:
+                import torch
+
+                from paretotune.evaluators import torch_engine
+
+                module = torch_engine.deserialize(built.artifact)
+                if built.spec.torch_compile:
+                    module = torch_engine.compile_module(module)
+                dtype = torch.bfloat16 if built.spec.bit_width == 16 else None
+                runner = torch_engine.TorchRunner(module, self.task.input_names, dtype)
+        else:
+            from paretotune.evaluators.onnxruntime_engine import OrtRunner
+
+            runner = OrtRunner(built.artifact, threads)
+        built.runners[threads] = runner
+        return runner
+
+    def _set_threads(self, threads: int) -> None:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    # -- accuracy and baseline -------------------------------------------------------------
+
+    def _accuracy(self, runner: Any) -> float:
+        """The task metric over the whole validation set: untimed, on the built engine."""
+        outputs = [runner.run(inputs) for inputs, _ in self.task.validation]
+        reference = None if self.task.labelled else self._reference_outputs_joined()
+        value = self.task.score(outputs, reference)
+        if not np.isfinite(value):
+            raise EvaluationError(f"the task metric returned a non-finite value: {value!r}")
+        return value
+
+    def _reference_runner(self, threads: int) -> Any:
+        if self.task.is_onnx:
+            from paretotune.evaluators.onnxruntime_engine import OrtRunner
+
+            return OrtRunner(self.task.onnx_bytes(), threads)
+        from paretotune.evaluators.torch_engine import TorchRunner
+
+        return TorchRunner(self.task.reference_module(), self.task.input_names)
+
+    def _reference_validation_outputs(self) -> list[np.ndarray]:
+        runner = self._reference_runner(1)
+        return [runner.run(inputs) for inputs, _ in self.task.validation]
+
+    def _reference_outputs_joined(self) -> np.ndarray:
+        if self._reference_outputs is None:
+            self._reference_outputs = np.concatenate(self._reference_validation_outputs(), axis=0)
+        return self._reference_outputs
+
+    def _baseline(self, batch_size: int, threads: int) -> dict[str, Any]:
+        """p50 of the unmodified model on torch eager fp32 (ORT fp32 for .onnx tasks)."""
+        slot = (batch_size, threads)
+        if slot in self._baselines:
+            return self._baselines[slot]
+        engine = "onnxruntime" if self.task.is_onnx else "torch"
+        key = cache_key(
+            "baseline", CACHE_FORMAT, self.task.model_id(), self.task.data_id(), engine, batch_size, threads,
+            self.timing.to_dict(), hardware_fingerprint(),
+        )
+        entry = self.cache.get(key)
+        if entry is not None:
+            baseline = dict(entry.meta, cache_hit=True)
+        else:
+            self._set_threads(threads)
+            run = self._reference_runner(threads).prepare(self._batch(batch_size))
+            result: TimingResult = time_callable(run, batch_size, self.timing)
+            baseline = {"engine": engine, "bit_width": 32, "p50_ms": result.p50_ms, "stable": result.stable, "spread": round(result.spread, 4), "n_samples": result.n_samples}
+            self.cache.put(key, baseline)
+            baseline = dict(baseline, cache_hit=False)
+        self._baselines[slot] = baseline
+        return baseline
+
+    def _batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """The example batch tiled (cycling its rows) to `batch_size`: fixed timing inputs."""
+        out = {}
+        for name, array in self.task.example_inputs.items():
+            rows = np.arange(batch_size) % array.shape[0]
+            out[name] = np.ascontiguousarray(array[rows])
+        return out

@@ -1,0 +1,290 @@
+"""The `onnxruntime` engine: export, fp32, int8 static QDQ / dynamic, int4 MatMulNBits.
+
+Graph optimizations are ONNX Runtime's own (ORT_ENABLE_ALL) at session creation, so node
+names survive until quantization and per-layer exclusion can find them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from paretotune.errors import EvaluationError, InvalidConfigError
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from paretotune.evaluators.config import BuildSpec
+    from paretotune.evaluators.task import Task
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+INT4_BLOCK_SIZE = 32
+MAX_MESSAGE = 600  # characters of each exporter's message kept in the trial's reason
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' and quantizers' warnings and root-logger chatter."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def export_onnx(module: torch.nn.Module, task: Task) -> bytes:
+    """Export with the TorchScript exporter, falling back to the dynamo exporter.
+
+    Raises EvaluationError carrying both exporters' messages when neither succeeds.
+    """
+    import torch
+
+    from paretotune.evaluators.torch_engine import to_tensors
+
+    args = to_tensors(task.example_inputs, task.input_names)
+    errors = []
+    for dynamo in (False, True):
+        with tempfile.TemporaryDirectory() as tmp, _quiet():
+            path = os.path.join(tmp, "model.onnx")
+            try:
+                kwargs: dict[str, Any] = {"dynamo": dynamo, "external_data": False}
+                if not dynamo:
+                    kwargs["opset_version"] = OPSET
+                torch.onnx.export(
+                    module,
+                    args,
+                    path,
+                    input_names=task.input_names,
+                    output_names=task.output_names,
+                    dynamic_axes=task.dynamic_axes,
+                    **kwargs,
+                )
+                with open(path, "rb") as fh:
+                    return fh.read()
+            except Exception as exc:  # noqa: BLE001 - exporters raise many types
+                name = "dynamo exporter" if dynamo else "TorchScript exporter"
+                message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+                errors.append(f"{name}: {type(exc).__name__}: {message[:MAX_MESSAGE]}")
+                logger.debug("ONNX export with the %s failed: %s", name, exc)
+    raise EvaluationError("ONNX export failed; " + " | ".join(errors))
+
+
+# -- graph helpers ---------------------------------------------------------------------------
+
+
+def _module_path(node: onnx.NodeProto) -> str | None:
+    """The PyTorch module a node came from, from its name scope or the dynamo metadata."""
+    if node.name.startswith("/"):
+        parts = node.name.strip("/").split("/")[:-1]
+        return ".".join(parts) if parts else None
+    for prop in node.metadata_props:
+        if prop.key == "namespace":  # ": Root/fc1: Linear/linear: aten.linear.default"
+            scopes = [s.split(":")[0].strip() for s in prop.value.split("/")]
+            return ".".join(s for s in scopes[1:-1] if s) or None
+    return None
+
+
+def layer_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[str]]:
+    """Map each PyTorch layer name (or ONNX node name) to its MatMul/Gemm/Conv node names."""
+    weights = {init.name for init in model.graph.initializer}
+    wanted = set(layers)
+    found: dict[str, list[str]] = {name: [] for name in layers}
+    for node in model.graph.node:
+        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        candidates = [node.name, _module_path(node), node.input[1].removesuffix(".weight")]
+        for candidate in candidates:
+            if candidate in wanted:
+                found[candidate].append(node.name)
+                break
+    return found
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite plain Gemm (weights as initializers) as MatMul + Add, keeping the node name.
+
+    ONNX Runtime's dynamic and int4 quantizers only handle MatMul.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {init.name: init for init in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (
+            node.op_type == "Gemm"
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and not attrs.get("transA", 0)
+            and len(node.input) >= 2
+            and node.input[1] in inits
+            and users.get(node.input[1]) == 1
+        )
+        if not plain:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight.T), node.input[1]))
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        matmul_out = node.output[0] + "_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [matmul_out], name=node.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [matmul_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader over the task's calibration batches."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]], names: set[str]):
+        self._iter = iter([{k: v for k, v in b.items() if k in names} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:  # pragma: no cover - only used by some calibrators
+        pass
+
+
+def build_onnxruntime(fp32: bytes, spec: BuildSpec, task: Task, layers: Sequence[str]) -> tuple[bytes, dict[str, Any]]:
+    """Quantize an fp32 ONNX model as `spec` asks; returns the model bytes and build details."""
+    import onnx
+
+    if spec.bit_width == 32:
+        return fp32, {}
+    model = onnx.load_from_string(fp32)
+    if spec.bit_width == 4 or spec.quant_mode == "dynamic":
+        model = gemm_to_matmul(model)
+    mapping = layer_nodes(model, layers)
+    exclude = sorted(n for layer in spec.excluded_layers for n in mapping.get(layer, []))
+    unmapped = [layer for layer in spec.excluded_layers if not mapping.get(layer)]
+    details: dict[str, Any] = {"excluded_nodes": exclude}
+    if unmapped:
+        details["unmapped_excluded_layers"] = unmapped
+        logger.warning("layers %s have no MatMul/Gemm/Conv node in the ONNX graph", unmapped)
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+        try:
+            if spec.bit_width == 4:
+                out = _int4(model, exclude)
+                return out.SerializeToString(), details
+            from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            onnx.save(model, src)
+            quant_pre_process(src, src, skip_optimization=True)
+            extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+            if spec.quant_mode == "static":
+                quantize_static(
+                    src,
+                    dst,
+                    _Calibration(task.calibration, {i.name for i in model.graph.input}),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=spec.per_channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
+                    extra_options=extra,
+                )
+            else:
+                quantize_dynamic(
+                    src,
+                    dst,
+                    op_types_to_quantize=["MatMul"],
+                    per_channel=spec.per_channel,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
+                    extra_options=extra,
+                )
+            with open(dst, "rb") as fh:
+                return fh.read(), details
+        except InvalidConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - quantizers raise many types
+            raise EvaluationError(f"onnxruntime quantization (bit_width={spec.bit_width}, quant_mode={spec.quant_mode!r}) failed: {exc}") from exc
+
+
+def _int4(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=INT4_BLOCK_SIZE,
+        is_symmetric=True,
+        accuracy_level=4,
+        nodes_to_exclude=list(exclude),
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    return quantizer.model.model
+
+
+class OrtRunner:
+    """An ONNX Runtime CPU session with a fixed intra-op thread count."""
+
+    engine = "onnxruntime"
+
+    def __init__(self, model: bytes, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise EvaluationError(f"the ONNX model needs inputs {missing}; the task gives {list(inputs)}")
+        feeds = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}
+        session = self.session
+
+        def run() -> Any:
+            return session.run(None, feeds)
+
+        return run
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.prepare(inputs)()[0], dtype=np.float32)
+
+
+def onnx_summary(model: bytes) -> dict[str, int]:
+    """Op-type counts of a model, for details and tests."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load_from_string(model).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+

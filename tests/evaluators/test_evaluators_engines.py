@@ -1,0 +1,140 @@
+"""Building and measuring: quantized graphs hold the right ops, caches skip builds."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from _evmodels import FAST, images, unexportable
+from onnx import numpy_helper
+
+from paretotune.errors import EvaluationError
+from paretotune.evaluators import METRIC_NAMES, Task, TaskEvaluator
+
+ORT = {"engine": "onnxruntime"}
+
+
+def _graph(evaluator: TaskEvaluator, config: dict) -> onnx.ModelProto:
+    evaluator(config)
+    built = next(reversed(evaluator._built.values()))
+    return onnx.load_from_string(built.artifact)
+
+
+def _ops(model: onnx.ModelProto) -> set[str]:
+    return {node.op_type for node in model.graph.node}
+
+
+def _float_weight_node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    """The node `name`, checked to be a plain fp32 MatMul/Gemm/Conv on a float initializer."""
+    inits = {i.name: i for i in model.graph.initializer}
+    node = next(n for n in model.graph.node if n.name == name)
+    assert node.op_type in ("MatMul", "Gemm", "Conv")
+    assert numpy_helper.to_array(inits[node.input[1]]).dtype.name == "float32"
+    return node
+
+
+def test_measurement_has_the_vocabulary_and_honest_details(tiny_evaluator: TaskEvaluator) -> None:
+    m = tiny_evaluator({"engine": "onnxruntime", "batch_size": 4})
+    assert set(m.metrics) <= set(METRIC_NAMES)
+    assert {"latency_p50_ms", "latency_p90_ms", "throughput", "accuracy", "model_bytes", "peak_memory_bytes", "build_s", "baseline_latency_p50_ms"} <= set(m.metrics)
+    assert ("latency_p99_ms" in m.metrics) == (m.details["n_samples"] >= 100)
+    assert m.metrics["latency_p50_ms"] <= m.metrics["latency_p90_ms"]
+    for key in ("stable", "spread", "n_samples", "windows", "extended", "gave_up", "cache_hit", "phases_s"):
+        assert key in m.details
+    hardware = m.details["hardware"]
+    assert hardware["threads"] == 1 and "avx512_vnni" in hardware["isa"] and hardware["versions"]["onnxruntime"]
+    assert m.metrics["accuracy"] == pytest.approx(1.0, abs=1e-6)  # fp32 ORT agrees with torch
+
+
+def test_static_int8_has_qdq_nodes(tiny_evaluator: TaskEvaluator) -> None:
+    ops = _ops(_graph(tiny_evaluator, {**ORT, "bit_width": 8, "quant_mode": "static"}))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_dynamic_int8_has_integer_matmuls(tiny_evaluator: TaskEvaluator) -> None:
+    model = _graph(tiny_evaluator, {**ORT, "bit_width": 8, "quant_mode": "dynamic", "per_channel": True})
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= _ops(model)
+
+
+def test_int4_has_matmulnbits(tiny_evaluator: TaskEvaluator) -> None:
+    assert "MatMulNBits" in _ops(_graph(tiny_evaluator, {**ORT, "bit_width": 4}))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {**ORT, "bit_width": 8, "quant_mode": "dynamic"},
+        {**ORT, "bit_width": 8, "quant_mode": "static"},
+        {**ORT, "bit_width": 4},
+    ],
+    ids=["dynamic", "static", "int4"],
+)
+def test_excluded_layers_stay_fp32(tiny_evaluator: TaskEvaluator, config: dict) -> None:
+    model = _graph(tiny_evaluator, {**config, "precision": {"fc1": "fp32", "fc2": "int8"}})
+    node = _float_weight_node(model, "/fc1/Gemm")
+    producers = {out: n.op_type for n in model.graph.node for out in n.output}
+    assert producers.get(node.input[1]) != "DequantizeLinear"
+    with pytest.raises(StopIteration):  # and the layer not excluded is quantized
+        _float_weight_node(model, "/fc2/Gemm")
+
+
+def test_torch_int8_keeps_excluded_linears_float(tiny_evaluator: TaskEvaluator) -> None:
+    tiny_evaluator({"bit_width": 8, "precision": {"fc1": "fp32"}})
+    built = next(reversed(tiny_evaluator._built.values()))
+    module = built.runners[1].module
+    assert type(module.fc1) is torch.nn.Linear
+    assert "quantized" in type(module.fc2).__module__
+
+
+def test_unmodified_accuracy_equals_the_reference(digits_task: Task, tmp_path) -> None:
+    evaluator = TaskEvaluator(digits_task, cache_dir=tmp_path, timing=FAST)
+    with torch.inference_mode():
+        model = digits_task.fresh_module()
+        correct = total = 0
+        for inputs, targets in digits_task.validation:
+            predicted = model(torch.from_numpy(inputs["image"])).argmax(1).numpy()
+            correct += int((predicted == targets).sum())
+            total += len(targets)
+    m = evaluator({})
+    assert m.metrics["accuracy"] == evaluator.reference_accuracy() == correct / total
+    assert m.metrics["accuracy"] > 0.9
+
+
+def test_cache_skips_a_second_build(tiny_task: Task, tmp_path) -> None:
+    config = {**ORT, "bit_width": 8, "quant_mode": "static"}
+    first = TaskEvaluator(tiny_task, cache_dir=tmp_path, timing=FAST)
+    a = first(config)
+    assert first.builds == 1 and a.details["cache_hit"] is False
+    b = first({**config, "batch_size": 8, "threads": 2})  # batch size and threads only: same engine
+    assert first.builds == 1 and b.details["cache_hit"] == "memory"
+    assert b.metrics["accuracy"] == a.metrics["accuracy"] and b.details["threads"] == 2
+    second = TaskEvaluator(tiny_task, cache_dir=tmp_path, timing=FAST)  # another worker process
+    c = second(config)
+    assert second.builds == 0 and c.details["cache_hit"] == "disk"
+    assert c.metrics["accuracy"] == a.metrics["accuracy"]
+    assert c.metrics["model_bytes"] == a.metrics["model_bytes"]
+
+
+def test_baseline_is_torch_fp32_at_the_same_batch_and_threads(tiny_evaluator: TaskEvaluator) -> None:
+    m = tiny_evaluator({**ORT, "batch_size": 4, "threads": 2})
+    assert m.details["baseline"]["engine"] == "torch" and m.details["baseline"]["bit_width"] == 32
+    assert (4, 2) in tiny_evaluator._baselines
+    again = tiny_evaluator({**ORT, "bit_width": 8, "batch_size": 4, "threads": 2})
+    assert again.metrics["baseline_latency_p50_ms"] == m.metrics["baseline_latency_p50_ms"]
+
+
+def test_a_model_that_fails_to_export_carries_the_exporters_message(tmp_path) -> None:
+    task = Task(unexportable, {"x": images(4)}, validation=[({"x": images(4)}, None)])
+    evaluator = TaskEvaluator(task, cache_dir=tmp_path, timing=FAST)
+    assert evaluator({})["accuracy"] if False else evaluator({}).metrics["accuracy"] == 1.0
+    with pytest.raises(EvaluationError, match="bessel_j0"):
+        evaluator(ORT)
+
+
+def test_sparsity_is_credited_for_size_only(tiny_evaluator: TaskEvaluator) -> None:
+    dense = tiny_evaluator({})
+    sparse = tiny_evaluator({"sparsity": 0.5})
+    details = next(reversed(tiny_evaluator._built.values())).details
+    assert details["zeroed_weights"] >= 0.5 * details["sparse_weights"] - 10
+    assert sparse.metrics["model_bytes"] < dense.metrics["model_bytes"]
+    assert details["dense_model_bytes"] == dense.metrics["model_bytes"]
