@@ -144,7 +144,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stats = run_worker(store, args.study, evaluator, n_trials=n_trials, worker=wid)
     print(f"worker done: {stats.completed} completed, {stats.failed} failed, {stats.invalid} invalid", file=sys.stderr)
     reason = store.stopped_reason(args.study)
-    if reason:
+    if reason and not reason.startswith("finished:"):
         print(f"error: study stopped: {reason}", file=sys.stderr)
         return 1
     return 0

@@ -48,6 +48,8 @@ class FakeEvaluator:
         engine_factor = {"torch": 1.0, "onnxruntime": 0.7}.get(str(config.get("engine", "torch")), 1.0)
         per_sample_ms = engine_factor * (1.0 - 0.6 * prune) * (0.25 + 0.75 * bits / 32) * (1.0 + x)
         latency = 0.5 + per_sample_ms * batch ** 0.85
+        # like the real evaluator: the unmodified model's latency at this batch size
+        baseline_latency = 0.5 + batch ** 0.85
         accuracy = 0.98 - 0.3 * prune**2 - {32: 0.0, 16: 0.001, 8: 0.006, 4: 0.03}.get(bits, 0.0) - 0.05 * x**2
         metrics = {
             "latency_p50_ms": latency,
@@ -55,6 +57,7 @@ class FakeEvaluator:
             "throughput": 1000.0 * batch / latency,
             "accuracy": accuracy,
             "model_bytes": 1e6 * (1 - prune) * bits / 32,
+            "baseline_latency_p50_ms": baseline_latency,
         }
         if mode == "nan":
             metrics["accuracy"] = math.nan

@@ -91,3 +91,8 @@ def toy_space() -> _pt.SearchSpace:
         },
         forbidden=[{"engine": "torch", "bit_width": 4}],
     )
+
+
+# Trial and worker processes are fresh interpreters: let them import test helper modules too.
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS_DIR, os.environ.get("PYTHONPATH")) if p)

@@ -59,23 +59,28 @@ class DigitsCNN(nn.Module):
 
 def train(model: nn.Module, epochs: int, lr: float = 2e-3) -> None:
     """Adam on the training split, one thread and a fixed seed: the same weights everywhere."""
-    data = load_data()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(SEED)
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
-        generator = torch.Generator().manual_seed(SEED)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(x), generator=generator).split(BATCH):
-                optimizer.zero_grad()
-                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-                optimizer.step()
+        with torch.inference_mode(False), torch.enable_grad():
+            _train_steps(model, epochs, lr)
     finally:
         torch.set_num_threads(threads)
         model.eval()
+
+
+def _train_steps(model: nn.Module, epochs: int, lr: float) -> None:
+    data = load_data()
+    torch.manual_seed(SEED)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
+    generator = torch.Generator().manual_seed(SEED)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=generator).split(BATCH):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
 
 
 def finetune(model: nn.Module) -> None:
@@ -85,9 +90,10 @@ def finetune(model: nn.Module) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _trained_state() -> dict[str, torch.Tensor]:
-    torch.manual_seed(SEED)
-    model = DigitsCNN()
-    train(model, epochs=EPOCHS)
+    with torch.inference_mode(False):
+        torch.manual_seed(SEED)
+        model = DigitsCNN()
+        train(model, epochs=EPOCHS)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -50,7 +50,9 @@ class CacheEntry:
 class ArtifactCache:
     """A size-bounded, multi-process-safe directory of artifacts and their metadata."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    ):
         if not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ConfigError(f"ArtifactCache max_bytes must be a positive int, got {max_bytes!r}")
         if root is None:

@@ -50,7 +50,6 @@ class BuildSpec:
     threads: int
     ignored: tuple[str, ...] = ()  # keys given that do not apply to this combination
 
-
     @property
     def quantized(self) -> bool:
         return self.bit_width in (4, 8)
@@ -101,7 +100,9 @@ def resolve_config(config: Mapping[str, Any], layers: Mapping[str, str]) -> Buil
     if not isinstance(config, Mapping):
         raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
     for key in config:
-        if not isinstance(key, str) or (key not in DEFAULTS and not key.startswith(USER_KEY_PREFIX)):
+        if not isinstance(key, str) or (
+            key not in DEFAULTS and not key.startswith(USER_KEY_PREFIX)
+        ):
             raise ConfigError(
                 f"unknown config key {key!r}; known keys are {sorted(DEFAULTS)} "
                 f"(keys starting with {USER_KEY_PREFIX!r} are left to the user)"
@@ -114,7 +115,9 @@ def resolve_config(config: Mapping[str, Any], layers: Mapping[str, str]) -> Buil
     if precision is None:
         precision = {}
     if not isinstance(precision, Mapping):
-        raise ConfigError(f"precision must be a mapping of layer name to precision, got {precision!r}")
+        raise ConfigError(
+            f"precision must be a mapping of layer name to precision, got {precision!r}"
+        )
     excluded = []
     for layer, value in precision.items():
         if layer not in layers:

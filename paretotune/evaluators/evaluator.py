@@ -20,7 +20,12 @@ import numpy as np
 from paretotune.errors import EvaluationError, InvalidConfigError, ParetotuneError
 from paretotune.evaluators.cache import DEFAULT_MAX_BYTES, ArtifactCache, cache_key
 from paretotune.evaluators.config import BuildSpec, resolve_config
-from paretotune.evaluators.hardware import hardware_fingerprint, library_versions, peak_rss_bytes, reset_peak_rss
+from paretotune.evaluators.hardware import (
+    hardware_fingerprint,
+    library_versions,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 from paretotune.evaluators.measurement import Measurement
 from paretotune.evaluators.task import Task
 from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable
@@ -89,7 +94,9 @@ class TaskEvaluator:
         except ParetotuneError:
             raise
         except Exception as exc:  # noqa: BLE001 - the engine failing to run is the trial failing
-            raise EvaluationError(f"running the built {spec.engine} engine at batch_size={spec.batch_size} failed: {exc}") from exc
+            raise EvaluationError(
+                f"running the built {spec.engine} engine at batch_size={spec.batch_size} failed: {exc}"
+            ) from exc
         baseline_started = time.perf_counter()
         baseline = self._baseline(spec.batch_size, spec.threads)
         metrics = {
@@ -129,7 +136,8 @@ class TaskEvaluator:
 
     def reference_accuracy(self) -> float:
         """The task metric of the unmodified model on its reference engine (the baseline)."""
-        return self.task.score(self._reference_validation_outputs(), self._reference_outputs)
+        reference = None if self.task.labelled else self._reference_outputs_joined()
+        return self.task.score(self._reference_validation_outputs(), reference)
 
     # -- config ----------------------------------------------------------------------------
 
@@ -138,7 +146,9 @@ class TaskEvaluator:
         spec = resolve_config(config, task.layers)
         engines = task.available_engines()
         if spec.engine not in engines:
-            raise InvalidConfigError(f"engine={spec.engine!r} cannot run task {task.name!r} here; available engines: {engines}")
+            raise InvalidConfigError(
+                f"engine={spec.engine!r} cannot run task {task.name!r} here; available engines: {engines}"
+            )
         if task.is_onnx and (spec.prune_ratio > 0 or spec.sparsity > 0):
             raise InvalidConfigError(
                 f"prune_ratio={spec.prune_ratio} / sparsity={spec.sparsity}: pruning needs a "
@@ -154,7 +164,14 @@ class TaskEvaluator:
         return spec
 
     def _build_key(self, spec: BuildSpec) -> str:
-        return cache_key("build", CACHE_FORMAT, self.task.model_id(), self.task.data_id(), spec.build_dict(), library_versions())
+        return cache_key(
+            "build",
+            CACHE_FORMAT,
+            self.task.model_id(),
+            self.task.data_id(),
+            spec.build_dict(),
+            library_versions(),
+        )
 
     # -- building --------------------------------------------------------------------------
 
@@ -166,7 +183,14 @@ class TaskEvaluator:
         entry = self.cache.get(key)
         if entry is not None and entry.data is not None:
             meta = entry.meta
-            built = _Built(spec, entry.data, meta["accuracy"], meta["model_bytes"], meta["build_s"], meta["details"])
+            built = _Built(
+                spec,
+                entry.data,
+                meta["accuracy"],
+                meta["model_bytes"],
+                meta["build_s"],
+                meta["details"],
+            )
             hit: str | bool = "disk"
         else:
             try:
@@ -174,9 +198,16 @@ class TaskEvaluator:
             except ParetotuneError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any build crash fails the trial with its reason
-                raise EvaluationError(f"building {spec.engine} bit_width={spec.bit_width} failed: {type(exc).__name__}: {exc}") from exc
+                raise EvaluationError(
+                    f"building {spec.engine} bit_width={spec.bit_width} failed: {type(exc).__name__}: {exc}"
+                ) from exc
             self.builds += 1
-            meta = {"accuracy": built.accuracy, "model_bytes": built.model_bytes, "build_s": built.build_s, "details": built.details}
+            meta = {
+                "accuracy": built.accuracy,
+                "model_bytes": built.model_bytes,
+                "build_s": built.build_s,
+                "details": built.details,
+            }
             self.cache.put(key, meta, built.artifact)
             hit = False
         self._built[key] = built
@@ -206,9 +237,14 @@ class TaskEvaluator:
             details.update(info)
             details["op_counts"] = ort_engine.onnx_summary(artifact)
             model_bytes = len(artifact)
-        if "zeroed_weights" in details:  # unstructured sparsity: credit the size of a bitmask encoding
+        if (
+            "zeroed_weights" in details
+        ):  # unstructured sparsity: credit the size of a bitmask encoding
             details["dense_model_bytes"] = model_bytes
-            saved = details["zeroed_weights"] * BYTES_PER_WEIGHT[spec.bit_width] - details["sparse_weights"] / 8
+            saved = (
+                details["zeroed_weights"] * BYTES_PER_WEIGHT[spec.bit_width]
+                - details["sparse_weights"] / 8
+            )
             model_bytes = int(max(model_bytes - saved, 0))
         built = _Built(spec, artifact, float("nan"), model_bytes, 0.0, details)
         runner = self._runner(built, 1)
@@ -227,7 +263,10 @@ class TaskEvaluator:
             before = pruning.count_parameters(module)
             args = to_tensors(self.task.example_inputs, self.task.input_names)
             pruning.prune_structured(module, args, spec.prune_ratio, self.task.prune_ignore)
-            details["parameters_before"], details["parameters"] = before, pruning.count_parameters(module)
+            details["parameters_before"], details["parameters"] = (
+                before,
+                pruning.count_parameters(module),
+            )
             if self.task.finetune is not None:
                 tuned = time.perf_counter()
                 try:
@@ -237,7 +276,9 @@ class TaskEvaluator:
                 module.eval()
                 details["finetune_s"] = round(time.perf_counter() - tuned, 3)
             out = TorchRunner(module, self.task.input_names).run(self.task.example_inputs)
-            ref = TorchRunner(self.task.reference_module(), self.task.input_names).run(self.task.example_inputs)
+            ref = TorchRunner(self.task.reference_module(), self.task.input_names).run(
+                self.task.example_inputs
+            )
             if out.shape != ref.shape:
                 raise EvaluationError(
                     f"pruning changed the output shape from {ref.shape} to {out.shape}; name the "
@@ -252,7 +293,15 @@ class TaskEvaluator:
         """The fp32 ONNX export of the (pruned) model, shared by every ORT variant of it."""
         from paretotune.evaluators.onnxruntime_engine import export_onnx
 
-        key = cache_key("export", CACHE_FORMAT, self.task.model_id(), self.task.data_id(), spec.prune_ratio, spec.sparsity, library_versions())
+        key = cache_key(
+            "export",
+            CACHE_FORMAT,
+            self.task.model_id(),
+            self.task.data_id(),
+            spec.prune_ratio,
+            spec.sparsity,
+            library_versions(),
+        )
         if key in self._exports:
             return self._exports[key]
         entry = self.cache.get(key)
@@ -331,8 +380,15 @@ class TaskEvaluator:
             return self._baselines[slot]
         engine = "onnxruntime" if self.task.is_onnx else "torch"
         key = cache_key(
-            "baseline", CACHE_FORMAT, self.task.model_id(), self.task.data_id(), engine, batch_size, threads,
-            self.timing.to_dict(), hardware_fingerprint(),
+            "baseline",
+            CACHE_FORMAT,
+            self.task.model_id(),
+            self.task.data_id(),
+            engine,
+            batch_size,
+            threads,
+            self.timing.to_dict(),
+            hardware_fingerprint(),
         )
         entry = self.cache.get(key)
         if entry is not None:
@@ -341,7 +397,14 @@ class TaskEvaluator:
             self._set_threads(threads)
             run = self._reference_runner(threads).prepare(self._batch(batch_size))
             result: TimingResult = time_callable(run, batch_size, self.timing)
-            baseline = {"engine": engine, "bit_width": 32, "p50_ms": result.p50_ms, "stable": result.stable, "spread": round(result.spread, 4), "n_samples": result.n_samples}
+            baseline = {
+                "engine": engine,
+                "bit_width": 32,
+                "p50_ms": result.p50_ms,
+                "stable": result.stable,
+                "spread": round(result.spread, 4),
+                "n_samples": result.n_samples,
+            }
             self.cache.put(key, baseline)
             baseline = dict(baseline, cache_hit=False)
         self._baselines[slot] = baseline

@@ -146,12 +146,20 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         weight = numpy_helper.to_array(inits[node.input[1]])
         if attrs.get("transB", 0):
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight.T), node.input[1]))
+            inits[node.input[1]].CopyFrom(
+                numpy_helper.from_array(np.ascontiguousarray(weight.T), node.input[1])
+            )
         has_bias = len(node.input) > 2 and node.input[2] != ""
         matmul_out = node.output[0] + "_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [matmul_out], name=node.name))
+        nodes.append(
+            helper.make_node("MatMul", [node.input[0], node.input[1]], [matmul_out], name=node.name)
+        )
         if has_bias:
-            nodes.append(helper.make_node("Add", [matmul_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+            nodes.append(
+                helper.make_node(
+                    "Add", [matmul_out, node.input[2]], [node.output[0]], name=node.name + "_bias"
+                )
+            )
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     onnx.checker.check_model(model)
@@ -171,7 +179,9 @@ class _Calibration:
         pass
 
 
-def build_onnxruntime(fp32: bytes, spec: BuildSpec, task: Task, layers: Sequence[str]) -> tuple[bytes, dict[str, Any]]:
+def build_onnxruntime(
+    fp32: bytes, spec: BuildSpec, task: Task, layers: Sequence[str]
+) -> tuple[bytes, dict[str, Any]]:
     """Quantize an fp32 ONNX model as `spec` asks; returns the model bytes and build details."""
     import onnx
 
@@ -193,11 +203,16 @@ def build_onnxruntime(fp32: bytes, spec: BuildSpec, task: Task, layers: Sequence
             if spec.bit_width == 4:
                 out = _int4(model, exclude)
                 return out.SerializeToString(), details
-            from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+            from onnxruntime.quantization import (
+                QuantFormat,
+                QuantType,
+                quantize_dynamic,
+                quantize_static,
+            )
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             onnx.save(model, src)
-            quant_pre_process(src, src, skip_optimization=True)
+            _pre_process(quant_pre_process, src)
             extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
             if spec.quant_mode == "static":
                 quantize_static(
@@ -226,7 +241,19 @@ def build_onnxruntime(fp32: bytes, spec: BuildSpec, task: Task, layers: Sequence
         except InvalidConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - quantizers raise many types
-            raise EvaluationError(f"onnxruntime quantization (bit_width={spec.bit_width}, quant_mode={spec.quant_mode!r}) failed: {exc}") from exc
+            raise EvaluationError(
+                f"onnxruntime quantization (bit_width={spec.bit_width}, quant_mode={spec.quant_mode!r}) failed: {exc}"
+            ) from exc
+
+
+def _pre_process(quant_pre_process: Callable[..., None], path: str) -> None:
+    """Shape inference before quantizing: symbolic when it completes, else ONNX's own."""
+    for symbolic in (True, False):
+        try:
+            quant_pre_process(path, path, skip_optimization=True, skip_symbolic_shape=not symbolic)
+            return
+        except Exception as exc:  # noqa: BLE001 - inference failing only costs shape info
+            logger.debug("quantization pre-processing (symbolic=%s) failed: %s", symbolic, exc)
 
 
 def _int4(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
@@ -265,7 +292,9 @@ class OrtRunner:
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
-            raise EvaluationError(f"the ONNX model needs inputs {missing}; the task gives {list(inputs)}")
+            raise EvaluationError(
+                f"the ONNX model needs inputs {missing}; the task gives {list(inputs)}"
+            )
         feeds = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}
         session = self.session
 
@@ -286,5 +315,3 @@ def onnx_summary(model: bytes) -> dict[str, int]:
     for node in onnx.load_from_string(model).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-

@@ -62,7 +62,10 @@ def _fix_attention_attributes(module: nn.Module, head_counts: dict[nn.Module, in
 
 
 def prune_structured(
-    module: nn.Module, args: tuple[torch.Tensor, ...], ratio: float, ignore: Sequence[str] | None = None
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    ratio: float,
+    ignore: Sequence[str] | None = None,
 ) -> nn.Module:
     """Remove `ratio` of the channels/neurons/heads of every prunable group, L1-ranked, in place.
 
@@ -78,7 +81,9 @@ def prune_structured(
     try:
         ignored = [module.get_submodule(name) for name in names]
     except AttributeError as exc:
-        raise EvaluationError(f"prune_ignore names a module the model does not have: {exc}") from exc
+        raise EvaluationError(
+            f"prune_ignore names a module the model does not have: {exc}"
+        ) from exc
     heads = _attention_heads(module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -96,7 +101,9 @@ def prune_structured(
             )
             pruner.step()
         except Exception as exc:  # noqa: BLE001 - graph tracing fails in many ways
-            raise EvaluationError(f"structured pruning (prune_ratio={ratio}) failed: {exc!r}") from exc
+            raise EvaluationError(
+                f"structured pruning (prune_ratio={ratio}) failed: {exc!r}"
+            ) from exc
     if heads:
         _fix_attention_attributes(module, {m: pruner.num_heads.get(m, n) for m, n in heads.items()})
     return module

@@ -104,10 +104,16 @@ class Task:
                 f".onnx file, got {type(model).__name__}"
             )
         if fidelity not in FIDELITY_KINDS:
-            raise TaskError(f"Task fidelity must be one of {list(FIDELITY_KINDS)}, got {fidelity!r}")
+            raise TaskError(
+                f"Task fidelity must be one of {list(FIDELITY_KINDS)}, got {fidelity!r}"
+            )
         if metric is not None and not callable(metric):
-            raise TaskError(f"Task metric must be callable (outputs, targets) -> float, got {metric!r}")
-        self.name = name or (self.model_path.stem if self.model_path else getattr(model, "__name__", "task"))
+            raise TaskError(
+                f"Task metric must be callable (outputs, targets) -> float, got {metric!r}"
+            )
+        self.name = name or (
+            self.model_path.stem if self.model_path else getattr(model, "__name__", "task")
+        )
         self.input_names = list(input_names) if input_names is not None else None
         self.example_inputs = self._inputs(example_inputs, "example_inputs")
         self.input_names = list(self.example_inputs)
@@ -152,16 +158,24 @@ class Task:
         return state
 
     def __repr__(self) -> str:
-        source = str(self.model_path) if self.model_path else getattr(self.model_factory, "__qualname__", "factory")
+        source = (
+            str(self.model_path)
+            if self.model_path
+            else getattr(self.model_factory, "__qualname__", "factory")
+        )
         return f"Task(name={self.name!r}, model={source!r})"
 
     def _inputs(self, value: Inputs, what: str) -> dict[str, np.ndarray]:
         if isinstance(value, Mapping):
             return {str(k): _to_numpy(v, f"{what}[{k!r}]") for k, v in value.items()}
         items = list(value) if isinstance(value, (tuple, list)) else [value]
-        names = self.input_names or [f"input_{i}" if len(items) > 1 else "input" for i in range(len(items))]
+        names = self.input_names or [
+            f"input_{i}" if len(items) > 1 else "input" for i in range(len(items))
+        ]
         if len(names) != len(items):
-            raise TaskError(f"{what} has {len(items)} arrays but input_names has {len(names)}: {names}")
+            raise TaskError(
+                f"{what} has {len(items)} arrays but input_names has {len(names)}: {names}"
+            )
         return {n: _to_numpy(v, f"{what}[{n!r}]") for n, v in zip(names, items, strict=True)}
 
     @property
@@ -177,7 +191,9 @@ class Task:
     def reference_module(self) -> torch.nn.Module:
         """The unmodified model in eval mode (built once per process; copy before changing)."""
         if self.model_factory is None:
-            raise TaskError(f"task {self.name!r} is an ONNX model ({self.model_path}); it has no torch module")
+            raise TaskError(
+                f"task {self.name!r} is an ONNX model ({self.model_path}); it has no torch module"
+            )
         if self._reference is None:
             import torch
 
@@ -202,7 +218,9 @@ class Task:
         try:
             return self.model_path.read_bytes()
         except OSError as exc:
-            raise TaskError(f"task {self.name!r}: cannot read model file {self.model_path}: {exc}") from exc
+            raise TaskError(
+                f"task {self.name!r}: cannot read model file {self.model_path}: {exc}"
+            ) from exc
 
     def model_id(self) -> str:
         """A content hash of the model: its weights (and class), or the .onnx bytes."""
@@ -213,10 +231,22 @@ class Task:
                 self._model_id = cache_key("onnx", self.onnx_bytes())
             else:
                 module = self.reference_module()
-                parts: list[Any] = [type(module).__module__, type(module).__qualname__, repr(module)]
+                parts: list[Any] = [
+                    type(module).__module__,
+                    type(module).__qualname__,
+                    repr(module),
+                ]
                 for key, tensor in module.state_dict().items():
                     parts.extend([key, str(tensor.dtype), list(tensor.shape)])
-                    parts.append(tensor.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
+                    parts.append(
+                        tensor.detach()
+                        .cpu()
+                        .contiguous()
+                        .view(-1)
+                        .view(dtype=_byte_dtype())
+                        .numpy()
+                        .tobytes()
+                    )
                 self._model_id = cache_key(*parts)
         return self._model_id
 
@@ -267,24 +297,34 @@ class Task:
     def validate(self) -> None:
         """Raise TaskError with the reason if this task cannot be used (run at study creation)."""
         if not self.validation:
-            raise TaskError(f"task {self.name!r} has no validation batches; pass validation=[(inputs, targets), ...]")
+            raise TaskError(
+                f"task {self.name!r} has no validation batches; pass validation=[(inputs, targets), ...]"
+            )
         if any(t is not None for _, t in self.validation) and not self.labelled:
-            raise TaskError(f"task {self.name!r}: either every validation batch has targets or none has")
+            raise TaskError(
+                f"task {self.name!r}: either every validation batch has targets or none has"
+            )
         if self.model_path is not None:
             if not self.model_path.is_file():
-                raise TaskError(f"task {self.name!r}: model file {str(self.model_path)!r} does not exist")
+                raise TaskError(
+                    f"task {self.name!r}: model file {str(self.model_path)!r} does not exist"
+                )
             import onnx
 
             try:
                 onnx.checker.check_model(str(self.model_path))
             except Exception as exc:  # noqa: BLE001 - onnx raises several types
-                raise TaskError(f"task {self.name!r}: {self.model_path} fails onnx.checker: {exc}") from exc
+                raise TaskError(
+                    f"task {self.name!r}: {self.model_path} fails onnx.checker: {exc}"
+                ) from exc
             from paretotune.evaluators.onnxruntime_engine import OrtRunner
 
             try:
                 OrtRunner(self.onnx_bytes(), threads=1).run(self.example_inputs)
             except Exception as exc:  # noqa: BLE001
-                raise TaskError(f"task {self.name!r}: example inputs do not run on the model: {exc}") from exc
+                raise TaskError(
+                    f"task {self.name!r}: example inputs do not run on the model: {exc}"
+                ) from exc
         else:
             from paretotune.evaluators.torch_engine import TorchRunner
 
@@ -293,7 +333,9 @@ class Task:
             except TaskError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                raise TaskError(f"task {self.name!r}: example inputs do not run on the model: {exc!r}") from exc
+                raise TaskError(
+                    f"task {self.name!r}: example inputs do not run on the model: {exc!r}"
+                ) from exc
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -305,14 +347,18 @@ class Task:
             metric = self.metric or top1_accuracy
             return float(metric(joined, targets))
         if reference is None:
-            raise TaskError(f"task {self.name!r} has no labels and no reference outputs for fidelity")
+            raise TaskError(
+                f"task {self.name!r} has no labels and no reference outputs for fidelity"
+            )
         if self.metric is not None:
             return float(self.metric(joined, reference))
         kind = self.fidelity
         if kind == "auto":
             norms = np.linalg.norm(reference.reshape(reference.shape[0], -1), axis=1)
             kind = "cosine" if np.allclose(norms, 1.0, atol=1e-3) else "top1"
-        return top1_agreement(joined, reference) if kind == "top1" else mean_cosine(joined, reference)
+        return (
+            top1_agreement(joined, reference) if kind == "top1" else mean_cosine(joined, reference)
+        )
 
 
 def _byte_dtype() -> Any:
@@ -332,7 +378,10 @@ def _onnx_layers(path: Path) -> dict[str, str]:
     return {
         node.name: node.op_type
         for node in model.graph.node
-        if node.op_type in ONNX_WEIGHT_OPS and node.name and len(node.input) > 1 and node.input[1] in weights
+        if node.op_type in ONNX_WEIGHT_OPS
+        and node.name
+        and len(node.input) > 1
+        and node.input[1] in weights
     }
 
 
@@ -354,11 +403,15 @@ def load_task(path: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
-            raise TaskError(f"cannot load task {path!r}: {module_name!r} has no attribute {attr!r}") from exc
+            raise TaskError(
+                f"cannot load task {path!r}: {module_name!r} has no attribute {attr!r}"
+            ) from exc
     return obj
 
 
-def as_evaluator(obj: Any, cache_dir: str | os.PathLike[str] | None = None) -> Callable[[Mapping[str, Any]], Any]:
+def as_evaluator(
+    obj: Any, cache_dir: str | os.PathLike[str] | None = None
+) -> Callable[[Mapping[str, Any]], Any]:
     """A Task becomes a `TaskEvaluator`; any other callable(config) is used as it is."""
     if isinstance(obj, Task):
         from paretotune.evaluators.evaluator import TaskEvaluator

@@ -16,7 +16,9 @@ from paretotune.errors import EvaluationError, InvalidConfigError
 logger = logging.getLogger(__name__)
 
 
-def to_tensors(inputs: Mapping[str, np.ndarray], names: Sequence[str], dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+def to_tensors(
+    inputs: Mapping[str, np.ndarray], names: Sequence[str], dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, ...]:
     """Inputs in `names` order; floating inputs cast to `dtype` when given (bf16)."""
     tensors = []
     for name in names:
@@ -35,7 +37,9 @@ def first_tensor(output: Any) -> torch.Tensor:
         elif isinstance(output, (tuple, list)) and output:
             output = output[0]
         else:
-            raise EvaluationError(f"model output must contain a tensor, got {type(output).__name__}")
+            raise EvaluationError(
+                f"model output must contain a tensor, got {type(output).__name__}"
+            )
     return output
 
 
@@ -44,7 +48,12 @@ class TorchRunner:
 
     engine = "torch"
 
-    def __init__(self, module: torch.nn.Module, input_names: Sequence[str], input_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        input_names: Sequence[str],
+        input_dtype: torch.dtype | None = None,
+    ):
         self.module = module
         self.input_names = list(input_names)
         self.input_dtype = input_dtype
@@ -64,7 +73,9 @@ class TorchRunner:
         return first_tensor(self.prepare(inputs)()).float().cpu().numpy()
 
 
-def build_torch(module: torch.nn.Module, bit_width: int, per_channel: bool, quantize_layers: Sequence[str]) -> torch.nn.Module:
+def build_torch(
+    module: torch.nn.Module, bit_width: int, per_channel: bool, quantize_layers: Sequence[str]
+) -> torch.nn.Module:
     """Turn a (possibly pruned) fp32 module into the engine's module for `bit_width`."""
     module = module.eval()
     if bit_width == 32:
@@ -72,9 +83,15 @@ def build_torch(module: torch.nn.Module, bit_width: int, per_channel: bool, quan
     if bit_width == 16:
         return module.to(torch.bfloat16)
     if bit_width == 8:
-        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+        from torch.ao.quantization import (
+            default_dynamic_qconfig,
+            per_channel_dynamic_qconfig,
+            quantize_dynamic,
+        )
 
-        linears = [n for n in quantize_layers if isinstance(module.get_submodule(n), torch.nn.Linear)]
+        linears = [
+            n for n in quantize_layers if isinstance(module.get_submodule(n), torch.nn.Linear)
+        ]
         if not linears:
             raise InvalidConfigError(
                 "bit_width=8 on engine='torch' quantizes Linear layers only (dynamic int8), and "
@@ -84,7 +101,9 @@ def build_torch(module: torch.nn.Module, bit_width: int, per_channel: bool, quan
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return quantize_dynamic(module, {name: qconfig for name in linears}, dtype=torch.qint8)
-    raise InvalidConfigError(f"bit_width={bit_width} is not buildable on engine='torch'; allowed: 8, 16, 32")
+    raise InvalidConfigError(
+        f"bit_width={bit_width} is not buildable on engine='torch'; allowed: 8, 16, 32"
+    )
 
 
 def compile_module(module: torch.nn.Module) -> torch.nn.Module:

@@ -54,6 +54,8 @@ BASELINE_WAIT_S = 3600.0
 #: consecutive forbidden proposals before the sampler is declared stuck
 MAX_INVALID_STREAK = 200
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
+#: a stop reason that starts with this is a normal end, not an error
+FINISHED = "finished:"
 
 
 class TrialState(str, enum.Enum):
@@ -134,6 +136,8 @@ class Study:
         except KeyError:
             raise StudyError(f"study {name!r} has no Optuna record in {store.masked_url}") from None
         self._baseline_cache: Trial | None = None
+        #: set when the sampler has proposed every config of a finite space
+        self.exhausted = False
         self._rng = random.Random(worker_seed(spec.get("seed"), worker + "/replacements"))
         #: the task object given at creation, used when optimize() gets no evaluator
         self.task: Any = None
@@ -232,6 +236,12 @@ class Study:
             skip_if_exists=False,
         )
 
+    def enqueue(self, values: Mapping[str, Any]) -> Config:
+        """Queue a config to run before the sampler's own proposals (validated first)."""
+        config = self.space.config(values, fill_defaults=True)
+        self._optuna.enqueue_trial(self.space.to_params(config), skip_if_exists=False)
+        return config
+
     # -- ask / tell -----------------------------------------------------------------------------
     def ask(self) -> PendingTrial:
         """The next config to evaluate.
@@ -309,8 +319,19 @@ class Study:
         ot.set_user_attr("metrics", metrics)
         for c in self.constraints:
             ot.set_constraint(str(c), c.violation(metrics[c.metric]))
-        self._optuna.tell(ot, [metrics[m] for m in self.objectives])
+        self._tell_optuna(ot, [metrics[m] for m in self.objectives])
         return self.trial(pending.number)
+
+    def _tell_optuna(self, ot: optuna.trial.Trial, values: list[float]) -> None:
+        try:
+            self._optuna.tell(ot, values)
+        except RuntimeError as exc:
+            # BruteForceSampler (our "grid") calls Study.stop() once the space is exhausted,
+            # which Optuna only allows inside optimize(); the trial's state is stored anyway.
+            if "Study.stop" not in str(exc):
+                raise
+            self.exhausted = True
+            self.store.stop_study(self.name, f"{FINISHED} every config of the space was evaluated")
 
     def _derive(self, pending: PendingTrial, metrics: dict[str, float], wait_s: float) -> str | None:
         """Fill in accuracy_drop and speedup against the baseline. Returns why not, if not."""
@@ -328,6 +349,12 @@ class Study:
             ref = base.metrics.get("latency_p50_ms")
         if lat and ref:
             metrics["speedup"] = ref / lat
+        elif lat:
+            return (
+                f"speedup needs the baseline's latency at batch_size={pending.config.get('batch_size')}, "
+                f"but the baseline ran at batch_size={base.config.get('batch_size') if base.config else None}; "
+                "the evaluator can return `baseline_latency_p50_ms` for the trial's batch size"
+            )
         return None
 
     def _wait_for_baseline(self, wait_s: float) -> Trial | None:

@@ -112,7 +112,7 @@ def create_engine(url: str | None) -> sa.Engine:
     return engine
 
 
-def check_reachable(engine: sa.Engine) -> None:
+def check_reachable(engine: sa.Engine, shown_url: str) -> None:
     """Connect once; an unreachable or refusing store becomes a StorageError, password masked."""
     try:
         with engine.connect() as conn:
@@ -120,6 +120,6 @@ def check_reachable(engine: sa.Engine) -> None:
     except sa.exc.DBAPIError as exc:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise StorageError(
-            f"cannot reach the study store at {engine.url.render_as_string(hide_password=True)}: "
+            f"cannot reach the study store at {mask(shown_url)}: "
             f"{mask(detail)}"
         ) from None

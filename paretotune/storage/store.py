@@ -87,7 +87,7 @@ class StudyStore:
     def __init__(self, url: str | None = None) -> None:
         self.url = resolve_url(url)
         self.engine = create_engine(self.url)
-        check_reachable(self.engine)
+        check_reachable(self.engine, self.url)
         try:
             metadata.create_all(self.engine)
         except sa.exc.SQLAlchemyError as exc:

@@ -16,6 +16,7 @@ import cloudpickle
 
 from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, TrialState
+from paretotune.search.study import FINISHED
 from paretotune.workers.loop import GRACE_S, run_worker
 from paretotune.workers.reaper import reap_stale
 
@@ -191,7 +192,9 @@ def run_study(
             trial_timeout_s=trial_timeout_s, show_progress=show_progress,
         )
     reason = study.store.stopped_reason(study.name)
-    if reason:
+    if reason and reason.startswith(FINISHED):
+        log.info("study %r %s", study.name, reason)
+    elif reason:
         raise StudyError(f"study {study.name!r} stopped: {reason}")
     counts = study.counts()
     log.info(

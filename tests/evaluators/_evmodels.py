@@ -9,7 +9,9 @@ from torch import nn
 from paretotune.evaluators import TimingPolicy
 
 #: Short windows: tests check relations, never times.
-FAST = TimingPolicy(warmup_iters=1, min_window_iters=3, min_window_ms=1.0, stable_windows=3, max_windows=3)
+FAST = TimingPolicy(
+    warmup_iters=1, min_window_iters=3, min_window_ms=1.0, stable_windows=3, max_windows=3
+)
 
 
 class TinyNet(nn.Module):

@@ -12,7 +12,13 @@ LAYERS = {"conv1": "Conv2d", "fc1": "Linear", "fc2": "Linear"}
 
 def test_missing_keys_take_their_defaults() -> None:
     spec = resolve_config({}, LAYERS)
-    assert (spec.engine, spec.bit_width, spec.prune_ratio, spec.batch_size, spec.threads) == ("torch", 32, 0.0, 1, 1)
+    assert (spec.engine, spec.bit_width, spec.prune_ratio, spec.batch_size, spec.threads) == (
+        "torch",
+        32,
+        0.0,
+        1,
+        1,
+    )
     assert spec.quant_mode is None and spec.excluded_layers == ()
 
 
@@ -37,7 +43,9 @@ def test_user_keys_are_left_alone() -> None:
         {"engine": "onnxruntime", "bit_width": 8, "precision": {"fc1": "fp16"}},
     ],
 )
-def test_unbuildable_combinations_are_invalid_before_any_build(config: dict, tiny_evaluator) -> None:
+def test_unbuildable_combinations_are_invalid_before_any_build(
+    config: dict, tiny_evaluator
+) -> None:
     with pytest.raises(InvalidConfigError):
         tiny_evaluator(config)
     assert tiny_evaluator.builds == 0
@@ -65,9 +73,15 @@ def test_batch_size_and_threads_are_not_part_of_the_build() -> None:
     a = resolve_config({"engine": "onnxruntime", "batch_size": 1, "threads": 1}, LAYERS)
     b = resolve_config({"engine": "onnxruntime", "batch_size": 32, "threads": 2}, LAYERS)
     assert a.build_dict() == b.build_dict()
-    assert a.build_dict() != resolve_config({"engine": "onnxruntime", "bit_width": 8}, LAYERS).build_dict()
+    assert (
+        a.build_dict()
+        != resolve_config({"engine": "onnxruntime", "bit_width": 8}, LAYERS).build_dict()
+    )
 
 
 def test_excluded_layers_come_from_fp32_precision() -> None:
-    spec = resolve_config({"engine": "onnxruntime", "bit_width": 8, "precision": {"fc2": "fp32", "fc1": "int8"}}, LAYERS)
+    spec = resolve_config(
+        {"engine": "onnxruntime", "bit_width": 8, "precision": {"fc2": "fp32", "fc1": "int8"}},
+        LAYERS,
+    )
     assert spec.excluded_layers == ("fc2",)

@@ -24,25 +24,48 @@ def _ops(model: onnx.ModelProto) -> set[str]:
     return {node.op_type for node in model.graph.node}
 
 
-def _float_weight_node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
-    """The node `name`, checked to be a plain fp32 MatMul/Gemm/Conv on a float initializer."""
+def _is_fp32_layer(model: onnx.ModelProto, name: str) -> bool:
+    """Whether node `name` is a plain MatMul/Gemm/Conv reading an fp32 weight initializer."""
     inits = {i.name: i for i in model.graph.initializer}
-    node = next(n for n in model.graph.node if n.name == name)
-    assert node.op_type in ("MatMul", "Gemm", "Conv")
-    assert numpy_helper.to_array(inits[node.input[1]]).dtype.name == "float32"
-    return node
+    nodes = [n for n in model.graph.node if n.name == name]
+    if len(nodes) != 1 or nodes[0].op_type not in ("MatMul", "Gemm", "Conv"):
+        return False
+    weight = inits.get(nodes[0].input[1])
+    return weight is not None and numpy_helper.to_array(weight).dtype.name == "float32"
 
 
 def test_measurement_has_the_vocabulary_and_honest_details(tiny_evaluator: TaskEvaluator) -> None:
     m = tiny_evaluator({"engine": "onnxruntime", "batch_size": 4})
     assert set(m.metrics) <= set(METRIC_NAMES)
-    assert {"latency_p50_ms", "latency_p90_ms", "throughput", "accuracy", "model_bytes", "peak_memory_bytes", "build_s", "baseline_latency_p50_ms"} <= set(m.metrics)
+    assert {
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "throughput",
+        "accuracy",
+        "model_bytes",
+        "peak_memory_bytes",
+        "build_s",
+        "baseline_latency_p50_ms",
+    } <= set(m.metrics)
     assert ("latency_p99_ms" in m.metrics) == (m.details["n_samples"] >= 100)
     assert m.metrics["latency_p50_ms"] <= m.metrics["latency_p90_ms"]
-    for key in ("stable", "spread", "n_samples", "windows", "extended", "gave_up", "cache_hit", "phases_s"):
+    for key in (
+        "stable",
+        "spread",
+        "n_samples",
+        "windows",
+        "extended",
+        "gave_up",
+        "cache_hit",
+        "phases_s",
+    ):
         assert key in m.details
     hardware = m.details["hardware"]
-    assert hardware["threads"] == 1 and "avx512_vnni" in hardware["isa"] and hardware["versions"]["onnxruntime"]
+    assert (
+        hardware["threads"] == 1
+        and "avx512_vnni" in hardware["isa"]
+        and hardware["versions"]["onnxruntime"]
+    )
     assert m.metrics["accuracy"] == pytest.approx(1.0, abs=1e-6)  # fp32 ORT agrees with torch
 
 
@@ -52,7 +75,9 @@ def test_static_int8_has_qdq_nodes(tiny_evaluator: TaskEvaluator) -> None:
 
 
 def test_dynamic_int8_has_integer_matmuls(tiny_evaluator: TaskEvaluator) -> None:
-    model = _graph(tiny_evaluator, {**ORT, "bit_width": 8, "quant_mode": "dynamic", "per_channel": True})
+    model = _graph(
+        tiny_evaluator, {**ORT, "bit_width": 8, "quant_mode": "dynamic", "per_channel": True}
+    )
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= _ops(model)
 
 
@@ -71,11 +96,8 @@ def test_int4_has_matmulnbits(tiny_evaluator: TaskEvaluator) -> None:
 )
 def test_excluded_layers_stay_fp32(tiny_evaluator: TaskEvaluator, config: dict) -> None:
     model = _graph(tiny_evaluator, {**config, "precision": {"fc1": "fp32", "fc2": "int8"}})
-    node = _float_weight_node(model, "/fc1/Gemm")
-    producers = {out: n.op_type for n in model.graph.node for out in n.output}
-    assert producers.get(node.input[1]) != "DequantizeLinear"
-    with pytest.raises(StopIteration):  # and the layer not excluded is quantized
-        _float_weight_node(model, "/fc2/Gemm")
+    assert _is_fp32_layer(model, "/fc1/Gemm")
+    assert not _is_fp32_layer(model, "/fc2/Gemm")  # the layer not excluded is quantized
 
 
 def test_torch_int8_keeps_excluded_linears_float(tiny_evaluator: TaskEvaluator) -> None:
@@ -88,8 +110,8 @@ def test_torch_int8_keeps_excluded_linears_float(tiny_evaluator: TaskEvaluator) 
 
 def test_unmodified_accuracy_equals_the_reference(digits_task: Task, tmp_path) -> None:
     evaluator = TaskEvaluator(digits_task, cache_dir=tmp_path, timing=FAST)
+    model = digits_task.fresh_module()
     with torch.inference_mode():
-        model = digits_task.fresh_module()
         correct = total = 0
         for inputs, targets in digits_task.validation:
             predicted = model(torch.from_numpy(inputs["image"])).argmax(1).numpy()
@@ -115,7 +137,9 @@ def test_cache_skips_a_second_build(tiny_task: Task, tmp_path) -> None:
     assert c.metrics["model_bytes"] == a.metrics["model_bytes"]
 
 
-def test_baseline_is_torch_fp32_at_the_same_batch_and_threads(tiny_evaluator: TaskEvaluator) -> None:
+def test_baseline_is_torch_fp32_at_the_same_batch_and_threads(
+    tiny_evaluator: TaskEvaluator,
+) -> None:
     m = tiny_evaluator({**ORT, "batch_size": 4, "threads": 2})
     assert m.details["baseline"]["engine"] == "torch" and m.details["baseline"]["bit_width"] == 32
     assert (4, 2) in tiny_evaluator._baselines
@@ -126,7 +150,7 @@ def test_baseline_is_torch_fp32_at_the_same_batch_and_threads(tiny_evaluator: Ta
 def test_a_model_that_fails_to_export_carries_the_exporters_message(tmp_path) -> None:
     task = Task(unexportable, {"x": images(4)}, validation=[({"x": images(4)}, None)])
     evaluator = TaskEvaluator(task, cache_dir=tmp_path, timing=FAST)
-    assert evaluator({})["accuracy"] if False else evaluator({}).metrics["accuracy"] == 1.0
+    assert evaluator({}).metrics["accuracy"] == 1.0  # it runs on torch eager
     with pytest.raises(EvaluationError, match="bessel_j0"):
         evaluator(ORT)
 

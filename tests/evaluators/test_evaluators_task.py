@@ -18,7 +18,12 @@ def _task(model, inputs=None, **kwargs) -> Task:
 
 def test_a_good_task_validates_and_lists_its_layers(tiny_task: Task) -> None:
     tiny_task.validate()
-    assert tiny_task.layers == {"conv1": "Conv2d", "conv2": "Conv2d", "fc1": "Linear", "fc2": "Linear"}
+    assert tiny_task.layers == {
+        "conv1": "Conv2d",
+        "conv2": "Conv2d",
+        "fc1": "Linear",
+        "fc2": "Linear",
+    }
     assert tiny_task.available_engines() == ["torch", "onnxruntime"]
 
 

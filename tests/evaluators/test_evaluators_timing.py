@@ -20,7 +20,9 @@ def test_a_drifting_run_gives_up_unstable_with_its_spread() -> None:
         calls[0] += 1
         _busy(calls[0] * 2e-5)
 
-    policy = TimingPolicy(warmup_iters=0, min_window_iters=5, min_window_ms=0.0, stable_windows=3, max_windows=5)
+    policy = TimingPolicy(
+        warmup_iters=0, min_window_iters=5, min_window_ms=0.0, stable_windows=3, max_windows=5
+    )
     result = time_callable(run, 1, policy)
     assert not result.stable and result.details()["gave_up"]
     assert result.windows == 5 and result.spread > 1.1

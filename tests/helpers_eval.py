@@ -1,0 +1,30 @@
+"""Evaluators for worker tests; trial processes import this module (tests/ is on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+FAILURES = {0.01: "raise", 0.02: "exit", 0.03: "hang", 0.04: "nan"}
+
+
+def misbehaving(config: Any) -> dict[str, float]:
+    mode = FAILURES.get(config["x"], "ok")
+    if mode == "raise":
+        raise ValueError("bad weights in layer 3")
+    if mode == "exit":
+        os._exit(3)
+    if mode == "hang":
+        time.sleep(3600)
+    x = config["x"]
+    return {"latency_p50_ms": 1.0 + x, "accuracy": math.nan if mode == "nan" else 1.0 - x * x}
+
+
+def no_accuracy(config: Any) -> dict[str, float]:
+    return {"latency_p50_ms": 1.0}
+
+
+def no_baseline_latency(config: Any) -> dict[str, float]:
+    return {"latency_p50_ms": float(config["batch_size"]), "accuracy": 0.9}

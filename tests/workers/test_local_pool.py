@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pytest
+
+import paretotune as pt
+from paretotune.testing import FakeEvaluator, null_evaluator
+
+import helpers_eval
+
+
+def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path) -> None:
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+    study = pt.create_study("faults", f"sqlite:///{tmp_path}/f.db", space=space,
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"}, sampler="random", seed=3)
+    for x in (0.01, 0.02, 0.03, 0.04):
+        study.enqueue({"x": x})
+    study.optimize(helpers_eval.misbehaving, n_trials=10, n_workers=2, timeout_s=4)
+    by_x = {t.config["x"]: t for t in study.trials if t.config is not None and t.config["x"] in helpers_eval.FAILURES}
+    assert by_x[0.01].state == pt.TrialState.FAIL and by_x[0.01].reason == "ValueError: bad weights in layer 3"
+    assert by_x[0.02].state == pt.TrialState.FAIL and by_x[0.02].reason == "trial process exited with code 3"
+    assert by_x[0.03].state == pt.TrialState.FAIL and by_x[0.03].reason == "timeout after 4 s"
+    assert by_x[0.04].state == pt.TrialState.FAIL and by_x[0.04].reason == "metric 'accuracy' is nan"
+    counts = study.counts()
+    assert counts["COMPLETE"] == 10 and counts["RUNNING"] == 0 and counts["WAITING"] == 0
+    # nothing fake was stored for the failures
+    assert all(not t.metrics for t in study.trials if t.state == pt.TrialState.FAIL)
+    assert len(study.store.measurements("faults")) == 10
+
+
+@pytest.mark.postgres
+def test_four_workers_fifty_trials_each_on_postgres(pg_url: str, toy_space) -> None:
+    study = pt.create_study("many", pg_url, space=toy_space,
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"}, sampler="random", seed=1)
+    study.optimize(FakeEvaluator(), n_trials=200, n_workers=4)
+    trials = study.trials
+    complete = [t for t in trials if t.state == pt.TrialState.COMPLETE]
+    assert len(complete) == 200
+    assert len({t.number for t in complete}) == 200
+    assert not [t for t in trials if t.state in (pt.TrialState.RUNNING, pt.TrialState.WAITING, pt.TrialState.FAIL)]
+    assert sorted(m["trial_number"] for m in study.store.measurements("many")) == sorted(t.number for t in complete)
+    assert study.store.claim_counts("many") == {"active": 0, "done": 200, "released": 0}
+
+
+def test_budget_is_a_total_so_a_second_call_resumes(tmp_path, toy_space) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    study = pt.create_study("r", url, space=toy_space, objectives=["latency_p50_ms", "accuracy"], seed=0)
+    study.optimize(null_evaluator, n_trials=5)
+    again = pt.load_study("r", url)
+    again.optimize(null_evaluator, n_trials=5)  # already met: nothing runs
+    assert again.counts()["COMPLETE"] == 5
+    again.optimize(null_evaluator, n_trials=8)
+    assert again.counts()["COMPLETE"] == 8
+
+
+def test_objective_the_evaluator_never_returns_stops_the_study_at_once(tmp_path) -> None:
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+    study = pt.create_study("noacc", f"sqlite:///{tmp_path}/n.db", space=space,
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"})
+    with pytest.raises(pt.StudyError) as err:
+        study.optimize(helpers_eval.no_accuracy, n_trials=50, n_workers=2)
+    assert "did not return ['accuracy']" in str(err.value)
+    assert study.counts()["FAIL"] <= 2  # the first trial of each worker at most, not 50
+
+
+def test_baseline_runs_first_and_relative_metrics_use_it(tmp_path, toy_space) -> None:
+    study = pt.create_study("b", f"sqlite:///{tmp_path}/b.db", space=toy_space,
+                            objectives={"speedup": "max", "accuracy_drop": "min"},
+                            constraints={"accuracy_drop": ("<=", 0.01)}, seed=0)
+    study.optimize(FakeEvaluator(), n_trials=15, n_workers=2)
+    first = study.trials[0]
+    assert first.is_baseline and first.state == pt.TrialState.COMPLETE
+    assert first.config == toy_space.baseline()
+    assert first.metrics["accuracy_drop"] == 0.0
+    for t in study.completed():
+        assert t.metrics["accuracy_drop"] == pytest.approx(first.metrics["accuracy"] - t.metrics["accuracy"])
+        assert t.metrics["speedup"] == pytest.approx(t.metrics["baseline_latency_p50_ms"] / t.metrics["latency_p50_ms"])
+        if t.config["batch_size"] == first.config["batch_size"]:
+            assert t.metrics["speedup"] == pytest.approx(first.metrics["latency_p50_ms"] / t.metrics["latency_p50_ms"])
+    # infeasible trials are kept, but never on the front
+    infeasible = [t for t in study.completed() if not t.feasible]
+    front = study.pareto_front()
+    assert all(t.feasible for t in front)
+    assert not {t.number for t in infeasible} & {t.number for t in front}
+
+
+def test_speedup_without_a_reference_at_that_batch_size_fails_the_trial_with_why(tmp_path) -> None:
+    space = pt.SearchSpace({"batch_size": pt.Choice([1, 8])})
+    study = pt.create_study("sp", f"sqlite:///{tmp_path}/sp.db", space=space,
+                            objectives={"speedup": "max", "accuracy": "max"}, sampler="random", seed=0)
+    study.optimize(helpers_eval.no_baseline_latency, n_trials=1)
+    study.enqueue({"batch_size": 8})
+    study.optimize(helpers_eval.no_baseline_latency, n_trials=2, timeout_s=30)
+    failed = [t for t in study.trials if t.state == pt.TrialState.FAIL]
+    assert failed and "speedup needs the baseline's latency at batch_size=8" in failed[0].reason
+
+
+def test_grid_ends_the_study_when_the_space_is_exhausted(tmp_path) -> None:
+    space = pt.SearchSpace({"batch_size": pt.Choice([1, 2, 4]), "bit_width": pt.Choice([8, 32])})
+    study = pt.create_study("g", f"sqlite:///{tmp_path}/g.db", space=space,
+                            objectives=["latency_p50_ms", "accuracy"], sampler="grid")
+    study.optimize(FakeEvaluator(), n_trials=50)
+    configs = [t.config for t in study.completed()]
+    assert len(configs) == 6 and set(configs) == set(space.grid())
+    assert study.store.stopped_reason("g").startswith("finished:")
