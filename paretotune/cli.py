@@ -1,7 +1,7 @@
 """The `paretotune` command: run, worker, status, pareto, trials (and export, report).
 
 Errors print one line, ``error: ...``, with any password masked, and exit with code 2 for
-bad input and 1 for everything else.
+bad input (spec, space, task) and 1 for everything else (store, study).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from paretotune.errors import ConfigError, ParetotuneError
+from paretotune.errors import ConfigError, ParetotuneError, TaskError
 from paretotune.storage import mask
 
 log = logging.getLogger("paretotune.cli")
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, TaskError) as exc:
         print(f"error: {mask(str(exc))}", file=sys.stderr)
         return 2
     except ParetotuneError as exc:

@@ -66,3 +66,5 @@ class FakeEvaluator:
 
 #: a ready instance, for specs: ``task: paretotune.testing:fake_evaluator``
 fake_evaluator = FakeEvaluator()
+#: the same, taking 0.2 s a trial: long enough for a second worker to join mid-study
+slow_fake_evaluator = FakeEvaluator(sleep_s=0.2)

@@ -247,13 +247,15 @@ def build_onnxruntime(
 
 
 def _pre_process(quant_pre_process: Callable[..., None], path: str) -> None:
-    """Shape inference before quantizing: symbolic when it completes, else ONNX's own."""
-    for symbolic in (True, False):
-        try:
-            quant_pre_process(path, path, skip_optimization=True, skip_symbolic_shape=not symbolic)
-            return
-        except Exception as exc:  # noqa: BLE001 - inference failing only costs shape info
-            logger.debug("quantization pre-processing (symbolic=%s) failed: %s", symbolic, exc)
+    """ONNX shape inference before quantizing.
+
+    ONNX Runtime's symbolic shape inference is skipped on purpose: when it cannot complete it
+    dumps `sym_shape_infer_temp.onnx` and its external data into the current directory.
+    """
+    try:
+        quant_pre_process(path, path, skip_optimization=True, skip_symbolic_shape=True)
+    except Exception as exc:  # noqa: BLE001 - inference failing only costs shape info
+        logger.debug("quantization pre-processing failed: %s", exc)
 
 
 def _int4(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:

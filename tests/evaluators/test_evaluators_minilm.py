@@ -47,13 +47,15 @@ def test_head_pruning_removes_whole_heads_and_still_runs(minilm: Task) -> None:
         assert model(*args).shape == (8, 384)
 
 
-def test_dynamic_int8_per_channel_keeps_fidelity(evaluator: TaskEvaluator) -> None:
+def test_dynamic_int8_per_channel_keeps_fidelity(evaluator: TaskEvaluator, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     base = evaluator({"engine": "onnxruntime"})
     assert base.metrics["accuracy"] == pytest.approx(1.0, abs=1e-5)
     int8 = evaluator({"engine": "onnxruntime", "bit_width": 8, "per_channel": True})
     assert 0.98 <= int8.metrics["accuracy"] < 1.0
     assert int8.details["build_details"]["op_counts"].get("MatMulInteger", 0) >= 36
     assert int8.metrics["model_bytes"] < base.metrics["model_bytes"]
+    assert list(tmp_path.iterdir()) == []  # no quantizer temp files left in the working directory
 
 
 def test_excluding_a_layer_maps_it_to_its_onnx_node(evaluator: TaskEvaluator) -> None:

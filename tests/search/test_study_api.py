@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+import paretotune as pt
+from paretotune.testing import FakeEvaluator
+
+OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
+
+
+def _inline(study: pt.Study, n: int) -> None:
+    ev = FakeEvaluator()
+    for _ in range(n):
+        p = study.ask()
+        study.tell(p, ev(p.config))
+
+
+def test_create_load_and_resume_on_both_backends(storage_url: str, toy_space) -> None:
+    study = pt.create_study("s", storage_url, space=toy_space, objectives=OBJ,
+                            constraints={"accuracy_drop": ("<=", 0.01)}, seed=0)
+    _inline(study, 6)
+    again = pt.load_study("s", storage_url)
+    assert again.space == toy_space and again.objectives == OBJ
+    assert [t.to_dict() for t in again.trials] == [t.to_dict() for t in study.trials]
+    assert again.optuna_study.metric_names == ["latency_p50_ms", "accuracy"]
+    # same name, same spec: reopened; different spec: refused unless asked
+    same = pt.create_study("s", storage_url, space=toy_space, objectives=OBJ,
+                           constraints={"accuracy_drop": ("<=", 0.01)}, seed=0)
+    assert len(same.completed()) == 6
+    with pytest.raises(pt.StudyError, match=r"different spec \(differs in: objectives\)"):
+        pt.create_study("s", storage_url, space=toy_space, objectives={"accuracy": "max"},
+                        constraints={"accuracy_drop": ("<=", 0.01)}, seed=0)
+    loaded = pt.create_study("s", storage_url, space=toy_space, objectives={"accuracy": "max"}, seed=0,
+                             constraints={"accuracy_drop": ("<=", 0.01)}, load_if_exists=True)
+    assert loaded.objectives == OBJ  # the stored spec wins
+
+
+def test_load_missing_study_lists_what_is_there(storage_url: str, toy_space) -> None:
+    pt.create_study("present", storage_url, space=toy_space, objectives=OBJ)
+    with pytest.raises(pt.StudyError, match=r"no study named 'absent'.*\['present'\]"):
+        pt.load_study("absent", storage_url)
+
+
+def test_unknown_objective_lists_known_metrics(tmp_path, toy_space) -> None:
+    with pytest.raises(pt.ConfigError) as err:
+        pt.create_study("x", f"sqlite:///{tmp_path}/x.db", space=toy_space, objectives={"latency_ms": "min"})
+    assert "unknown metric 'latency_ms'" in str(err.value) and "latency_p50_ms" in str(err.value)
+    with pytest.raises(pt.ConfigError, match="direction must be 'min' or 'max'"):
+        pt.create_study("x", f"sqlite:///{tmp_path}/x.db", space=toy_space, objectives={"accuracy": "up"})
+    with pytest.raises(pt.ConfigError, match="operator must be one of"):
+        pt.create_study("x", f"sqlite:///{tmp_path}/x.db", space=toy_space, objectives=OBJ,
+                        constraints={"accuracy_drop": ("<", 0.1)})
+    # a declared extra metric is fine
+    pt.create_study("y", f"sqlite:///{tmp_path}/x.db", space=toy_space, objectives={"loss": "min"},
+                    extra_metrics=["loss"])
+
+
+def test_infeasible_trials_are_kept_but_never_on_the_front(tmp_path, toy_space) -> None:
+    study = pt.create_study("c", f"sqlite:///{tmp_path}/c.db", space=toy_space, objectives=OBJ,
+                            constraints={"accuracy_drop": ("<=", 0.005)}, sampler="random", seed=2)
+    _inline(study, 40)
+    done = study.completed()
+    infeasible = [t for t in done if not t.feasible]
+    assert infeasible, "the fake's low bit widths and pruning break the constraint"
+    front = study.pareto_front()
+    assert front and all(t.feasible and t.metrics["accuracy_drop"] <= 0.005 for t in front)
+    # Optuna sees the constraint values too
+    ft = study.optuna_study.trials[infeasible[0].number]
+    assert any(k.startswith("constraints") for k in ft.system_attrs)
+
+
+def test_hypervolume_history_is_monotone_and_matches_final(tmp_path, toy_space) -> None:
+    study = pt.create_study("h", f"sqlite:///{tmp_path}/h.db", space=toy_space, objectives=OBJ, seed=4)
+    _inline(study, 20)
+    hist = [hv for _, hv in study.hypervolume_history()]
+    assert all(b >= a for a, b in zip(hist, hist[1:], strict=False))
+    assert hist[-1] == pytest.approx(study.hypervolume())
+
+
+def test_enqueue_validates(tmp_path, toy_space) -> None:
+    study = pt.create_study("e", f"sqlite:///{tmp_path}/e.db", space=toy_space, objectives=OBJ)
+    with pytest.raises(pt.ConfigError, match="unknown dimension"):
+        study.enqueue({"bits": 8})
+    with pytest.raises(pt.InvalidConfigError, match="forbidden"):
+        study.enqueue({"engine": "torch", "bit_width": 4})
