@@ -264,7 +264,6 @@ class Study:
                     self.space.to_params(replacement), user_attrs={"replaces_invalid": ot.number}
                 )
                 continue
-            ot.set_user_attr("config", config.to_json())
             return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)
         raise StudyError(
             f"the sampler proposed {MAX_INVALID_STREAK} forbidden configs in a row; "
@@ -274,13 +273,15 @@ class Study:
     def tell_invalid(self, pending: PendingTrial, reason: str) -> Trial:
         pending._optuna_trial.set_user_attr("invalid_reason", reason)
         self._optuna.tell(pending._optuna_trial, state=OptunaState.PRUNED)
-        return self.trial(pending.number)
+        return Trial(pending.number, TrialState.INVALID, pending.config, reason=reason,
+                     is_baseline=pending.is_baseline)
 
     def tell_failure(self, pending: PendingTrial, reason: str) -> Trial:
         pending._optuna_trial.set_user_attr("fail_reason", reason)
         self._optuna.tell(pending._optuna_trial, state=OptunaState.FAIL)
         log.info("trial %d FAIL: %s", pending.number, reason)
-        return self.trial(pending.number)
+        return Trial(pending.number, TrialState.FAIL, pending.config, reason=reason,
+                     is_baseline=pending.is_baseline)
 
     def tell(
         self,
@@ -320,7 +321,8 @@ class Study:
         for c in self.constraints:
             ot.set_constraint(str(c), c.violation(metrics[c.metric]))
         self._tell_optuna(ot, [metrics[m] for m in self.objectives])
-        return self.trial(pending.number)
+        return Trial(pending.number, TrialState.COMPLETE, pending.config, metrics,
+                     feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline)
 
     def _tell_optuna(self, ot: optuna.trial.Trial, values: list[float]) -> None:
         try:

@@ -99,10 +99,10 @@ def run_worker(
     executor = TrialExecutor(evaluator, timeout_s=timeout)
     try:
         while stop is None or not stop.is_set():
-            if store.stopped_reason(study_name):
-                break
             claim = store.claim(study_name, worker, n_trials)
             if claim is None:
+                if store.stopped_reason(study_name):
+                    break
                 counts = store.claim_counts(study_name)
                 if counts["done"] >= n_trials or counts["active"] == 0:
                     break
