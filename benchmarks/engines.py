@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                             "p50_ms": p50,
                             "spread": m.details["spread"],
                             "stable": m.details["stable"],
-                            "speedup": m.metrics["baseline_latency_p50_ms"] / p50,
+                            "speedup": fp32_p50 / p50,
                             "fidelity": m.metrics["accuracy"],
                             "model_mb": m.metrics["model_bytes"] / 1e6,
                         }

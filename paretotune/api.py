@@ -64,6 +64,7 @@ def create_study(
     extra_metrics: Sequence[str] = (),
     trial_timeout_s: float | None = None,
     max_failures: int | None = None,
+    worker_grace_s: float | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
@@ -86,6 +87,7 @@ def create_study(
         extra_metrics=extra_metrics,
         trial_timeout_s=trial_timeout_s,
         max_failures=max_failures,
+        worker_grace_s=worker_grace_s,
     )
     study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
     study.task = task_obj

@@ -27,7 +27,7 @@ from paretotune.errors import ConfigError
 
 SPEC_KEYS = {
     "name", "storage", "task", "space", "objectives", "constraints", "sampler", "seed",
-    "extra_metrics", "trial_timeout_s", "max_failures", "budget",
+    "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "budget",
 }
 REQUIRED = ("name", "objectives")
 BUDGET_KEYS = {"n_trials", "n_workers"}
@@ -76,7 +76,8 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
         raise _fail(source, f"task must be an import path 'package.module:attribute', got {task!r}")
     args: dict[str, Any] = {
         k: data[k]
-        for k in ("task", "objectives", "constraints", "sampler", "seed", "extra_metrics", "trial_timeout_s", "max_failures")
+        for k in ("task", "objectives", "constraints", "sampler", "seed", "extra_metrics", "trial_timeout_s",
+                  "max_failures", "worker_grace_s")
         if k in data and data[k] is not None
     }
     if isinstance(args.get("constraints"), Mapping):

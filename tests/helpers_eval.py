@@ -28,3 +28,16 @@ def no_accuracy(config: Any) -> dict[str, float]:
 
 def no_baseline_latency(config: Any) -> dict[str, float]:
     return {"latency_p50_ms": float(config["batch_size"]), "accuracy": 0.9}
+
+
+def slow(config: Any) -> dict[str, float]:
+    """Half a second a trial, so a kill usually lands mid-trial."""
+    time.sleep(0.5)
+    x = config["x"]
+    return {"latency_p50_ms": 1.0 + x, "accuracy": 1.0 - x * x}
+
+
+def quick(config: Any) -> dict[str, float]:
+    time.sleep(0.1)
+    x = config["x"]
+    return {"latency_p50_ms": 1.0 + x, "accuracy": 1.0 - x * x}

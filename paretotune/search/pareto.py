@@ -110,7 +110,7 @@ class Front(Sequence["Trial"]):
             if rule != "knee":
                 raise ConfigError(f"pick: unknown rule {rule!r}; allowed: 'knee'")
             return self._knee()
-        metric = max if max is not None else min
+        metric: str = max if max is not None else min  # type: ignore[assignment]
         clauses = _parse_where(where)
         candidates = []
         nearest: list[tuple[float, Trial, list[str]]] = []

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
 from paretotune.errors import ConfigError, InvalidConfigError, StudyError
@@ -40,20 +41,21 @@ from paretotune.search.pareto import (
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, sampler_names
 from paretotune.space import Config, SearchSpace
-from paretotune.storage import StudyStore
+from paretotune.storage import StudyStore, is_transient, retry
 
 log = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
 SPEC_KEYS = {
     "version", "space", "objectives", "constraints", "sampler", "seed", "task",
-    "extra_metrics", "trial_timeout_s", "max_failures",
+    "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s",
 }
 #: seconds a trial waits at tell-time for the baseline to finish (derived metrics need it)
 BASELINE_WAIT_S = 3600.0
 #: consecutive forbidden proposals before the sampler is declared stuck
 MAX_INVALID_STREAK = 200
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
+DEFAULT_WORKER_GRACE_S = 20.0
 #: a stop reason that starts with this is a normal end, not an error
 FINISHED = "finished:"
 
@@ -124,6 +126,8 @@ class Study:
             {k: tuple(v) for k, v in (spec.get("constraints") or {}).items()}, extra
         )
         self.trial_timeout_s = float(spec.get("trial_timeout_s") or DEFAULT_TRIAL_TIMEOUT_S)
+        #: seconds without a heartbeat before a running trial's worker is declared lost
+        self.worker_grace_s = float(spec.get("worker_grace_s") or DEFAULT_WORKER_GRACE_S)
         self.task_path: str | None = spec.get("task")
         sampler = make_sampler(
             spec.get("sampler") or DEFAULT_SAMPLER,
@@ -251,7 +255,7 @@ class Study:
         after an invalid proposal gets a random valid config instead (enqueued, so it is a
         recorded trial like any other).
         """
-        for attempt in range(MAX_INVALID_STREAK):
+        for _ in range(MAX_INVALID_STREAK):
             ot = self._optuna.ask()
             try:
                 config = self.space.suggest(ot)
@@ -264,11 +268,30 @@ class Study:
                     self.space.to_params(replacement), user_attrs={"replaces_invalid": ot.number}
                 )
                 continue
+            except Exception as exc:
+                if is_transient(exc):
+                    # The store failed halfway through sampling: don't leave the half-made
+                    # trial RUNNING forever. Record why (riding out the outage), then re-raise.
+                    retry(self.tell_failure_by_number, ot.number,
+                          f"store connection lost while sampling ({type(exc).__name__})",
+                          what="record the interrupted ask")
+                raise
             return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)
         raise StudyError(
             f"the sampler proposed {MAX_INVALID_STREAK} forbidden configs in a row; "
             "check the space's `forbidden` rules"
         )
+
+    def tell_failure_by_number(self, number: int, reason: str) -> bool:
+        """FAIL a RUNNING trial by number (reaper, interrupted ask). False if it had finished."""
+        storage = self._optuna._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self._optuna._study_id, number)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial_id, OptunaState.FAIL)
+        except UpdateFinishedTrialError:
+            return False
+        return True
 
     def tell_invalid(self, pending: PendingTrial, reason: str) -> Trial:
         pending._optuna_trial.set_user_attr("invalid_reason", reason)
@@ -317,10 +340,21 @@ class Study:
             metrics, dict(details or {}),
         )
         ot = pending._optuna_trial
-        ot.set_user_attr("metrics", metrics)
-        for c in self.constraints:
-            ot.set_constraint(str(c), c.violation(metrics[c.metric]))
-        self._tell_optuna(ot, [metrics[m] for m in self.objectives])
+        try:
+            ot.set_user_attr("metrics", metrics)
+            for c in self.constraints:
+                ot.set_constraint(str(c), c.violation(metrics[c.metric]))
+            self._tell_optuna(ot, [metrics[m] for m in self.objectives])
+        except UpdateFinishedTrialError:
+            # Either an earlier attempt of this tell got through before the connection
+            # dropped, or a reaper declared our worker lost. The measurement is stored anyway.
+            frozen = self._optuna._storage.get_trial(ot._trial_id)
+            if frozen.state != OptunaState.COMPLETE:
+                reason = frozen.user_attrs.get("fail_reason", f"finished as {frozen.state.name} elsewhere")
+                log.warning("trial %d was finished elsewhere (%s); its measurement is kept in the store",
+                            pending.number, reason)
+                return Trial(pending.number, TrialState.FAIL, pending.config, reason=reason,
+                             is_baseline=pending.is_baseline)
         return Trial(pending.number, TrialState.COMPLETE, pending.config, metrics,
                      feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline)
 
@@ -478,6 +512,7 @@ def build_spec(
     extra_metrics: Sequence[str] = (),
     trial_timeout_s: float | None = None,
     max_failures: int | None = None,
+    worker_grace_s: float | None = None,
 ) -> dict[str, Any]:
     """Validate the pieces of a study and return the spec stored with it (JSON-able)."""
     if not isinstance(space, SearchSpace):
@@ -499,6 +534,10 @@ def build_spec(
         raise ConfigError(f"trial_timeout_s must be a positive number of seconds, got {trial_timeout_s!r}")
     if max_failures is not None and not (isinstance(max_failures, int) and max_failures >= 1):
         raise ConfigError(f"max_failures must be an integer >= 1, got {max_failures!r}")
+    if worker_grace_s is not None and not (
+        isinstance(worker_grace_s, (int, float)) and not isinstance(worker_grace_s, bool) and worker_grace_s >= 1
+    ):
+        raise ConfigError(f"worker_grace_s must be a number of seconds >= 1, got {worker_grace_s!r}")
     return {
         "version": SPEC_VERSION,
         "space": space.to_dict(),
@@ -510,6 +549,7 @@ def build_spec(
         "extra_metrics": extra,
         "trial_timeout_s": trial_timeout_s,
         "max_failures": max_failures,
+        "worker_grace_s": worker_grace_s,
     }
 
 
@@ -541,7 +581,10 @@ def create_study_from_spec(
         study = Study(name, store, existing)
         study.enqueue_baseline()
         return study
-    directions = ["minimize" if d == "min" else "maximize" for d in spec["objectives"].values()]
+    directions = [
+        optuna.study.StudyDirection.MINIMIZE if d == "min" else optuna.study.StudyDirection.MAXIMIZE
+        for d in spec["objectives"].values()
+    ]
     ostudy = optuna.create_study(
         study_name=name, storage=store.optuna_storage(), directions=directions, load_if_exists=True
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from paretotune.storage.engine import DEFAULT_URL, mask, resolve_url
+from paretotune.storage.retry import is_transient, retry
 from paretotune.storage.store import StudyStore
 
-__all__ = ["DEFAULT_URL", "StudyStore", "mask", "resolve_url"]
+__all__ = ["DEFAULT_URL", "StudyStore", "is_transient", "mask", "resolve_url", "retry"]

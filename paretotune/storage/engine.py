@@ -21,9 +21,12 @@ DEFAULT_URL = "sqlite:///paretotune.db"
 CONNECT_TIMEOUT_S = 5
 #: seconds SQLite waits on a locked database before giving up
 SQLITE_BUSY_TIMEOUT_S = 60
-#: per-process pool bound for PostgreSQL: pool_size + max_overflow connections at most
-POOL_SIZE = 2
-MAX_OVERFLOW = 2
+#: per-engine pool bound for PostgreSQL: pool_size + max_overflow connections at most. A
+#: process has two engines (ours and Optuna's), so it holds at most 2 * 2 = 4 connections,
+#: and 20 workers stay under PostgreSQL's default max_connections of 100.
+POOL_SIZE = 1
+MAX_OVERFLOW = 1
+MAX_CONNECTIONS_PER_PROCESS = 2 * (POOL_SIZE + MAX_OVERFLOW)
 
 _PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
 _PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)

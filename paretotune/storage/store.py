@@ -261,6 +261,18 @@ class StudyStore:
             ).mappings()
             return [dict(r) for r in rows]
 
+    def active_trial_numbers(self, study: str) -> set[int]:
+        """Trial numbers held by active claims."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(claims_table.c.trial_number).where(
+                    claims_table.c.study == study,
+                    claims_table.c.state == ACTIVE,
+                    claims_table.c.trial_number.is_not(None),
+                )
+            ).all()
+        return {r[0] for r in rows}
+
     def claim_counts(self, study: str) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(

@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -77,7 +78,23 @@ def pool_worker() -> None:
         sys.exit(3)
 
 
+def watch_parent(interval_s: float = 1.0) -> None:
+    """Exit when the process that started us is gone: no orphaned workers or trials."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="paretotune-parent-watch", daemon=True).start()
+
+
 if __name__ == "__main__":
+    watch_parent()
     logging.basicConfig(
         level=os.environ.get("PARETOTUNE_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(process)d %(name)s: %(message)s",

@@ -2,7 +2,8 @@
 
 The same loop serves the local pool, `paretotune worker` started by hand, and the in-process
 single worker. It needs nothing but a storage URL and a study name: the spec in the store says
-the rest.
+the rest. Every store call rides out outages (``retry``); a measurement that cannot be
+delivered is spooled to disk before the worker gives up, and delivered by the next worker.
 """
 
 from __future__ import annotations
@@ -17,19 +18,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from paretotune.errors import StudyError
-from paretotune.search import Study, TrialState, load_study_from_store
+from paretotune.errors import StorageError, StudyError
+from paretotune.search import PendingTrial, Study, Trial, TrialState, load_study_from_store
+from paretotune.space import Config
 from paretotune.storage import StudyStore
 from paretotune.workers.executor import Outcome, TrialExecutor
+from paretotune.workers.reaper import reap_stale
+from paretotune.workers.retry import DEFAULT_RETRY_WINDOW_S, Spool, retry
 
 log = logging.getLogger(__name__)
 
-#: seconds between heartbeats of a running trial's claim
-HEARTBEAT_S = 2.0
-#: seconds without a heartbeat after which a running trial's worker is declared lost
-GRACE_S = 20.0
 #: seconds an idle worker waits before re-checking for a released budget slot
 IDLE_POLL_S = 0.2
+
+
+def heartbeat_interval(grace_s: float) -> float:
+    """Five heartbeats fit in one grace period."""
+    return max(0.2, min(2.0, grace_s / 5))
 
 
 def worker_id(prefix: str = "w") -> str:
@@ -46,8 +51,9 @@ class WorkerStats:
 class _Heartbeat:
     """Keeps the active claim's heartbeat fresh from a thread, so a long build stays alive."""
 
-    def __init__(self, store: StudyStore) -> None:
+    def __init__(self, store: StudyStore, interval_s: float) -> None:
         self._store = store
+        self._interval = interval_s
         self._claim: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="paretotune-heartbeat", daemon=True)
@@ -57,14 +63,14 @@ class _Heartbeat:
         self._claim = claim
 
     def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(self._interval):
             claim = self._claim
             if claim is None:
                 continue
             try:
                 self._store.heartbeat([claim])
             except Exception as exc:  # a store hiccup must not kill the heartbeat thread
-                log.warning("heartbeat failed: %s", exc)
+                log.debug("heartbeat failed: %s", exc)
 
     def close(self) -> None:
         self._stop.set()
@@ -76,75 +82,123 @@ def max_failures_for(study: Study, target: int) -> int:
     return int(configured) if configured else max(10, target)
 
 
+def deliver_spool(study: Study, window_s: float) -> int:
+    """Store measurements an earlier worker on this machine could not deliver."""
+    spool = Spool(study.name)
+    entries = spool.take_all()
+    delivered = 0
+    for i, entry in enumerate(entries):
+        try:
+            retry(
+                study.store.record_measurement, study.name, entry["trial_number"], entry["config_hash"],
+                entry["config"], entry["metrics"], entry["details"], what="delivering spooled measurement",
+                window_s=window_s,
+            )
+            delivered += 1
+        except Exception:
+            for rest in entries[i:]:
+                spool.put(rest)
+            raise
+    if delivered:
+        log.warning("delivered %d spooled measurement(s) of %r", delivered, study.name)
+    return delivered
+
+
+def _tell(study: Study, pending: PendingTrial, outcome: Outcome, worker: str, window_s: float) -> Trial:
+    if outcome.invalid is not None:
+        return retry(study.tell_invalid, pending, outcome.invalid, what="tell", window_s=window_s)
+    if outcome.error is not None:
+        return retry(study.tell_failure, pending, outcome.error, what="tell", window_s=window_s)
+    details = dict(outcome.details)
+    details.setdefault("worker", worker)
+    details.setdefault("elapsed_s", outcome.elapsed_s)
+    metrics = outcome.metrics or {}
+    try:
+        return retry(study.tell, pending, metrics, details, what="tell", window_s=window_s)
+    except StudyError:
+        raise
+    except Exception as exc:
+        spool = Spool(study.name)
+        spool.put({
+            "trial_number": pending.number, "config_hash": pending.config.hash,
+            "config": pending.config.to_json(), "metrics": metrics, "details": details,
+        })
+        raise StorageError(
+            f"the store stayed unreachable for {window_s:g} s; the measurement of trial "
+            f"{pending.number} is kept in {spool.path} and will be delivered by the next worker "
+            f"of {study.name!r} on this machine"
+        ) from exc
+
+
 def run_worker(
     storage: str | StudyStore,
     study_name: str,
-    evaluator: Callable[..., Any],
+    evaluator: Callable[[Config], Any],
     *,
     n_trials: int,
     worker: str | None = None,
     trial_timeout_s: float | None = None,
     stop: threading.Event | None = None,
-    on_trial: Callable[[Any], None] | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+    retry_window_s: float = DEFAULT_RETRY_WINDOW_S,
 ) -> WorkerStats:
     """Work on the study until it holds ``n_trials`` completed trials, it is stopped, or
     ``stop`` is set. Returns what this worker did."""
     worker = worker or worker_id()
-    store = storage if isinstance(storage, StudyStore) else StudyStore(storage)
-    study = load_study_from_store(study_name, store, worker=worker)
+    w = retry_window_s
+    store = storage if isinstance(storage, StudyStore) else retry(StudyStore, storage, what="connect", window_s=w)
+    study = retry(load_study_from_store, study_name, store, worker=worker, what="load study", window_s=w)
     timeout = trial_timeout_s if trial_timeout_s is not None else study.trial_timeout_s
+    grace = study.worker_grace_s
     max_failures = max_failures_for(study, n_trials)
     stats = WorkerStats()
-    heartbeat = _Heartbeat(store)
+    deliver_spool(study, w)
+    heartbeat = _Heartbeat(store, heartbeat_interval(grace))
     executor = TrialExecutor(evaluator, timeout_s=timeout)
     try:
         while stop is None or not stop.is_set():
-            claim = store.claim(study_name, worker, n_trials)
+            claim = retry(store.claim, study_name, worker, n_trials, what="claim", window_s=w)
             if claim is None:
-                if store.stopped_reason(study_name):
+                if retry(store.stopped_reason, study_name, what="status", window_s=w):
                     break
-                counts = store.claim_counts(study_name)
+                counts = retry(store.claim_counts, study_name, what="status", window_s=w)
                 if counts["done"] >= n_trials or counts["active"] == 0:
                     break
-                time.sleep(IDLE_POLL_S)  # a running trial may still fail and free its slot
+                # A running trial may still fail and free its slot, or its worker may be dead:
+                # whichever process notices first reaps it.
+                retry(reap_stale, study, grace, what="reap", window_s=w)
+                time.sleep(IDLE_POLL_S)
                 continue
             heartbeat.set(claim)
             completed = False
             try:
-                pending = study.ask()
-                store.bind_claim(claim, pending.number)
-                outcome: Outcome = executor.run(pending.config)
-                if outcome.invalid is not None:
-                    trial = study.tell_invalid(pending, outcome.invalid)
+                pending = retry(study.ask, what="ask", window_s=w)
+                retry(store.bind_claim, claim, pending.number, what="claim", window_s=w)
+                outcome = executor.run(pending.config)
+                trial = _tell(study, pending, outcome, worker, w)
+                completed = trial.state == TrialState.COMPLETE
+                if trial.state == TrialState.INVALID:
                     stats.invalid += 1
-                elif outcome.error is not None:
-                    trial = study.tell_failure(pending, outcome.error)
-                    stats.failed += 1
+                elif completed:
+                    stats.completed += 1
                 else:
-                    details = dict(outcome.details)
-                    details.setdefault("worker", worker)
-                    details.setdefault("elapsed_s", outcome.elapsed_s)
-                    trial = study.tell(pending, outcome.metrics or {}, details)
-                    completed = trial.state == TrialState.COMPLETE
-                    if completed:
-                        stats.completed += 1
-                    else:
-                        stats.failed += 1
+                    stats.failed += 1
             finally:
                 heartbeat.set(None)
-                store.finish_claim(claim, completed=completed)
+                try:
+                    retry(store.finish_claim, claim, completed=completed, what="claim", window_s=w)
+                except Exception as exc:  # the reaper will release it
+                    log.warning("could not finish claim %d: %s", claim, exc)
             if on_trial is not None:
                 on_trial(trial)
-            if not completed and trial.state == TrialState.FAIL:
-                n_failed = study.counts()[TrialState.FAIL.value]
+            if trial.state == TrialState.FAIL:
+                n_failed = retry(study.counts, what="status", window_s=w)[TrialState.FAIL.value]
                 if n_failed >= max_failures:
                     store.stop_study(
                         study_name,
                         f"{n_failed} trials failed (max_failures={max_failures}); last: {trial.reason}",
                     )
                     break
-    except StudyError:
-        raise
     finally:
         executor.close()
         heartbeat.close()

@@ -17,8 +17,9 @@ import cloudpickle
 from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, TrialState
 from paretotune.search.study import FINISHED
-from paretotune.workers.loop import GRACE_S, run_worker
+from paretotune.workers.loop import run_worker
 from paretotune.workers.reaper import reap_stale
+from paretotune.workers.retry import is_transient, note_store_failure
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,31 @@ class Progress:
             self._bar.close()
 
 
+MAX_RESPAWNS = 10
+
+
+def _spawn_worker(args: bytes, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paretotune.workers._entry", "worker"], stdin=subprocess.PIPE, env=env
+    )
+    if proc.stdin is not None:
+        proc.stdin.write(args)
+        proc.stdin.close()
+    return proc
+
+
+def _monitor_tick(study: Study, progress: Progress) -> None:
+    """Refresh the progress bar and reap trials of lost workers; an outage only pauses both."""
+    try:
+        progress.update()
+        reap_stale(study, study.worker_grace_s)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        note_store_failure()
+        log.debug("monitor: store unavailable (%s)", type(exc).__name__)
+
+
 def run_local(
     study: Study,
     evaluator: Callable[..., Any],
@@ -98,8 +124,7 @@ def run_local(
 
             def monitor() -> None:
                 while not done.wait(PROGRESS_POLL_S):
-                    progress.update()
-                    reap_stale(study, GRACE_S)
+                    _monitor_tick(study, progress)
 
             thread = threading.Thread(target=monitor, daemon=True)
             thread.start()
@@ -122,21 +147,20 @@ def run_local(
         env.setdefault(
             "PARETOTUNE_LOG_LEVEL", logging.getLevelName(logging.getLogger("paretotune").getEffectiveLevel())
         )
-        procs = []
-        for _ in range(n_workers):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "paretotune.workers._entry", "worker"], stdin=subprocess.PIPE, env=env
-            )
-            stdin = proc.stdin
-            if stdin is not None:
-                stdin.write(args)
-                stdin.close()
-            procs.append(proc)
+        procs = [_spawn_worker(args, env) for _ in range(n_workers)]
+        respawns = 0
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(PROGRESS_POLL_S)
-                progress.update()
-                reap_stale(study, GRACE_S)
+                _monitor_tick(study, progress)
+                for i, p in enumerate(procs):
+                    # A worker that died (OOM-killed, say) while the budget is open is replaced;
+                    # its trial is reaped after the grace period and retried.
+                    if p.poll() is not None and p.returncode < 0 and respawns < MAX_RESPAWNS * n_workers:
+                        log.warning("worker process %d was killed by signal %d; starting a new one",
+                                    p.pid, -p.returncode)
+                        procs[i] = _spawn_worker(args, env)
+                        respawns += 1
         except BaseException:
             for p in procs:
                 p.terminate()
@@ -149,7 +173,7 @@ def run_local(
         for p in procs:
             if p.returncode != 0:
                 log.warning("worker process %d exited with code %s", p.pid, p.returncode)
-        reap_stale(study, GRACE_S)
+        _monitor_tick(study, progress)
     finally:
         progress.close()
 
@@ -173,7 +197,7 @@ def run_study(
     evaluator = resolve_evaluator(study, evaluator)
     study.store.clear_stop(study.name)
     study.store.set_target(study.name, n_trials)
-    reap_stale(study, GRACE_S)
+    reap_stale(study, study.worker_grace_s)
     study.enqueue_baseline()
     started = time.monotonic()
     done_before = study.counts()[TrialState.COMPLETE.value]

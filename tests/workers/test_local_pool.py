@@ -1,11 +1,10 @@
 from __future__ import annotations
 
+import helpers_eval
 import pytest
 
 import paretotune as pt
 from paretotune.testing import FakeEvaluator, null_evaluator
-
-import helpers_eval
 
 
 def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path) -> None:

@@ -1,0 +1,178 @@
+"""The reliability suite: workers killed, the database stopped, the controller killed,
+many workers on one PostgreSQL. Nothing measured may be lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import helpers_eval
+import paretotune as pt
+from paretotune.testing import null_evaluator
+
+OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
+SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+
+
+def pool_workers(parent_pid: int) -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process(parent_pid).children(recursive=True):
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "paretotune.workers._entry" in cmd and "worker" in cmd:
+            out.append(child)
+    return out
+
+
+def run_in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+            errors.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, errors
+
+
+@pytest.mark.postgres
+def test_sigkill_workers_mid_trial_loses_nothing(pg_url: str) -> None:
+    study = pt.create_study("kills", pg_url, space=SPACE, objectives=OBJ, sampler="random", seed=5,
+                            worker_grace_s=2)
+    thread, errors = run_in_thread(study.optimize, helpers_eval.slow, n_trials=40, n_workers=2)
+    kills: list[tuple[float, int]] = []
+    time.sleep(4)
+    for _ in range(3):
+        victims = pool_workers(os.getpid())
+        if not victims:
+            break
+        running = {t.number for t in pt.load_study("kills", pg_url).trials if t.state == pt.TrialState.RUNNING}
+        victims[0].send_signal(signal.SIGKILL)
+        kills.append((time.time(), len(running)))
+        time.sleep(3)
+    thread.join(timeout=300)
+    assert not thread.is_alive() and not errors, errors
+    assert len(kills) == 3
+    study = pt.load_study("kills", pg_url)
+    counts = study.counts()
+    assert counts["COMPLETE"] == 40 and counts["RUNNING"] == 0 and counts["WAITING"] == 0
+    failed = [t for t in study.trials if t.state == pt.TrialState.FAIL]
+    assert failed, "at least one kill landed mid-trial"
+    assert all(t.reason.startswith("worker lost") for t in failed)
+    frozen = {ft.number: ft for ft in study.optuna_study.trials}
+    retried_from = {ft.user_attrs.get("retry_of") for ft in frozen.values()}
+    for t in failed:
+        assert t.number in retried_from, f"trial {t.number}'s config was re-queued"
+        retry = next(ft for ft in frozen.values() if ft.user_attrs.get("retry_of") == t.number)
+        assert retry.params == frozen[t.number].params
+    # completed trials are exactly the measured ones
+    measured = {m["trial_number"] for m in study.store.measurements("kills")}
+    assert measured == {t.number for t in study.completed()}
+
+
+@pytest.mark.postgres
+def test_postgres_stopped_for_five_seconds_mid_study(pg_cluster, pg_url: str) -> None:
+    study = pt.create_study("outage", pg_url, space=SPACE, objectives=OBJ, sampler="random", seed=6)
+    thread, errors = run_in_thread(study.optimize, helpers_eval.quick, n_trials=30, n_workers=2)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and pt.load_study("outage", pg_url).counts()["COMPLETE"] < 5:
+        time.sleep(0.2)
+    pg_cluster.stop("fast")
+    time.sleep(5)
+    pg_cluster.start()
+    thread.join(timeout=300)
+    assert not thread.is_alive() and not errors, errors
+    study = pt.load_study("outage", pg_url)
+    assert study.counts()["COMPLETE"] == 30 and study.counts()["RUNNING"] == 0
+    measured = {m["trial_number"] for m in study.store.measurements("outage")}
+    assert measured == {t.number for t in study.completed()}
+
+
+def test_killed_controller_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ctl.db"
+    spec = tmp_path / "ctl.yaml"
+    spec.write_text(textwrap.dedent(
+        """\
+        name: ctl
+        task: helpers_eval:slow
+        space: {dimensions: {x: {type: float, low: 0.0, high: 1.0, step: 0.01}}}
+        objectives: {latency_p50_ms: min, accuracy: max}
+        sampler: random
+        seed: 1
+        worker_grace_s: 2
+        budget: {n_trials: 20, n_workers: 2}
+        """
+    ))
+    cmd = [sys.executable, "-m", "paretotune.cli", "run", str(spec), "--storage", url, "--no-progress"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if pt.load_study("ctl", url).counts()["COMPLETE"] >= 6:
+                break
+        except pt.ParetotuneError:
+            pass
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = pt.load_study("ctl", url)
+    done_before = {t.number: t.config for t in before.completed()}
+    time.sleep(2)  # the orphaned workers notice their controller is gone and exit
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr
+    after = pt.load_study("ctl", url)
+    counts = after.counts()
+    assert counts["COMPLETE"] == 20 and counts["RUNNING"] == 0, counts
+    # a retry queued while the budget filled up stays queued for a later, larger budget
+    waiting = [ft for ft in after.optuna_study.trials if ft.state.name == "WAITING"]
+    assert all("retry_of" in ft.user_attrs for ft in waiting), counts
+    numbers = [t.number for t in after.trials]
+    assert len(numbers) == len(set(numbers))
+    for number, config in done_before.items():  # nothing completed was lost or changed
+        assert after.trial(number).state == pt.TrialState.COMPLETE and after.trial(number).config == config
+    assert all(t.reason.startswith("worker lost") for t in after.trials if t.state == pt.TrialState.FAIL)
+    assert {m["trial_number"] for m in after.store.measurements("ctl")} >= {t.number for t in after.completed()}
+
+
+@pytest.mark.postgres
+def test_eight_workers_stay_inside_the_connection_bound(pg_cluster, pg_url: str, capfd) -> None:
+    from paretotune.storage.engine import MAX_CONNECTIONS_PER_PROCESS
+
+    study = pt.create_study("eight", pg_url, space=SPACE, objectives=OBJ, sampler="random", seed=8)
+    peak = 0
+    stop = threading.Event()
+    db = pg_url.rsplit("/", 1)[1]
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, pg_cluster.connection_count(database=db))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        study.optimize(null_evaluator, n_trials=400, n_workers=8)
+    finally:
+        stop.set()
+        watcher.join()
+    out = capfd.readouterr()
+    assert "already finished" not in out.out + out.err
+    counts = pt.load_study("eight", pg_url).counts()
+    assert counts["COMPLETE"] == 400 and counts["FAIL"] == 0
+    bound = MAX_CONNECTIONS_PER_PROCESS * (8 + 1)
+    assert 0 < peak <= bound, (peak, bound)
