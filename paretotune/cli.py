@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from paretotune.errors import ConfigError, ParetotuneError, TaskError
@@ -32,7 +32,7 @@ def _fmt(v: Any) -> str:
         return str(v).lower()
     if isinstance(v, float):
         return f"{v:.4g}"
-    if isinstance(v, dict):
+    if isinstance(v, Mapping):
         counts: dict[str, int] = {}
         for x in v.values():
             counts[str(x)] = counts.get(str(x), 0) + 1
@@ -40,16 +40,28 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def trial_rows(study: Any, trials: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns (config, then objectives, then other metrics) and one row per trial."""
+#: metrics a table shows besides the objectives and constraints (json and csv show all)
+TABLE_METRICS = ("accuracy", "accuracy_drop", "speedup", "latency_p99_ms", "model_bytes")
+
+
+def trial_rows(
+    study: Any, trials: Sequence[Any], *, compact: bool = False
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns (config, then objectives, then other metrics) and one row per trial.
+    ``compact`` keeps only the objectives, constraint metrics and a few headline metrics."""
     cfg_keys: list[str] = []
     metric_keys: list[str] = list(study.objectives)
+    for c in study.constraints:
+        if c.metric not in metric_keys:
+            metric_keys.append(c.metric)
+    if compact:
+        metric_keys += [m for m in TABLE_METRICS if m not in metric_keys]
     for t in trials:
         for k in (t.config or {}):
             if k not in cfg_keys:
                 cfg_keys.append(k)
         for k in t.metrics:
-            if k not in metric_keys:
+            if k not in metric_keys and not compact:
                 metric_keys.append(k)
     columns = ["trial", "state", *cfg_keys, *metric_keys, "reason"]
     rows = []
@@ -66,13 +78,13 @@ def trial_rows(study: Any, trials: Sequence[Any]) -> tuple[list[str], list[dict[
 
 def render(columns: list[str], rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(rows, indent=2, default=lambda o: o if not hasattr(o, "to_dict") else o.to_dict())
+        return json.dumps(rows, indent=2, default=lambda o: dict(o) if isinstance(o, Mapping) else str(o))
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(columns)
         for r in rows:
-            writer.writerow([json.dumps(dict(r[c])) if isinstance(r.get(c), dict) else ("" if r.get(c) is None else r[c]) for c in columns])
+            writer.writerow([json.dumps(dict(r[c])) if isinstance(r.get(c), Mapping) else ("" if r.get(c) is None else r[c]) for c in columns])
         return buf.getvalue().rstrip("\n")
     # table: drop columns that are empty everywhere
     cols = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)] or columns
@@ -116,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_front(study: Any, fmt: str) -> None:
     front = study.pareto_front()
-    columns, rows = trial_rows(study, list(front))
+    columns, rows = trial_rows(study, list(front), compact=fmt == "table")
     if fmt == "table":
         s = study.summary()
         hv = "n/a" if s["hypervolume"] is None else f"{s['hypervolume']:.6g}"
@@ -187,7 +199,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     trials = study.trials
     if args.state:
         trials = [t for t in trials if t.state.value == args.state.upper()]
-    columns, rows = trial_rows(study, trials)
+    columns, rows = trial_rows(study, trials, compact=args.format == "table")
     print(render(columns, rows, args.format))
     return 0
 

@@ -45,20 +45,26 @@ def check_metric(field: str, name: Any, extra: Sequence[str] = ()) -> str:
 
 
 def parse_objectives(objectives: Any, extra: Sequence[str] = ()) -> dict[str, str]:
-    """``{"latency_p50_ms": "min", ...}`` or a list of names (natural directions)."""
+    """``{"latency_p50_ms": "min", ...}``, a list of names (natural directions), or a list of
+    ``[name, direction]`` pairs (the stored form: JSON objects don't keep their order)."""
     if isinstance(objectives, str) or not isinstance(objectives, (Mapping, list, tuple)):
         raise ConfigError(
             f"objectives must be a mapping of metric to 'min'/'max' or a list of metrics, got {objectives!r}"
         )
     if not objectives:
         raise ConfigError("objectives must name at least one metric")
-    items = (
-        objectives.items()
-        if isinstance(objectives, Mapping)
-        else [(n, METRICS[n][0] if n in METRICS else None) for n in objectives]
-    )
+    if isinstance(objectives, Mapping):
+        items = list(objectives.items())
+    else:
+        items = [
+            tuple(o) if isinstance(o, (list, tuple)) and len(o) == 2
+            else (o, METRICS[o][0] if isinstance(o, str) and o in METRICS else None)
+            for o in objectives
+        ]
     out: dict[str, str] = {}
     for name, direction in items:
+        if name in out:
+            raise ConfigError(f"objectives: {name!r} is listed twice")
         check_metric("objectives", name, extra)
         if direction not in DIRECTIONS:
             raise ConfigError(

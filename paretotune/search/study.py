@@ -541,7 +541,7 @@ def build_spec(
     return {
         "version": SPEC_VERSION,
         "space": space.to_dict(),
-        "objectives": objs,
+        "objectives": [[name, direction] for name, direction in objs.items()],
         "constraints": {c.metric: [c.op, c.bound] for c in cons},
         "sampler": dict(sampler) if isinstance(sampler, Mapping) else sampler,
         "seed": seed,
@@ -581,16 +581,17 @@ def create_study_from_spec(
         study = Study(name, store, existing)
         study.enqueue_baseline()
         return study
+    objectives = parse_objectives(spec["objectives"], spec.get("extra_metrics") or [])
     directions = [
         optuna.study.StudyDirection.MINIMIZE if d == "min" else optuna.study.StudyDirection.MAXIMIZE
-        for d in spec["objectives"].values()
+        for d in objectives.values()
     ]
     ostudy = optuna.create_study(
         study_name=name, storage=store.optuna_storage(), directions=directions, load_if_exists=True
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ostudy.set_metric_names(list(spec["objectives"]))
+        ostudy.set_metric_names(list(objectives))
     store.save_spec(name, spec)
     study = Study(name, store, spec)
     study.enqueue_baseline()

@@ -79,7 +79,7 @@ class _Heartbeat:
 
 def max_failures_for(study: Study, target: int) -> int:
     configured = study.spec.get("max_failures")
-    return int(configured) if configured else max(10, target)
+    return int(configured) if configured else max(20, target)
 
 
 def deliver_spool(study: Study, window_s: float) -> int:

@@ -83,3 +83,18 @@ def test_enqueue_validates(tmp_path, toy_space) -> None:
         study.enqueue({"bits": 8})
     with pytest.raises(pt.InvalidConfigError, match="forbidden"):
         study.enqueue({"engine": "torch", "bit_width": 4})
+
+
+def test_objective_order_survives_the_store(storage_url: str, toy_space) -> None:
+    # JSON objects lose their order in the store; the objectives must not (Optuna's
+    # directions and told values are positional).
+    objectives = {"throughput": "max", "accuracy": "max", "latency_p50_ms": "min"}
+    pt.create_study("order", storage_url, space=toy_space, objectives=objectives)
+    again = pt.load_study("order", storage_url)
+    assert list(again.objectives) == list(objectives)
+    assert again.optuna_study.metric_names == list(objectives)
+    assert [d.name for d in again.optuna_study.directions] == ["MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
+    _inline(again, 3)
+    for ft in again.optuna_study.trials:
+        if ft.values:
+            assert ft.values == [ft.user_attrs["metrics"][m] for m in objectives]
