@@ -8,7 +8,7 @@ CONSTRAINTS := constraints.txt
 # Extra pytest arguments: make test PYTEST_ARGS="-k storage -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint bench clean postgres
+.PHONY: venv test demo lint bench clean postgres browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +20,18 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-# The suite starts its own throwaway PostgreSQL (tests/pgcluster.py); ensure-postgres.sh installs
-# the server binaries if missing. PARETOTUNE_REQUIRE_POSTGRES makes a missing server a failure,
-# never a silent skip.
-test: venv postgres
-	PARETOTUNE_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# The suite starts its own throwaway PostgreSQL (tests/pgcluster.py) and a local Ray cluster;
+# ensure-postgres.sh and ensure-chromium.sh install Debian's packages if missing. The REQUIRE
+# variables make a missing server or browser a failure, never a silent skip.
+test: venv postgres browser
+	PARETOTUNE_REQUIRE_POSTGRES=1 PARETOTUNE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 postgres:
 	bash scripts/ensure-postgres.sh
+
+# Headless Chromium for the report test (Debian's package, through apt-get when missing).
+browser:
+	bash scripts/ensure-chromium.sh
 
 lint: venv
 	$(BIN)/ruff check paretotune tests

@@ -21,6 +21,7 @@ from paretotune.errors import (
     StudyError,
     TaskError,
 )
+from paretotune.export import export, load_exported
 from paretotune.search import (
     METRICS,
     Front,
@@ -63,6 +64,8 @@ __all__ = [
     "TrialState",
     "__version__",
     "create_study",
+    "export",
+    "load_exported",
     "load_study",
     "register_sampler",
     "sampler_names",

@@ -204,6 +204,32 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from paretotune.export import export, select_trial
+
+    study = _load(args)
+    trial = select_trial(study, pick=args.pick, trial=args.trial)
+    bundle = export(
+        study, trial, args.out, tolerance=args.tolerance, cache_dir=args.cache_dir,
+        model_name=args.model_name, overwrite=args.overwrite,
+    )
+    source = "from the artifact cache" if bundle.artifact_source != "built" else "rebuilt from the config"
+    print(f"exported trial {bundle.trial} of {study.name!r} ({bundle.engine}, artifact {source}) to {bundle.path}")
+    print(f"verified: accuracy {bundle.measured_accuracy:.6g} re-measured, {bundle.recorded_accuracy:.6g} recorded "
+          f"(tolerance {args.tolerance:g})")
+    print(f"Triton model repository: {bundle.model_repository} (model {bundle.model_name!r})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from paretotune.report import write_report
+
+    study = _load(args)
+    path = write_report(study, args.out)
+    print(f"wrote the report of {study.name!r} to {path}")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paretotune", description="Multi-objective autotuning of model deployment settings.")
@@ -245,6 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "trials":
             sp.add_argument("--state", choices=["complete", "fail", "invalid", "running", "waiting"])
         sp.set_defaults(func=func)
+
+    ex = sub.add_parser("export", help="export a trial as a verified deployment bundle (with a Triton repository)")
+    ex.add_argument("name", help="study name")
+    storage_arg(ex)
+    which = ex.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pick", help="selection rule on the front: 'max METRIC [where METRIC<=NUMBER, ...]', "
+                       "'min METRIC [where ...]' or 'knee'")
+    which.add_argument("--trial", type=int, help="trial number")
+    ex.add_argument("--out", required=True, help="bundle directory (absent or empty unless --overwrite)")
+    ex.add_argument("--tolerance", type=float, default=0.005,
+                    help="largest accuracy difference allowed between the recorded and re-measured value")
+    ex.add_argument("--cache-dir", help="artifact cache to look in first (default: $PARETOTUNE_CACHE_DIR or ./.paretotune-cache)")
+    ex.add_argument("--model-name", help="Triton model name (default: STUDY_trialN)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="write a self-contained HTML report (Pareto plots, hypervolume, trials)")
+    rp.add_argument("name", help="study name")
+    storage_arg(rp)
+    rp.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -41,3 +41,12 @@ def quick(config: Any) -> dict[str, float]:
     time.sleep(0.1)
     x = config["x"]
     return {"latency_p50_ms": 1.0 + x, "accuracy": 1.0 - x * x}
+
+
+def two_seconds(config: Any) -> dict[str, float]:
+    time.sleep(2.0)
+    return {"latency_p50_ms": 1.0 + config["x"], "accuracy": 0.5}
+
+
+def instant_x(config: Any) -> dict[str, float]:
+    return {"latency_p50_ms": 1.0 + config["x"], "accuracy": 1.0 - config["x"]}

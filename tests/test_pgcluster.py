@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 import sqlalchemy as sa
+
 from pgcluster import PostgresCluster, wait_until
 
 

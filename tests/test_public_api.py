@@ -6,7 +6,7 @@ EXPECTED = {
     "METRICS", "Choice", "Config", "ConfigError", "EvaluationError", "Float", "Front", "Int",
     "InvalidConfigError", "Measurement", "ParetotuneError", "PerLayer", "SearchSpace",
     "StorageError", "Study", "StudyError", "Task", "TaskError", "Trial", "TrialState",
-    "__version__", "create_study", "load_study", "register_sampler", "sampler_names",
+    "__version__", "create_study", "export", "load_exported", "load_study", "register_sampler", "sampler_names",
 }
 
 

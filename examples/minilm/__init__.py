@@ -25,6 +25,7 @@ task = Task(
     },
     output_names=["embedding"],
     fidelity="cosine",
+    padding_mask="attention_mask",  # batch 1 times one sentence at its own length
     name="minilm",
 )
 

@@ -11,9 +11,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from paretotune.evaluators.measurement import Measurement
 from paretotune.evaluators.task import Task
 from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
@@ -45,6 +48,32 @@ class _Built:
     build_s: float
     details: dict[str, Any]
     runners: dict[int, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuiltArtifact:
+    """One configuration built for deployment (`TaskEvaluator.build_artifact`).
+
+    `data` is the ONNX model (engine "onnxruntime") or the pickled torch module (engine
+    "torch"); `accuracy` is the task metric measured when it was built; `source` says where it
+    came from: "memory", "disk" (the artifact cache) or "built" (built just now).
+    """
+
+    engine: str
+    data: bytes
+    spec: BuildSpec
+    accuracy: float
+    source: str
+    cache_key: str
+    details: dict[str, Any]
+
+
+class _CallableRunner:
+    def __init__(self, run: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> None:
+        self._run = run
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._run(inputs), dtype=np.float32)
 
 
 class TaskEvaluator:
@@ -134,6 +163,21 @@ class TaskEvaluator:
             details["ignored_keys"] = list(spec.ignored)
         return Measurement(metrics=metrics, details=details)
 
+    def build_artifact(self, config: Mapping[str, Any]) -> BuiltArtifact:
+        """The built artifact of `config`: from memory or the artifact cache, else built now."""
+        spec = self._resolve(config)
+        key = self._build_key(spec)
+        built, hit, _ = self._get_built(spec, key)
+        source = "built" if hit is False else str(hit)
+        return BuiltArtifact(
+            spec.engine, built.artifact, spec, built.accuracy, source, key, dict(built.details)
+        )
+
+    def measure_accuracy(self, run: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> float:
+        """The task metric of any predictor (inputs -> first output) over the whole validation
+        set, untimed: how an exported bundle is checked against the recorded accuracy."""
+        return self._accuracy(_CallableRunner(run))
+
     def reference_accuracy(self) -> float:
         """The task metric of the unmodified model on its reference engine (the baseline)."""
         reference = None if self.task.labelled else self._reference_outputs_joined()
@@ -219,12 +263,16 @@ class TaskEvaluator:
         started = time.perf_counter()
         task = self.task
         details: dict[str, Any] = {}
-        module = None
+        module: torch.nn.Module | None = None
         if not task.is_onnx:
             module = self._transformed_module(spec, details)
         if spec.engine == "torch":
             from paretotune.evaluators import torch_engine
 
+            if module is None:  # _resolve offers torch only to tasks with a module factory
+                raise InvalidConfigError(
+                    f"engine='torch' needs a PyTorch model, and task {task.name!r} is an .onnx file"
+                )
             quantize = [n for n in task.layers if n not in spec.excluded_layers]
             module = torch_engine.build_torch(module, spec.bit_width, spec.per_channel, quantize)
             artifact = torch_engine.serialize(module)
@@ -254,7 +302,7 @@ class TaskEvaluator:
         built.accuracy = self._accuracy(runner)
         return built
 
-    def _transformed_module(self, spec: BuildSpec, details: dict[str, Any]) -> Any:
+    def _transformed_module(self, spec: BuildSpec, details: dict[str, Any]) -> torch.nn.Module:
         from paretotune.evaluators import pruning
         from paretotune.evaluators.torch_engine import TorchRunner, to_tensors
 
@@ -411,9 +459,5 @@ class TaskEvaluator:
         return baseline
 
     def _batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        """The example batch tiled (cycling its rows) to `batch_size`: fixed timing inputs."""
-        out = {}
-        for name, array in self.task.example_inputs.items():
-            rows = np.arange(batch_size) % array.shape[0]
-            out[name] = np.ascontiguousarray(array[rows])
-        return out
+        """Fixed timing inputs at `batch_size`, the same for every engine (`Task.timing_batch`)."""
+        return self.task.timing_batch(batch_size)

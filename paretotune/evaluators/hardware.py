@@ -23,7 +23,8 @@ VERSIONED_PACKAGES = ("torch", "onnxruntime", "onnx", "numpy", "torch-pruning", 
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:

@@ -45,8 +45,9 @@ def _attention_heads(module: nn.Module) -> dict[nn.Module, int]:
     for sub in module.modules():
         count = getattr(sub, "num_attention_heads", None)
         projections = [getattr(sub, n, None) for n in ("query", "key", "value")]
-        if isinstance(count, int) and all(isinstance(p, nn.Linear) for p in projections):
-            for projection in projections:
+        linears = [p for p in projections if isinstance(p, nn.Linear)]
+        if isinstance(count, int) and len(linears) == len(projections):
+            for projection in linears:
                 heads[projection] = count
     return heads
 
@@ -54,11 +55,14 @@ def _attention_heads(module: nn.Module) -> dict[nn.Module, int]:
 def _fix_attention_attributes(module: nn.Module, head_counts: dict[nn.Module, int]) -> None:
     for sub in module.modules():
         query = getattr(sub, "query", None)
-        if query in head_counts and hasattr(sub, "num_attention_heads"):
-            sub.num_attention_heads = head_counts[query]
-            sub.all_head_size = query.out_features
+        if not isinstance(query, nn.Linear) or query not in head_counts:
+            continue
+        if hasattr(sub, "num_attention_heads"):  # plain attributes, not parameters or modules
+            count = head_counts[query]
+            setattr(sub, "num_attention_heads", count)  # noqa: B010
+            setattr(sub, "all_head_size", query.out_features)  # noqa: B010
             if hasattr(sub, "attention_head_size"):
-                sub.attention_head_size = query.out_features // head_counts[query]
+                setattr(sub, "attention_head_size", query.out_features // count)  # noqa: B010
 
 
 def prune_structured(

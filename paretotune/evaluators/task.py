@@ -75,6 +75,10 @@ class Task:
         Linear/Conv executed, so the model's output shape is kept).
     finetune: optional callable(module) -> None run after structured pruning to recover
         accuracy (e.g. one short epoch); it is part of the build and of its cache key.
+    padding_mask: the name of a (batch, sequence) 0/1 input marking real tokens, right-padded
+        (a tokenizer's attention_mask). Timing batches are then cut to their longest row, as a
+        tokenizer padding each batch to its longest sentence gives them, rather than carrying
+        the example batch's padding into, say, a batch of one short sentence.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class Task:
         name: str | None = None,
         prune_ignore: Sequence[str] | None = None,
         finetune: Callable[[Any], None] | None = None,
+        padding_mask: str | None = None,
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             self.model_path: Path | None = Path(model)
@@ -114,7 +119,9 @@ class Task:
         self.name = name or (
             self.model_path.stem if self.model_path else getattr(model, "__name__", "task")
         )
-        self.input_names = list(input_names) if input_names is not None else None
+        # the declared names (empty: derive them) name a tuple-form example batch; afterwards
+        # they are the example batch's keys, the order every engine feeds inputs in
+        self.input_names: list[str] = list(input_names) if input_names is not None else []
         self.example_inputs = self._inputs(example_inputs, "example_inputs")
         self.input_names = list(self.example_inputs)
         self.output_names = list(output_names)
@@ -141,6 +148,9 @@ class Task:
         if finetune is not None and not callable(finetune):
             raise TaskError(f"Task finetune must be callable(module) -> None, got {finetune!r}")
         self.finetune = finetune
+        self.padding_mask = padding_mask
+        if padding_mask is not None:
+            self._check_padding_mask(padding_mask)
         self._reset_caches()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -177,6 +187,36 @@ class Task:
                 f"{what} has {len(items)} arrays but input_names has {len(names)}: {names}"
             )
         return {n: _to_numpy(v, f"{what}[{n!r}]") for n, v in zip(names, items, strict=True)}
+
+    def _check_padding_mask(self, name: str) -> None:
+        mask = self.example_inputs.get(name)
+        if mask is None:
+            raise TaskError(
+                f"Task padding_mask must name an input, got {name!r}; inputs: {self.input_names}"
+            )
+        if mask.ndim != 2 or not np.isin(mask, (0, 1)).all():
+            raise TaskError(
+                f"Task padding_mask {name!r} must be a (batch, sequence) array of 0/1, got "
+                f"shape {mask.shape} with values {np.unique(mask)[:5].tolist()}"
+            )
+
+    def timing_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """The example batch tiled (cycling its rows) to `batch_size`: fixed timing inputs.
+
+        With a `padding_mask`, the padding columns no row of this batch uses are cut off.
+        """
+        out = {}
+        for name, array in self.example_inputs.items():
+            rows = np.arange(batch_size) % array.shape[0]
+            out[name] = np.ascontiguousarray(array[rows])
+        if self.padding_mask is not None:
+            mask = out[self.padding_mask]
+            used = np.flatnonzero(mask.any(axis=0))
+            length = int(used[-1]) + 1 if used.size else 1
+            for name, array in out.items():
+                if array.shape[:2] == mask.shape:
+                    out[name] = np.ascontiguousarray(array[:, :length])
+        return out
 
     @property
     def is_onnx(self) -> bool:
@@ -263,6 +303,7 @@ class Task:
         parts.append(getattr(self.metric, "__qualname__", None))
         parts.append(getattr(self.finetune, "__qualname__", None))
         parts.append(self.prune_ignore)
+        parts.append(self.padding_mask)
         return cache_key(*parts)
 
     @property

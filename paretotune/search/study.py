@@ -145,6 +145,9 @@ class Study:
         self._rng = random.Random(worker_seed(spec.get("seed"), worker + "/replacements"))
         #: the task object given at creation, used when optimize() gets no evaluator
         self.task: Any = None
+        #: called while a tell waits for the baseline (workers reap lost trials there, so a
+        #: baseline held by a dead worker is retried instead of waited on forever)
+        self.on_wait: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"Study({self.name!r}, storage={self.store.masked_url!r})"
@@ -331,7 +334,12 @@ class Study:
                 f"it returned {got}"
             )
             if derived_reason and set(missing) <= {"accuracy_drop", "speedup"}:
-                return self.tell_failure(pending, derived_reason)
+                trial = self.tell_failure(pending, derived_reason)
+                if self._baseline_state() == TrialState.WAITING:
+                    # the baseline is queued again (its worker was lost): run this config later
+                    self._optuna.enqueue_trial(self.space.to_params(pending.config),
+                                               user_attrs={"retry_of": pending.number})
+                return trial
             self.tell_failure(pending, reason)
             self.store.stop_study(self.name, reason)
             raise StudyError(f"study {self.name!r} stopped: {reason}")
@@ -394,17 +402,27 @@ class Study:
         return None
 
     def _wait_for_baseline(self, wait_s: float) -> Trial | None:
+        """The completed baseline, waiting while another worker runs it. None when it failed,
+        or when nobody runs it (queued again after its worker was lost)."""
         deadline = time.monotonic() + wait_s
         delay = 0.05
         while True:
             base = self.baseline_trial()
             if base is not None:
                 return base
-            state = self._baseline_state()
-            if state in (TrialState.FAIL, TrialState.INVALID, None) or time.monotonic() > deadline:
+            if self._baseline_state() != TrialState.RUNNING or time.monotonic() > deadline:
                 return None
+            if self.on_wait is not None:
+                self.on_wait()
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def baseline_gate(self) -> bool:
+        """True when trials other than the baseline may be asked: the baseline completed,
+        failed for good, or is queued (the next ask takes it). False while another worker runs it."""
+        if self._baseline_cache is not None:
+            return True
+        return self._baseline_state() != TrialState.RUNNING or self.baseline_trial() is not None
 
     # -- results -----------------------------------------------------------------------------
     def completed(self) -> list[Trial]:

@@ -96,22 +96,34 @@ def enable_wal(engine: sa.Engine) -> None:
     sa.event.listen(engine, "connect", _sqlite_pragmas)
 
 
+def _driver_autocommit(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+
+
+def _begin_immediate(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def serialize_sqlite_writes(engine: sa.Engine) -> None:
+    """Every transaction of ``engine`` starts with ``BEGIN IMMEDIATE``: read-then-write
+    sequences (a budget claim, Optuna popping a queued trial) serialize instead of racing.
+
+    SQLite ignores ``SELECT ... FOR UPDATE``, so without this two processes can both see a
+    queued trial as WAITING and both run it. Existing pooled connections are dropped so that
+    every connection gets the hooks.
+    """
+    sa.event.listen(engine, "connect", _driver_autocommit)
+    sa.event.listen(engine, "begin", _begin_immediate)
+    engine.dispose()
+
+
 def create_engine(url: str | None) -> sa.Engine:
-    """An engine for our own tables. On SQLite every transaction is ``BEGIN IMMEDIATE``,
-    so read-then-write sequences (budget claims) serialize instead of failing."""
+    """An engine for our own tables (on SQLite: WAL, and serialized writes)."""
     url = resolve_url(url)
     engine = sa.create_engine(driver_url(url), **engine_kwargs(url))
     if is_sqlite(url):
         enable_wal(engine)
-
-        @sa.event.listens_for(engine, "connect")
-        def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-
-        @sa.event.listens_for(engine, "begin")
-        def _begin_immediate(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        serialize_sqlite_writes(engine)
     return engine
 
 

@@ -29,6 +29,7 @@ from paretotune.storage.engine import (
     is_sqlite,
     mask,
     resolve_url,
+    serialize_sqlite_writes,
 )
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class StudyStore:
                 raise _wrap(exc, f"cannot open Optuna storage at {self.masked_url}") from None
             if is_sqlite(self.url):
                 enable_wal(storage.engine)
+                serialize_sqlite_writes(storage.engine)
             self._optuna = storage
         return self._optuna
 

@@ -22,6 +22,7 @@ from paretotune.errors import StorageError, StudyError
 from paretotune.search import PendingTrial, Study, Trial, TrialState, load_study_from_store
 from paretotune.space import Config
 from paretotune.storage import StudyStore
+from paretotune.workers.devices import telemetry
 from paretotune.workers.executor import Outcome, TrialExecutor
 from paretotune.workers.reaper import reap_stale
 from paretotune.workers.retry import DEFAULT_RETRY_WINDOW_S, Spool, retry
@@ -151,12 +152,23 @@ def run_worker(
     timeout = trial_timeout_s if trial_timeout_s is not None else study.trial_timeout_s
     grace = study.worker_grace_s
     max_failures = max_failures_for(study, n_trials)
+
+    def reap_now() -> None:
+        retry(reap_stale, study, grace, what="reap", window_s=w)
+
+    study.on_wait = reap_now
     stats = WorkerStats()
     deliver_spool(study, w)
     heartbeat = _Heartbeat(store, heartbeat_interval(grace))
     executor = TrialExecutor(evaluator, timeout_s=timeout)
     try:
         while stop is None or not stop.is_set():
+            # The baseline runs first: while another worker runs it, wait (reaping, so a
+            # baseline held by a dead worker is queued again and this worker takes it).
+            if not retry(study.baseline_gate, what="status", window_s=w):
+                reap_now()
+                time.sleep(IDLE_POLL_S)
+                continue
             claim = retry(store.claim, study_name, worker, n_trials, what="claim", window_s=w)
             if claim is None:
                 if retry(store.stopped_reason, study_name, what="status", window_s=w):
@@ -166,7 +178,7 @@ def run_worker(
                     break
                 # A running trial may still fail and free its slot, or its worker may be dead:
                 # whichever process notices first reaps it.
-                retry(reap_stale, study, grace, what="reap", window_s=w)
+                reap_now()
                 time.sleep(IDLE_POLL_S)
                 continue
             heartbeat.set(claim)
@@ -174,7 +186,11 @@ def run_worker(
             try:
                 pending = retry(study.ask, what="ask", window_s=w)
                 retry(store.bind_claim, claim, pending.number, what="claim", window_s=w)
-                outcome = executor.run(pending.config)
+                with telemetry() as gpu:  # {} without an NVIDIA driver
+                    outcome = executor.run(pending.config)
+                if outcome.metrics is not None:
+                    for k, v in gpu.items():
+                        outcome.metrics.setdefault(k, v)
                 trial = _tell(study, pending, outcome, worker, w)
                 completed = trial.state == TrialState.COMPLETE
                 if trial.state == TrialState.INVALID:

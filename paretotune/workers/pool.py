@@ -207,6 +207,9 @@ def run_study(
     if backend == "ray":
         from paretotune.workers.ray_backend import run_ray
 
+        if n_workers > 1:
+            backend_options.setdefault("max_concurrent", n_workers)
+        backend_options.setdefault("show_progress", show_progress)
         run_ray(study, evaluator, n_trials=n_trials, trial_timeout_s=trial_timeout_s, **backend_options)
     else:
         if backend_options:
@@ -221,6 +224,12 @@ def run_study(
     elif reason:
         raise StudyError(f"study {study.name!r} stopped: {reason}")
     counts = study.counts()
+    if counts["COMPLETE"] < n_trials and not reason:
+        raise StudyError(
+            f"study {study.name!r}: the workers stopped with {counts['COMPLETE']} of {n_trials} "
+            f"completed trials; see their log lines above (a worker that cannot import the "
+            f"evaluator, say). Run again to resume."
+        )
     log.info(
         "study %r: %d completed, %d failed, %d invalid in %.1f s",
         study.name, counts["COMPLETE"], counts["FAIL"], counts["INVALID"], time.monotonic() - started,

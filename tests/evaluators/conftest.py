@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from _evmodels import FAST, images, tiny_net
 
 from paretotune.evaluators import Task, TaskEvaluator
+
+from _evmodels import FAST, images, tiny_net
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
-from _evmodels import FAST, images, unexportable
 from onnx import numpy_helper
 
 from paretotune.errors import EvaluationError
 from paretotune.evaluators import METRIC_NAMES, Task, TaskEvaluator
+from paretotune.evaluators.onnxruntime_engine import LOSSLESS_OPS, WEIGHT_OPS
+
+from _evmodels import FAST, images, unexportable
 
 ORT = {"engine": "onnxruntime"}
 
@@ -69,9 +71,19 @@ def test_measurement_has_the_vocabulary_and_honest_details(tiny_evaluator: TaskE
     assert m.metrics["accuracy"] == pytest.approx(1.0, abs=1e-6)  # fp32 ORT agrees with torch
 
 
+def dequantized_consumers(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> op type of every node reading a DequantizeLinear output."""
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: n.op_type for n in model.graph.node if dq & set(n.input)}
+
+
 def test_static_int8_has_qdq_nodes(tiny_evaluator: TaskEvaluator) -> None:
-    ops = _ops(_graph(tiny_evaluator, {**ORT, "bit_width": 8, "quant_mode": "static"}))
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    model = _graph(tiny_evaluator, {**ORT, "bit_width": 8, "quant_mode": "static"})
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(model)
+    consumers = dequantized_consumers(model)
+    for layer in ("/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"):
+        assert consumers.get(layer) in ("Conv", "Gemm"), layer
+    assert set(consumers.values()) <= set(WEIGHT_OPS + LOSSLESS_OPS)
 
 
 def test_dynamic_int8_has_integer_matmuls(tiny_evaluator: TaskEvaluator) -> None:

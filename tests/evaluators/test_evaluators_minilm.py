@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
-from _evmodels import FAST
 
 from paretotune.evaluators import Task, TaskEvaluator
+from paretotune.evaluators.onnxruntime_engine import LOSSLESS_OPS
 from paretotune.evaluators.pruning import prune_structured
 from paretotune.evaluators.torch_engine import to_tensors
+
+from _evmodels import FAST
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +72,31 @@ def test_excluding_a_layer_maps_it_to_its_onnx_node(evaluator: TaskEvaluator) ->
         "/bert/encoder/layer.0/attention/self/query/MatMul"
     ]
     assert m.details["build_details"]["op_counts"]["MatMulInteger"] == 35
+
+
+def test_static_int8_quantizes_only_weight_layers_and_keeps_fidelity(
+    evaluator: TaskEvaluator,
+) -> None:
+    from test_evaluators_engines import dequantized_consumers
+
+    config = {"engine": "onnxruntime", "bit_width": 8, "quant_mode": "static", "per_channel": True}
+    m = evaluator(config)
+    assert m.metrics["accuracy"] >= 0.98
+    model = onnx.load_from_string(next(reversed(evaluator._built.values())).artifact)
+    consumers = dequantized_consumers(model)
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    attention = [n for n in matmuls if n.endswith(("self/MatMul", "self/MatMul_1"))]
+    weights = [n for n in matmuls if n not in attention]
+    assert len(attention) == 12 and len(weights) == 36
+    assert all(consumers.get(n) == "MatMul" for n in weights)
+    assert not set(attention) & set(consumers)  # activation-by-activation MatMuls stay fp32
+    assert set(consumers.values()) <= {"MatMul", "Gemm", "Conv", *LOSSLESS_OPS}
+
+
+def test_timing_batches_are_cut_to_their_longest_sentence(minilm: Task) -> None:
+    example = minilm.example_inputs
+    lengths = example["attention_mask"].sum(axis=1)
+    one = minilm.timing_batch(1)
+    assert one["input_ids"].shape == (1, lengths[0]) < example["input_ids"][:1].shape
+    assert one["attention_mask"].all()
+    assert minilm.timing_batch(16)["input_ids"].shape == (16, lengths.max())

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _evmodels import FAST, images, tiny_net
 
 from paretotune.evaluators import Task, TaskEvaluator
 from paretotune.evaluators.pruning import apply_sparsity, count_parameters, prune_structured
+
+from _evmodels import FAST, images, tiny_net
 
 
 def test_structured_pruning_shrinks_tensors_and_keeps_the_output_shape() -> None:

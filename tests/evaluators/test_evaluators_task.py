@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _evmodels import images, tiny_net
 
 from paretotune.errors import ConfigError, TaskError
 from paretotune.evaluators import Task, TaskEvaluator, as_evaluator, load_task
+
+from _evmodels import images, tiny_net
 
 
 def _task(model, inputs=None, **kwargs) -> Task:
@@ -95,3 +96,18 @@ def test_onnx_task_runs_on_onnxruntime_only(tiny_task: Task, tmp_path) -> None:
     task.validate()
     assert task.available_engines() == ["onnxruntime"]
     assert set(task.layers.values()) == {"Conv", "Gemm"}
+
+
+def test_padding_mask_cuts_timing_batches_and_is_checked() -> None:
+    ids = np.array([[5, 6, 0, 0], [5, 6, 7, 0]])
+    mask = (ids > 0).astype(np.int64)
+    task = Task(tiny_net, {"ids": ids, "mask": mask}, padding_mask="mask")
+    assert task.timing_batch(1)["ids"].tolist() == [[5, 6]]
+    assert task.timing_batch(3)["mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]
+    unpadded = Task(tiny_net, {"ids": ids, "mask": mask})
+    assert unpadded.timing_batch(1)["ids"].shape == (1, 4)
+    assert task.data_id() != unpadded.data_id()
+    with pytest.raises(TaskError, match="padding_mask must name an input, got 'attention'"):
+        Task(tiny_net, {"ids": ids, "mask": mask}, padding_mask="attention")
+    with pytest.raises(TaskError, match="must be a \\(batch, sequence\\) array of 0/1"):
+        Task(tiny_net, {"ids": ids, "mask": mask}, padding_mask="ids")

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import helpers_eval
 import pytest
 
 import paretotune as pt
 from paretotune.testing import FakeEvaluator, null_evaluator
+
+import helpers_eval
 
 
 def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path) -> None:
@@ -101,3 +102,24 @@ def test_grid_ends_the_study_when_the_space_is_exhausted(tmp_path) -> None:
     configs = [t.config for t in study.completed()]
     assert len(configs) == 6 and set(configs) == set(space.grid())
     assert study.store.stopped_reason("g").startswith("finished:")
+
+
+def test_queued_trials_are_never_taken_twice_on_sqlite(tmp_path) -> None:
+    # SQLite ignores row locks; without serialized writes two workers can pop the same queued
+    # trial (the baseline, an enqueued config) and both run it.
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+    study = pt.create_study("q", f"sqlite:///{tmp_path}/q.db", space=space,
+                            objectives=["latency_p50_ms", "accuracy"], sampler="random", seed=0)
+    for i in range(1, 31):
+        study.enqueue({"x": i / 100})
+    study.optimize(helpers_eval.instant_x, n_trials=40, n_workers=4)
+    done = study.completed()
+    assert len(done) == 40
+    claims = study.store.claim_counts("q")
+    assert claims["done"] == 40 and claims["active"] == 0
+    from sqlalchemy import select
+
+    from paretotune.storage.store import claims_table
+    with study.store.engine.connect() as conn:
+        bound = [r[0] for r in conn.execute(select(claims_table.c.trial_number))]
+    assert len(bound) == len(set(bound)), "a trial was claimed by two workers"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 EVALUATOR_TESTS = str(Path(__file__).resolve().parents[1] / "evaluators")
 sys.path.insert(0, EVALUATOR_TESTS)
-import _evmodels  # noqa: E402
-
 import paretotune as pt  # noqa: E402
+
+import _evmodels  # noqa: E402
 
 
 def test_unexportable_model_fails_its_onnx_trials_and_the_study_continues(tmp_path, monkeypatch) -> None:

@@ -1,0 +1,801 @@
+"""Deployment bundles: one chosen trial, rebuilt or copied, verified, ready to serve.
+
+`export(study, trial, out_dir)` writes::
+
+    out_dir/
+      config.yaml            the resolved config, task, study, trial, hardware, versions, I/O
+      model.onnx | model.pt  the artifact (ONNX with its quantization, or TorchScript)
+      model_repository/<name>/config.pbtxt, 1/<model file>   a Triton model repository
+      measurements.json      the trial's and the baseline's metrics and details
+      README.md              how to load and serve it
+
+The artifact comes from the artifact cache when it is on this machine and is rebuilt from the
+config with the study's task when it is not. Before the bundle is moved into place it is loaded
+back with `load_exported` and its accuracy re-measured on the task's validation set (untimed);
+a difference from the recorded accuracy beyond `tolerance` is a `VerificationError`, never a
+silent export.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from paretotune.errors import ConfigError, EvaluationError
+from paretotune.search.objectives import METRICS, OPERATORS, known_metrics
+from paretotune.storage import mask
+
+if TYPE_CHECKING:
+    import torch
+
+    from paretotune.evaluators import Task
+    from paretotune.evaluators.evaluator import BuiltArtifact
+    from paretotune.search import Study, Trial
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = 1
+#: absolute difference allowed between the recorded and the re-measured accuracy
+DEFAULT_TOLERANCE = 0.005
+CONFIG_FILE = "config.yaml"
+MEASUREMENTS_FILE = "measurements.json"
+REPOSITORY_DIR = "model_repository"
+#: engine -> (artifact file, Triton platform, Triton backend, instance kind)
+ENGINE_LAYOUT: dict[str, tuple[str, str, str, str]] = {
+    "onnxruntime": ("model.onnx", "onnxruntime_onnx", "onnxruntime", "KIND_CPU"),
+    "torch": ("model.pt", "pytorch_libtorch", "pytorch", "KIND_CPU"),
+    "tensorrt": ("model.plan", "tensorrt_plan", "tensorrt", "KIND_GPU"),
+}
+#: numpy dtype name -> Triton data type
+TRITON_TYPES = {
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "uint16": "TYPE_UINT16",
+    "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+    "bfloat16": "TYPE_BF16",
+    "object": "TYPE_STRING",
+}
+#: microseconds Triton's dynamic batcher waits to fill a preferred batch
+MAX_QUEUE_DELAY_US = 100
+
+
+class VerificationError(EvaluationError):
+    """The exported artifact does not reproduce the trial's recorded accuracy."""
+
+
+# -- selection rules ------------------------------------------------------------------------------
+
+_RULE_RE = re.compile(r"^(?P<dir>max|min)\s+(?P<metric>[A-Za-z_][A-Za-z0-9_]*)(?:\s+where\s+(?P<where>.+))?$", re.I)
+_CLAUSE_RE = re.compile(r"^(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=)\s*(?P<bound>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)$")
+RULE_SYNTAX = "'max METRIC [where METRIC<=NUMBER[, METRIC>=NUMBER]...]', 'min METRIC [where ...]' or 'knee'"
+
+
+def parse_pick(rule: str, extra_metrics: Sequence[str] = ()) -> dict[str, Any]:
+    """Parse the CLI's selection language into `Front.pick` keyword arguments.
+
+    ``"max throughput where accuracy_drop<=0.01, latency_p99_ms<=5"`` gives
+    ``{"max": "throughput", "where": {"accuracy_drop": ("<=", 0.01), ...}}``; ``"knee"``
+    gives ``{"rule": "knee"}``. Bounds are inclusive (``<=``, ``>=``), as everywhere.
+    """
+    if not isinstance(rule, str) or not rule.strip():
+        raise ConfigError(f"pick: expected {RULE_SYNTAX}, got {rule!r}")
+    text = " ".join(rule.split())
+    if text.lower() == "knee":
+        return {"rule": "knee"}
+    match = _RULE_RE.match(text)
+    if match is None:
+        raise ConfigError(f"pick: expected {RULE_SYNTAX}, got {rule!r}")
+    metric = match["metric"]
+    _check_metric(f"pick {match['dir'].lower()}", metric, extra_metrics)
+    where: dict[str, tuple[str, float]] = {}
+    if match["where"] is not None:
+        for raw in re.split(r",|\s+and\s+", match["where"], flags=re.I):
+            clause = raw.strip()
+            found = _CLAUSE_RE.match(clause)
+            if found is None:
+                raise ConfigError(
+                    f"pick: where-clause {clause!r} must look like METRIC<=NUMBER or "
+                    f"METRIC>=NUMBER (allowed operators: {list(OPERATORS)}; bounds are inclusive)"
+                )
+            name = found["metric"]
+            _check_metric("pick where", name, extra_metrics)
+            if name in where:
+                raise ConfigError(f"pick: where names {name!r} twice; give one bound per metric")
+            bound = float(found["bound"])
+            where[name] = (found["op"], bound)
+    out: dict[str, Any] = {match["dir"].lower(): metric}
+    if where:
+        out["where"] = where
+    return out
+
+
+def _check_metric(field: str, name: str, extra: Sequence[str]) -> None:
+    if name not in METRICS and name not in extra:
+        raise ConfigError(f"{field}: unknown metric {name!r}; known metrics: {known_metrics(extra)}")
+
+
+def select_trial(study: Study, *, pick: str | None = None, trial: int | None = None) -> Trial:
+    """The trial a CLI invocation names: a selection rule on the front, or a trial number."""
+    if (pick is None) == (trial is None):
+        raise ConfigError("export: give exactly one of --pick RULE or --trial N")
+    if trial is not None:
+        return _completed_trial(study, trial)
+    kwargs = parse_pick(pick or "", list(study.spec.get("extra_metrics") or []))
+    return study.pareto_front().pick(**kwargs)
+
+
+def _completed_trial(study: Study, number: int) -> Trial:
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ConfigError(f"trial must be a trial number (int) or a Trial, got {number!r}")
+    trials = {t.number: t for t in study.trials}
+    found = trials.get(number)
+    if found is None:
+        done = sorted(n for n, t in trials.items() if t.state.value == "COMPLETE")
+        raise ConfigError(
+            f"trial: study {study.name!r} has no trial {number}; completed trials: {done}"
+        )
+    return found
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What `export` wrote, and how it was verified."""
+
+    path: Path
+    trial: int
+    engine: str
+    artifact: Path
+    model_repository: Path
+    model_name: str
+    recorded_accuracy: float
+    measured_accuracy: float
+    artifact_source: str
+
+
+def export(
+    study: Study,
+    trial: Trial | int,
+    out_dir: str | os.PathLike[str],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    task: Any = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    model_name: str | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Write a verified deployment bundle of `trial` (a Trial or its number) to `out_dir`.
+
+    `task`: the `pt.Task` to rebuild with (default: the study's task, or its stored import
+    path); `cache_dir`: the artifact cache to look in first; `tolerance`: the absolute accuracy
+    difference allowed between the recorded and the re-measured value. `out_dir` must be absent
+    or empty unless `overwrite`.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
+        math.isfinite(tolerance) and tolerance >= 0
+    ):
+        raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    chosen = trial if not isinstance(trial, (int, bool)) else _completed_trial(study, trial)
+    if chosen.state.value != "COMPLETE":
+        raise ConfigError(
+            f"trial {chosen.number} of study {study.name!r} is {chosen.state.value}"
+            f"{f' ({chosen.reason})' if chosen.reason else ''}; only COMPLETE trials can be exported"
+        )
+    if chosen.config is None:
+        raise ConfigError(f"trial {chosen.number} of study {study.name!r} has no stored config")
+    if "accuracy" not in chosen.metrics:
+        raise ConfigError(
+            f"trial {chosen.number} has no recorded 'accuracy' (metrics: {sorted(chosen.metrics)}); "
+            "export verifies the rebuilt artifact against it"
+        )
+    config = chosen.config.to_dict()
+    engine = config.get("engine", "torch")
+    if engine == "tensorrt":
+        raise EvaluationError(
+            "engine='tensorrt': building a TensorRT engine.plan is not available on this machine "
+            "(this paretotune has no TensorRT engine); export a trial on 'onnxruntime' or 'torch'"
+        )
+    if engine not in ENGINE_LAYOUT:
+        raise ConfigError(f"engine={engine!r} cannot be exported; allowed: {sorted(ENGINE_LAYOUT)}")
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
+    name = _model_name(model_name or f"{study.name}_trial{chosen.number}")
+    task_obj = _resolve_task(study, task)
+
+    from paretotune.evaluators import TaskEvaluator
+
+    evaluator = TaskEvaluator(task_obj, cache_dir=cache_dir)
+    started = time.perf_counter()
+    built = evaluator.build_artifact(config)
+    log.info(
+        "trial %d: artifact %s (%.1f s)",
+        chosen.number,
+        "rebuilt from the config" if built.source == "built" else f"from the artifact cache ({built.source})",
+        time.perf_counter() - started,
+    )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        artifact_name, data, io_spec = _artifact(built, task_obj)
+        (staging / artifact_name).write_bytes(data)
+        batching = io_spec.pop("batching")
+        max_batch = int(built.spec.batch_size) if batching else 0
+        repo = staging / REPOSITORY_DIR / name
+        (repo / "1").mkdir(parents=True)
+        (repo / "1" / artifact_name).write_bytes(data)
+        (repo / "config.pbtxt").write_text(
+            triton_config(name, engine, artifact_name, io_spec, max_batch, built.spec.threads),
+            encoding="utf-8",
+        )
+        measurements = _measurements(study, chosen)
+        bundle_config = _bundle_config(study, chosen, built, artifact_name, name, io_spec, max_batch, measurements)
+        _write_yaml(staging / CONFIG_FILE, bundle_config)
+        _write_text(staging / MEASUREMENTS_FILE, json.dumps(measurements, indent=2, sort_keys=True, default=str))
+
+        recorded = float(chosen.metrics["accuracy"])
+        predictor = load_exported(staging)
+        first = predictor.output_names[0]
+        measured = evaluator.measure_accuracy(lambda inputs: predictor(inputs)[first])
+        difference = abs(measured - recorded)
+        bundle_config["verification"] = {
+            "metric": "accuracy",
+            "recorded": recorded,
+            "measured": measured,
+            "difference": difference,
+            "tolerance": float(tolerance),
+            "artifact_source": "artifact cache" if built.source in ("disk", "memory") else "rebuilt from the config",
+            "passed": difference <= tolerance,
+        }
+        if difference > tolerance:
+            raise VerificationError(
+                f"export of trial {chosen.number}: the exported {engine} artifact scores "
+                f"accuracy={measured:.6g} on the task's validation set, but the study recorded "
+                f"{recorded:.6g} (difference {difference:.3g} > tolerance {tolerance:g}); the "
+                f"artifact ({'from the artifact cache' if built.source != 'built' else 'rebuilt'}) "
+                "or the task differs from what was measured, so nothing was exported"
+            )
+        _write_yaml(staging / CONFIG_FILE, bundle_config)
+        _write_text(staging / "README.md", _readme(bundle_config, measurements))
+        if out.exists():
+            shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
+        os.chmod(staging, 0o755)  # mkdtemp made it private
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported trial %d of %r to %s (accuracy %.6g, recorded %.6g)", chosen.number, study.name, out, measured, recorded)
+    return Bundle(
+        path=out,
+        trial=chosen.number,
+        engine=engine,
+        artifact=out / artifact_name,
+        model_repository=out / REPOSITORY_DIR,
+        model_name=name,
+        recorded_accuracy=recorded,
+        measured_accuracy=measured,
+        artifact_source=built.source,
+    )
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"out_dir {str(out)!r} exists and is not empty; choose another directory or pass "
+            "overwrite=True (CLI: --overwrite)"
+        )
+
+
+def _model_name(raw: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or "model"
+    return name[:128]
+
+
+def _resolve_task(study: Study, task: Any) -> Task:
+    from paretotune.evaluators import Task, load_task
+
+    if task is None:
+        task = study.task
+    if task is None:
+        if not study.task_path:
+            raise ConfigError(
+                f"study {study.name!r} stores no task import path; pass task=pt.Task(...) to "
+                "export (the artifact is rebuilt and verified with it)"
+            )
+        task = load_task(study.task_path)
+    elif isinstance(task, str):
+        task = load_task(task)
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"export needs a pt.Task to build and verify the artifact, got {type(task).__name__} "
+            f"(task={study.task_path!r})"
+        )
+    return task
+
+
+def _write_yaml(path: Path, data: Mapping[str, Any]) -> None:
+    plain = json.loads(json.dumps(data, default=str))  # numpy scalars and paths as plain values
+    _write_text(path, yaml.safe_dump(plain, sort_keys=False))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Every text file of a bundle goes through `mask`: no password ever lands on disk."""
+    path.write_text(mask(text), encoding="utf-8")
+
+
+# -- the artifact and its I/O ---------------------------------------------------------------------
+
+
+def _artifact(built: BuiltArtifact, task: Task) -> tuple[str, bytes, dict[str, Any]]:
+    """(file name, bytes, io spec) of the deployable artifact for the built engine."""
+    if built.engine == "onnxruntime":
+        return ENGINE_LAYOUT["onnxruntime"][0], built.data, _onnx_io(built.data, task)
+    return _torchscript(built, task)
+
+
+def _onnx_io(data: bytes, task: Task) -> dict[str, Any]:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_from_string(data)
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    shapes = _runtime_shapes(data, task)
+
+    def describe(value: Any, observed: tuple[int, ...] | None) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        dims: list[int] = []
+        for i, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                dims.append(-1)
+            else:  # unknown: take what the model produced on the example batch
+                dims.append(observed[i] if observed is not None and i < len(observed) else -1)
+        if not tensor.HasField("shape") and observed is not None:
+            dims = list(observed)
+        return {"name": value.name, "dtype": dtype, "shape": dims}
+
+    described_in = [describe(v, tuple(task.example_inputs[v.name].shape) if v.name in task.example_inputs else None) for v in inputs]
+    described_out = [describe(v, shapes.get(v.name)) for v in model.graph.output]
+    batching = all(d["shape"] and d["shape"][0] == -1 for d in described_in)
+    return {"inputs": described_in, "outputs": described_out, "batching": batching}
+
+
+def _runtime_shapes(data: bytes, task: Task) -> dict[str, tuple[int, ...]]:
+    """Output shapes on the example batch, for dims the graph leaves unknown."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: task.example_inputs[i.name] for i in session.get_inputs() if i.name in task.example_inputs}
+    outputs = session.run(None, feeds)
+    return {o.name: tuple(np.asarray(v).shape) for o, v in zip(session.get_outputs(), outputs, strict=True)}
+
+
+def _torchscript(built: BuiltArtifact, task: Task) -> tuple[str, bytes, dict[str, Any]]:
+    """Trace the built torch module (fp32 I/O around bf16 or int8 internals) to TorchScript,
+    the format Triton's libtorch backend loads."""
+    import torch
+
+    from paretotune.evaluators import torch_engine
+
+    module = torch_engine.deserialize(built.data)
+    cast = torch.bfloat16 if built.spec.bit_width == 16 else None
+    wrapper = _io_wrapper(module, cast).eval()
+    args = torch_engine.to_tensors(task.example_inputs, task.input_names)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(wrapper, args, check_trace=False)
+            outputs = traced(*args)
+    except Exception as exc:  # noqa: BLE001 - tracing raises many types
+        raise EvaluationError(
+            f"tracing the torch model to TorchScript failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated, and still what Triton loads
+        torch.jit.save(traced, buffer)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    out_names = list(task.output_names)[: len(outputs)]
+    out_names += [f"output_{i}" for i in range(len(out_names), len(outputs))]
+    axes = task.dynamic_axes
+
+    def dims(name: str, shape: Sequence[int]) -> list[int]:
+        dynamic = axes.get(name, {})
+        return [-1 if i in dynamic else int(n) for i, n in enumerate(shape)]
+
+    inputs = [
+        {"name": n, "dtype": task.example_inputs[n].dtype.name, "shape": dims(n, task.example_inputs[n].shape)}
+        for n in task.input_names
+    ]
+    outs = [
+        {"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": dims(n, tuple(t.shape))}
+        for n, t in zip(out_names, outputs, strict=True)
+    ]
+    for i, spec in enumerate(inputs):
+        spec["triton_name"] = f"{spec['name']}__{i}"
+    for i, spec in enumerate(outs):
+        spec["triton_name"] = f"{spec['name']}__{i}"
+    batching = all(0 in axes.get(n, {}) for n in task.input_names)
+    return ENGINE_LAYOUT["torch"][0], buffer.getvalue(), {"inputs": inputs, "outputs": outs, "batching": batching}
+
+
+def _make_wrapper() -> type:
+    import torch
+
+    from paretotune.evaluators.torch_engine import first_tensor
+
+    class IOWrapper(torch.nn.Module):
+        """fp32 in and out around the engine's module (bf16 inside, or int8 dynamic)."""
+
+        def __init__(self, module: torch.nn.Module, cast: torch.dtype | None) -> None:
+            super().__init__()
+            self.module = module
+            self.cast = cast
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            if self.cast is not None:
+                args = tuple(a.to(self.cast) if a.is_floating_point() else a for a in args)
+            out = first_tensor(self.module(*args))
+            return out.float() if out.is_floating_point() else out
+
+    return IOWrapper
+
+
+def _io_wrapper(module: torch.nn.Module, cast: torch.dtype | None) -> torch.nn.Module:
+    wrapper: torch.nn.Module = _make_wrapper()(module, cast)
+    return wrapper
+
+
+# -- Triton ---------------------------------------------------------------------------------------
+
+
+def triton_config(
+    name: str,
+    engine: str,
+    artifact: str,
+    io_spec: Mapping[str, Any],
+    max_batch_size: int,
+    threads: int,
+) -> str:
+    """A Triton `config.pbtxt` (protobuf text format of inference.ModelConfig).
+
+    With batching (`max_batch_size` > 0) dims leave out the batch dimension, and the dynamic
+    batcher prefers the trial's batch size.
+    """
+    _, platform, backend, kind = ENGINE_LAYOUT[engine]
+
+    def tensor(spec: Mapping[str, Any]) -> str:
+        dtype = TRITON_TYPES.get(spec["dtype"])
+        if dtype is None:
+            raise EvaluationError(
+                f"tensor {spec['name']!r} has dtype {spec['dtype']!r}, which Triton cannot serve; "
+                f"supported: {sorted(TRITON_TYPES)}"
+            )
+        shape = list(spec["shape"][1:] if max_batch_size > 0 else spec["shape"])
+        return (
+            "  {\n"
+            f"    name: {_quote(spec.get('triton_name', spec['name']))}\n"
+            f"    data_type: {dtype}\n"
+            f"    dims: [ {', '.join(str(d) for d in shape)} ]\n"
+            "  }"
+        )
+
+    lines = [
+        f"name: {_quote(name)}",
+        f"platform: {_quote(platform)}",
+        f"backend: {_quote(backend)}",
+        f"max_batch_size: {int(max_batch_size)}",
+        f"default_model_filename: {_quote(artifact)}",
+        "input [\n" + ",\n".join(tensor(s) for s in io_spec["inputs"]) + "\n]",
+        "output [\n" + ",\n".join(tensor(s) for s in io_spec["outputs"]) + "\n]",
+    ]
+    if max_batch_size > 0:
+        lines.append(
+            "dynamic_batching {\n"
+            f"  preferred_batch_size: [ {int(max_batch_size)} ]\n"
+            f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n"
+            "}"
+        )
+    lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]")
+    thread_key = {"onnxruntime": "intra_op_thread_count", "torch": "INTRA_OP_THREAD_COUNT"}.get(engine)
+    if thread_key is not None:
+        lines.append(
+            "parameters {\n"
+            f"  key: {_quote(thread_key)}\n"
+            f"  value: {{ string_value: {_quote(str(int(threads)))} }}\n"
+            "}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)
+
+
+# -- config.yaml, measurements.json, README -------------------------------------------------------
+
+
+def _measurements(study: Study, trial: Trial) -> dict[str, Any]:
+    rows = {row["trial_number"]: row for row in study.store.measurements(study.name)}
+    baseline = study.baseline_trial()
+
+    def entry(t: Trial | None) -> dict[str, Any] | None:
+        if t is None:
+            return None
+        row = rows.get(t.number, {})
+        return {
+            "trial": t.number,
+            "config": None if t.config is None else t.config.to_dict(),
+            "metrics": dict(t.metrics),
+            "details": row.get("details"),
+        }
+
+    return {
+        "study": study.name,
+        "objectives": dict(study.objectives),
+        "constraints": [str(c) for c in study.constraints],
+        "trial": entry(trial),
+        "baseline": entry(baseline),
+    }
+
+
+def _bundle_config(
+    study: Study,
+    trial: Trial,
+    built: BuiltArtifact,
+    artifact: str,
+    model_name: str,
+    io_spec: Mapping[str, Any],
+    max_batch: int,
+    measurements: Mapping[str, Any],
+) -> dict[str, Any]:
+    from paretotune import __version__
+    from paretotune.evaluators.hardware import library_versions
+
+    details = (measurements.get("trial") or {}).get("details") or {}
+    spec = built.spec
+    versions = dict(library_versions())
+    try:
+        import optuna
+
+        versions["optuna"] = optuna.__version__
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    return {
+        "bundle_format": BUNDLE_FORMAT,
+        "paretotune": __version__,
+        "study": study.name,
+        "trial": trial.number,
+        "storage": study.store.masked_url,
+        "task": study.task_path,
+        "engine": spec.engine,
+        "artifact": artifact,
+        "config": trial.config.to_dict() if trial.config is not None else None,
+        "resolved": {**spec.build_dict(), "batch_size": spec.batch_size, "threads": spec.threads},
+        "metrics": dict(trial.metrics),
+        "io": {"inputs": list(io_spec["inputs"]), "outputs": list(io_spec["outputs"])},
+        "triton": {
+            "repository": REPOSITORY_DIR,
+            "model_name": model_name,
+            "max_batch_size": max_batch,
+            "preferred_batch_size": spec.batch_size if max_batch else None,
+        },
+        "hardware": details.get("hardware"),
+        "versions": {
+            "measured_with": (details.get("hardware") or {}).get("versions"),
+            "exported_with": versions,
+        },
+        "build": {"cache_key": built.cache_key, "source": built.source, "details": built.details},
+    }
+
+
+def _readme(config: Mapping[str, Any], measurements: Mapping[str, Any]) -> str:
+    metrics = config.get("metrics") or {}
+    base = (measurements.get("baseline") or {}).get("metrics") or {}
+    rows = "\n".join(
+        f"| {m} | {metrics[m]:.6g} | {base[m]:.6g} |" if m in base else f"| {m} | {metrics[m]:.6g} | |"
+        for m in sorted(metrics)
+    )
+    triton = config["triton"]
+    verification = config.get("verification") or {}
+    engine = config["engine"]
+    inputs = ", ".join(f"`{i['name']}` {i['dtype']} {i['shape']}" for i in config["io"]["inputs"])
+    outputs = ", ".join(f"`{o['name']}` {o['dtype']} {o['shape']}" for o in config["io"]["outputs"])
+    torch_note = (
+        "\nThe artifact is TorchScript (what Triton's libtorch backend loads); Triton names its "
+        "tensors `<name>__<index>` (see `triton_name` in config.yaml).\n"
+        if engine == "torch"
+        else ""
+    )
+    return f"""# {triton['model_name']}: trial {config['trial']} of study `{config['study']}`
+
+Exported by paretotune {config['paretotune']} from `{config['storage']}`.
+Engine `{engine}`, artifact `{config['artifact']}`; task `{config['task']}`.
+Inputs: {inputs}. Outputs: {outputs} (dimension 0 is the batch).
+{torch_note}
+Verified on export: accuracy {verification.get('measured', float('nan')):.6g} re-measured on the
+task's validation set, recorded {verification.get('recorded', float('nan')):.6g}
+(tolerance {verification.get('tolerance', float('nan')):g}).
+
+## Files
+
+- `config.yaml`: the configuration (`config`, every default in `resolved`), task, study and
+  trial, the hardware it was measured on, library versions, tensor names and shapes.
+- `{config['artifact']}`: the model.
+- `{triton['repository']}/{triton['model_name']}/`: a Triton model repository
+  (`config.pbtxt`, `1/{config['artifact']}`), max batch size {triton['max_batch_size']}.
+- `measurements.json`: the trial's and the baseline's metrics and measurement details.
+
+## Load it in Python
+
+```python
+import paretotune as pt
+
+predict = pt.load_exported("path/to/this/directory")
+outputs = predict({{"{config['io']['inputs'][0]['name']}": batch}})   # dict: output name -> array
+```
+
+## Serve it with Triton
+
+```bash
+docker run --rm -p8000:8000 -p8001:8001 -v $PWD/{triton['repository']}:/models \\
+    nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
+```
+
+## Measurements (this trial, and the baseline)
+
+| metric | trial | baseline |
+|---|---|---|
+{rows}
+
+These numbers were measured on the hardware in `config.yaml`; measure again on the serving
+machine before relying on latency or throughput.
+"""
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+class ExportedModel:
+    """A loaded bundle: ``model(inputs) -> {output name: array}``.
+
+    `inputs` is a mapping of input name to array (or one array when the model has one input).
+    """
+
+    def __init__(self, path: Path, config: Mapping[str, Any]) -> None:
+        self.path = path
+        self.config = dict(config)
+        self.engine: str = config["engine"]
+        self.input_specs: list[dict[str, Any]] = list(config["io"]["inputs"])
+        self.output_specs: list[dict[str, Any]] = list(config["io"]["outputs"])
+        self.input_names = [s["name"] for s in self.input_specs]
+        self.output_names = [s["name"] for s in self.output_specs]
+        threads = int((config.get("resolved") or {}).get("threads") or 1)
+        artifact = path / config["artifact"]
+        if not artifact.is_file():
+            raise ConfigError(f"bundle {str(path)!r}: artifact {config['artifact']!r} is missing")
+        self._run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+        if self.engine == "onnxruntime":
+            self._run = _ort_runner(artifact.read_bytes(), threads, self.output_names)
+        elif self.engine == "torch":
+            self._run = _torchscript_runner(artifact.read_bytes(), self.input_names)
+        else:
+            raise ConfigError(f"bundle {str(path)!r}: engine {self.engine!r} cannot be loaded here; allowed: onnxruntime, torch")
+
+    def __repr__(self) -> str:
+        return f"ExportedModel({str(self.path)!r}, engine={self.engine!r})"
+
+    def __call__(self, inputs: Mapping[str, Any] | Any) -> dict[str, np.ndarray]:
+        if not isinstance(inputs, Mapping):
+            if len(self.input_names) != 1:
+                raise ConfigError(
+                    f"inputs: this model takes {self.input_names}; pass a mapping of name to array"
+                )
+            inputs = {self.input_names[0]: inputs}
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise ConfigError(f"inputs: missing {missing}; the model takes {self.input_names}, got {sorted(inputs)}")
+        feeds = {
+            s["name"]: np.ascontiguousarray(np.asarray(inputs[s["name"]]).astype(s["dtype"], copy=False))
+            for s in self.input_specs
+        }
+        return dict(zip(self.output_names, self._run(feeds), strict=True))
+
+
+def _ort_runner(data: bytes, threads: int, names: list[str]) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(v) for v in session.run(names, feeds)]
+
+    return run
+
+
+def _torchscript_runner(data: bytes, input_names: list[str]) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = [torch.from_numpy(feeds[n]) for n in input_names]
+        with torch.inference_mode():
+            out = module(*args)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().cpu().numpy() for o in outs]
+
+    return run
+
+
+def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
+    """Load a bundle written by `export`: a callable giving the exported model's outputs."""
+    root = Path(path)
+    config_path = root / CONFIG_FILE
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{str(root)!r} is not an exported bundle: cannot read {CONFIG_FILE} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{str(config_path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(config, Mapping) or config.get("bundle_format") != BUNDLE_FORMAT:
+        got = config.get("bundle_format") if isinstance(config, Mapping) else None
+        raise ConfigError(
+            f"{str(config_path)!r}: bundle_format must be {BUNDLE_FORMAT}, got {got!r}"
+        )
+    for key in ("engine", "artifact", "io"):
+        if key not in config:
+            raise ConfigError(f"{str(config_path)!r} has no {key!r}; re-export the bundle")
+    return ExportedModel(root, config)
+
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "Bundle",
+    "ExportedModel",
+    "VerificationError",
+    "export",
+    "load_exported",
+    "parse_pick",
+    "select_trial",
+    "triton_config",
+]
+
