@@ -35,15 +35,8 @@ from pathlib import Path
 import paretotune as pt
 from paretotune.testing import null_evaluator
 
-
-def space() -> pt.SearchSpace:
-    return pt.SearchSpace(
-        {
-            "prune_ratio": pt.Float(0.0, 0.5, step=0.1),
-            "bit_width": pt.Choice([32, 16, 8]),
-            "batch_size": pt.Choice([1, 8, 32]),
-        }
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from controller_overhead import space  # noqa: E402  (the same null-evaluator space)
 
 
 def one_run(url: str, backend: str, n_trials: int, sampler: str) -> dict[str, float]:

@@ -319,19 +319,11 @@ def _model_name(raw: str) -> str:
 
 
 def _resolve_task(study: Study, task: Any) -> Task:
-    from paretotune.evaluators import Task, load_task
+    from paretotune.evaluators import Task
+    from paretotune.workers.pool import study_task
 
-    if task is None:
-        task = study.task
-    if task is None:
-        if not study.task_path:
-            raise ConfigError(
-                f"study {study.name!r} stores no task import path; pass task=pt.Task(...) to "
-                "export (the artifact is rebuilt and verified with it)"
-            )
-        task = load_task(study.task_path)
-    elif isinstance(task, str):
-        task = load_task(task)
+    task = study_task(study, task, purpose="pass task=pt.Task(...) to export (the artifact is "
+                      "rebuilt and verified with it)")
     if not isinstance(task, Task):
         raise ConfigError(
             f"export needs a pt.Task to build and verify the artifact, got {type(task).__name__} "

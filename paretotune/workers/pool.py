@@ -27,21 +27,27 @@ BACKENDS = ("local", "ray")
 PROGRESS_POLL_S = 1.0
 
 
+def study_task(study: Study, given: Any = None, *, purpose: str = "an evaluator must be given") -> Any:
+    """The task (or evaluator) behind ``given``, else the one attached at creation, else the
+    import path stored with the study, loaded. Raises ConfigError naming ``purpose``."""
+    if given is None:
+        given = study.task
+    if given is None:
+        if not study.task_path:
+            raise ConfigError(f"study {study.name!r} stores no task import path, so {purpose}")
+        given = study.task_path
+    if isinstance(given, str):
+        from paretotune.evaluators import load_task
+
+        given = load_task(given)
+    return given
+
+
 def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
     """A ``pt.Task``, an import path, any callable, or None (the task stored with the study)."""
-    if evaluator is None:
-        evaluator = study.task
-    if evaluator is None:
-        if not study.task_path:
-            raise ConfigError(
-                f"study {study.name!r} stores no task import path, so an evaluator must be given"
-            )
-        evaluator = study.task_path
-    from paretotune.evaluators import as_evaluator, load_task
+    from paretotune.evaluators import as_evaluator
 
-    if isinstance(evaluator, str):
-        evaluator = load_task(evaluator)
-    return as_evaluator(evaluator)
+    return as_evaluator(study_task(study, evaluator))
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
