@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -53,6 +54,44 @@ def one_run(url: str, n_trials: int, n_workers: int, sampler: str) -> dict[str, 
     return {"total": n_trials / total, "steady": (n_trials - 1) / steady_span if steady_span else float("nan")}
 
 
+def _plain_optuna_worker(url: str, name: str, n: int, seed: int) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.RandomSampler(seed=seed))
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        trial.suggest_float("prune_ratio", 0.0, 0.5, step=0.1)
+        trial.suggest_categorical("bit_width", [32, 16, 8])
+        trial.suggest_categorical("batch_size", [1, 8, 32])
+        return 1.0, 0.9
+
+    study.optimize(objective, n_trials=n)
+
+
+def plain_optuna(url: str, n_trials: int, n_workers: int) -> float:
+    """Reference: Optuna's own optimize() in n processes on the same store, same 3 params."""
+    import multiprocessing as mp
+
+    import optuna
+
+    from paretotune.storage.engine import driver_url
+
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    durl = driver_url(url)
+    optuna.create_study(study_name=name, storage=durl, directions=["minimize", "maximize"])
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_plain_optuna_worker, args=(durl, name, n_trials // n_workers, i))
+             for i in range(n_workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    trials = optuna.load_study(study_name=name, storage=durl).trials
+    done = sorted(t.datetime_complete for t in trials if t.datetime_complete)
+    return (len(done) - 1) / (done[-1] - done[0]).total_seconds()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="60 trials, 1 repeat")
@@ -60,6 +99,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--sampler", default="random", help="random isolates the controller; tpe adds its model")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-reference", action="store_true", help="skip plain Optuna's reference rows")
     args = ap.parse_args()
     n_trials, repeats = (60, 1) if args.quick else (300, 3)
     workers = [int(w) for w in args.workers.split(",")]
@@ -96,10 +136,20 @@ def main() -> None:
                 print(f"{backend:10s} workers={w}: steady {row['steady_median']:.1f} trials/s "
                       f"(min {row['steady_min']:.1f}, max {row['steady_max']:.1f}), "
                       f"total {row['total_median']:.1f} trials/s", file=sys.stderr)
+            if backend == "postgresql" and not args.no_reference:
+                for w in workers:
+                    rates = [plain_optuna(url, n_trials, w) for _ in range(repeats)]
+                    results.append({
+                        "backend": "postgresql, plain Optuna optimize() (reference)", "workers": w,
+                        "trials": n_trials, "repeats": repeats, "steady_median": statistics.median(rates),
+                        "steady_min": min(rates), "steady_max": max(rates), "total_median": float("nan"),
+                    })
     finally:
         if cluster is not None:
             cluster.cleanup()
-    print(f"\nsampler={args.sampler}, {n_trials} trials x {repeats} repeats, null evaluator\n")
+    load = os.getloadavg()
+    print(f"\nsampler={args.sampler}, {n_trials} trials x {repeats} repeats, null evaluator, "
+          f"load average at the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on {os.cpu_count()} cores\n")
     print("| store | workers | trials/s steady (median, min-max) | trials/s incl. start-up |")
     print("|---|---|---|---|")
     for r in results:

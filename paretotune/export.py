@@ -216,10 +216,7 @@ def export(
     config = chosen.config.to_dict()
     engine = config.get("engine", "torch")
     if engine == "tensorrt":
-        raise EvaluationError(
-            "engine='tensorrt': building a TensorRT engine.plan is not available on this machine "
-            "(this paretotune has no TensorRT engine); export a trial on 'onnxruntime' or 'torch'"
-        )
+        _check_tensorrt_here()
     if engine not in ENGINE_LAYOUT:
         raise ConfigError(f"engine={engine!r} cannot be exported; allowed: {sorted(ENGINE_LAYOUT)}")
     out = Path(out_dir)
@@ -303,6 +300,19 @@ def export(
     )
 
 
+def _check_tensorrt_here() -> None:
+    """A TensorRT plan is built for (and only runs on) a GPU model: export needs one here."""
+    from paretotune.evaluators.availability import engine_problems
+
+    why = engine_problems(has_module=True, is_onnx=False).get("tensorrt")
+    if why:
+        raise EvaluationError(
+            f"engine='tensorrt': building a TensorRT engine.plan is not available on this machine "
+            f"({why}); export on a machine with the GPU model it was measured on and "
+            "paretotune[gpu], or export a trial on 'onnxruntime' or 'torch'"
+        )
+
+
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir {str(out)!r} exists and is not a directory")
@@ -349,7 +359,20 @@ def _artifact(built: BuiltArtifact, task: Task) -> tuple[str, bytes, dict[str, A
     """(file name, bytes, io spec) of the deployable artifact for the built engine."""
     if built.engine == "onnxruntime":
         return ENGINE_LAYOUT["onnxruntime"][0], built.data, _onnx_io(built.data, task)
+    if built.engine == "tensorrt":
+        return ENGINE_LAYOUT["tensorrt"][0], built.data, _plan_io(built.data)
     return _torchscript(built, task)
+
+
+def _plan_io(data: bytes) -> dict[str, Any]:
+    """I/O of a TensorRT plan; it batches when every input's first dim is dynamic."""
+    from paretotune.evaluators.tensorrt_engine import plan_io
+
+    io_spec = plan_io(data)
+    io_spec["batching"] = bool(io_spec["inputs"]) and all(
+        s["shape"] and s["shape"][0] == -1 for s in io_spec["inputs"]
+    )
+    return io_spec
 
 
 def _onnx_io(data: bytes, task: Task) -> dict[str, Any]:
@@ -703,8 +726,11 @@ class ExportedModel:
             self._run = _ort_runner(artifact.read_bytes(), threads, self.output_names)
         elif self.engine == "torch":
             self._run = _torchscript_runner(artifact.read_bytes(), self.input_names)
+        elif self.engine == "tensorrt":
+            _check_tensorrt_here()
+            self._run = _tensorrt_runner(artifact.read_bytes(), self.input_names, self.output_names)
         else:
-            raise ConfigError(f"bundle {str(path)!r}: engine {self.engine!r} cannot be loaded here; allowed: onnxruntime, torch")
+            raise ConfigError(f"bundle {str(path)!r}: engine {self.engine!r} cannot be loaded here; allowed: onnxruntime, torch, tensorrt")
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, engine={self.engine!r})"
@@ -754,6 +780,21 @@ def _torchscript_runner(data: bytes, input_names: list[str]) -> Callable[[dict[s
             out = module(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().cpu().numpy() for o in outs]
+
+    return run
+
+
+def _tensorrt_runner(
+    data: bytes, input_names: list[str], output_names: list[str]
+) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    from paretotune.evaluators.tensorrt_engine import TensorRTRunner
+
+    runner = TensorRTRunner(data, input_names)
+    order = [runner.outputs.index(n) for n in output_names]
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outs = runner.run_all(feeds)
+        return [outs[i] for i in order]
 
     return run
 

@@ -7,6 +7,7 @@ engine and its accuracy) and shares finished builds with other processes via `Ar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -28,7 +29,7 @@ from paretotune.evaluators.hardware import (
 )
 from paretotune.evaluators.measurement import Measurement
 from paretotune.evaluators.task import Task
-from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable
+from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable, time_samples
 
 if TYPE_CHECKING:
     import torch
@@ -115,10 +116,15 @@ class TaskEvaluator:
         self._set_threads(spec.threads)
         runner = self._runner(built, spec.threads)
         inputs = self._batch(spec.batch_size)
+        compute: TimingResult | None = None
         try:
-            run = runner.prepare(inputs)
             reset = reset_peak_rss()
-            result = time_callable(run, spec.batch_size, self.timing)
+            if hasattr(runner, "prepare_timed"):  # GPU engines time themselves on the device
+                result, compute = time_samples(
+                    runner.prepare_timed(inputs), spec.batch_size, self.timing
+                )
+            else:
+                result = time_callable(runner.prepare(inputs), spec.batch_size, self.timing)
             peak = peak_rss_bytes()
         except ParetotuneError:
             raise
@@ -161,6 +167,8 @@ class TaskEvaluator:
         }
         if spec.ignored:
             details["ignored_keys"] = list(spec.ignored)
+        if compute is not None:
+            details.update(_gpu_timing_details(spec.engine, compute))
         return Measurement(metrics=metrics, details=details)
 
     def build_artifact(self, config: Mapping[str, Any]) -> BuiltArtifact:
@@ -190,8 +198,10 @@ class TaskEvaluator:
         spec = resolve_config(config, task.layers)
         engines = task.available_engines()
         if spec.engine not in engines:
+            why = task.unavailable_engines().get(spec.engine)
             raise InvalidConfigError(
-                f"engine={spec.engine!r} cannot run task {task.name!r} here; available engines: {engines}"
+                f"engine={spec.engine!r} cannot run task {task.name!r} here"
+                f"{f' ({why})' if why else ''}; available engines: {engines}"
             )
         if task.is_onnx and (spec.prune_ratio > 0 or spec.sparsity > 0):
             raise InvalidConfigError(
@@ -208,14 +218,19 @@ class TaskEvaluator:
         return spec
 
     def _build_key(self, spec: BuildSpec) -> str:
-        return cache_key(
+        parts: list[Any] = [
             "build",
             CACHE_FORMAT,
             self.task.model_id(),
             self.task.data_id(),
             spec.build_dict(),
             library_versions(),
-        )
+        ]
+        if spec.on_gpu:  # a GPU build depends on the GPU model and the GPU packages too
+            from paretotune.evaluators.availability import gpu_build_identity
+
+            parts.append(gpu_build_identity())
+        return cache_key(*parts)
 
     # -- building --------------------------------------------------------------------------
 
@@ -266,22 +281,36 @@ class TaskEvaluator:
         module: torch.nn.Module | None = None
         if not task.is_onnx:
             module = self._transformed_module(spec, details)
-        if spec.engine == "torch":
+        if spec.engine in ("torch", "torch_cuda"):
             from paretotune.evaluators import torch_engine
 
             if module is None:  # _resolve offers torch only to tasks with a module factory
                 raise InvalidConfigError(
-                    f"engine='torch' needs a PyTorch model, and task {task.name!r} is an .onnx file"
+                    f"engine={spec.engine!r} needs a PyTorch model, and task {task.name!r} is an "
+                    ".onnx file"
                 )
-            quantize = [n for n in task.layers if n not in spec.excluded_layers]
-            module = torch_engine.build_torch(module, spec.bit_width, spec.per_channel, quantize)
+            if spec.engine == "torch_cuda":
+                from paretotune.evaluators.torch_cuda_engine import build_torch_cuda
+
+                module = build_torch_cuda(module, spec.bit_width, spec.option("half"))
+            else:
+                quantize = [n for n in task.layers if n not in spec.excluded_layers]
+                module = torch_engine.build_torch(
+                    module, spec.bit_width, spec.per_channel, quantize
+                )
             artifact = torch_engine.serialize(module)
             model_bytes = torch_engine.module_bytes(module)
+        elif spec.engine == "tensorrt":
+            artifact = self._build_tensorrt(spec, module, details)
+            model_bytes = len(artifact)
         else:
             from paretotune.evaluators import onnxruntime_engine as ort_engine
 
             fp32 = task.onnx_bytes() if module is None else self._export(spec, module)
-            artifact, info = ort_engine.build_onnxruntime(fp32, spec, task, list(task.layers))
+            ort_spec = spec
+            if spec.engine == "onnxruntime_tensorrt" and spec.bit_width == 16:
+                ort_spec = dataclasses.replace(spec, bit_width=32)  # TensorRT's fp16 flag
+            artifact, info = ort_engine.build_onnxruntime(fp32, ort_spec, task, list(task.layers))
             details.update(info)
             details["op_counts"] = ort_engine.onnx_summary(artifact)
             model_bytes = len(artifact)
@@ -301,6 +330,25 @@ class TaskEvaluator:
         built.build_s = time.perf_counter() - started
         built.accuracy = self._accuracy(runner)
         return built
+
+    def _build_tensorrt(
+        self, spec: BuildSpec, module: torch.nn.Module | None, details: dict[str, Any]
+    ) -> bytes:
+        """The serialized TensorRT engine: from the fp32 ONNX model, or from ONNX Runtime's
+        symmetric static-int8 Q/DQ model when int8 comes from explicit Q/DQ."""
+        from paretotune.evaluators import onnxruntime_engine as ort_engine
+        from paretotune.evaluators.tensorrt_engine import build_tensorrt
+
+        task = self.task
+        onnx_model = task.onnx_bytes() if module is None else self._export(spec, module)
+        if spec.bit_width == 8 and spec.option("int8_source") == "qdq":
+            onnx_model, info = ort_engine.build_onnxruntime(
+                onnx_model, spec, task, list(task.layers)
+            )
+            details["qdq"] = info
+        plan, info = build_tensorrt(onnx_model, spec, task, list(task.layers), cache=self.cache)
+        details.update(info)
+        return plan
 
     def _transformed_module(self, spec: BuildSpec, details: dict[str, Any]) -> torch.nn.Module:
         from paretotune.evaluators import pruning
@@ -366,7 +414,9 @@ class TaskEvaluator:
         runner = built.runners.get(threads)
         if runner is not None:
             return runner
-        if built.spec.engine == "torch":
+        if built.spec.on_gpu:
+            runner = next(iter(built.runners.values()), None) or self._gpu_runner(built)
+        elif built.spec.engine == "torch":
             runner = next(iter(built.runners.values()), None)  # thread count is process-wide
             if runner is None:
                 import torch
@@ -384,6 +434,30 @@ class TaskEvaluator:
             runner = OrtRunner(built.artifact, threads)
         built.runners[threads] = runner
         return runner
+
+    def _gpu_runner(self, built: _Built) -> Any:
+        """A runner for a GPU engine (threads do not apply: one runner serves every count)."""
+        spec = built.spec
+        if spec.engine == "torch_cuda":
+            from paretotune.evaluators import torch_engine
+            from paretotune.evaluators.torch_cuda_engine import TorchCudaRunner, compute_dtype
+
+            return TorchCudaRunner(
+                torch_engine.deserialize(built.artifact),
+                self.task.input_names,
+                compute_dtype(spec.bit_width, spec.option("half")),
+                cuda_graphs=spec.option("cuda_graphs"),
+                compile=spec.torch_compile,
+            )
+        if spec.engine == "tensorrt":
+            from paretotune.evaluators.tensorrt_engine import TensorRTRunner
+
+            return TensorRTRunner(built.artifact, self.task.input_names)
+        from paretotune.evaluators.onnxruntime_engine import OrtGpuRunner
+
+        engine_cache = self.cache.root / "ort-tensorrt-engines"
+        engine_cache.mkdir(parents=True, exist_ok=True)
+        return OrtGpuRunner(built.artifact, spec, str(engine_cache))
 
     def _set_threads(self, threads: int) -> None:
         import sys
@@ -461,3 +535,21 @@ class TaskEvaluator:
     def _batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """Fixed timing inputs at `batch_size`, the same for every engine (`Task.timing_batch`)."""
         return self.task.timing_batch(batch_size)
+
+
+def _gpu_timing_details(engine: str, compute: TimingResult) -> dict[str, Any]:
+    """Compute-only latency (no host/device copies) beside the end-to-end metrics."""
+    clock = (
+        "host clock after ONNX Runtime's synchronized run"
+        if engine.startswith("onnxruntime")
+        else "CUDA events"
+    )
+    return {
+        "timing_clock": clock,
+        "latency": "end to end: host-to-device copies, compute, device-to-host copies",
+        "compute_latency_p50_ms": compute.p50_ms,
+        "compute_latency_p90_ms": compute.p90_ms,
+        "compute_latency_p99_ms": compute.p99_ms,
+        "compute_stable": compute.stable,
+        "compute_spread": round(compute.spread, 4),
+    }

@@ -281,6 +281,10 @@ def build_onnxruntime(
             onnx.save(model, src)
             _pre_process(quant_pre_process, src)
             extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+            # TensorRT takes explicit int8 only as signed, symmetric Q/DQ (zero point 0)
+            for_tensorrt = spec.engine in ("tensorrt", "onnxruntime_tensorrt")
+            if for_tensorrt:
+                extra.update(ActivationSymmetric=True, WeightSymmetric=True)
             if spec.quant_mode == "static":
                 nodes = static_nodes(model, exclude)
                 details["quantized_nodes"] = len(nodes)
@@ -290,7 +294,7 @@ def build_onnxruntime(
                     _Calibration(task.calibration, {i.name for i in model.graph.input}),
                     quant_format=QuantFormat.QDQ,
                     per_channel=spec.per_channel,
-                    activation_type=QuantType.QUInt8,
+                    activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     nodes_to_quantize=nodes,
                     nodes_to_exclude=exclude,
@@ -397,3 +401,147 @@ def onnx_summary(model: bytes) -> dict[str, int]:
     for node in onnx.load_from_string(model).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+# -- GPU execution providers (onnxruntime-gpu) -----------------------------------------------
+
+
+def provider_options(
+    spec: BuildSpec, engine_cache_dir: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The providers (with options) of engine 'onnxruntime_cuda' or 'onnxruntime_tensorrt':
+    CUDA graphs, cuDNN's conv algorithm search, TensorRT's fp16/int8 and workspace, with the
+    CUDA provider behind TensorRT and the CPU provider last for what neither runs."""
+    cuda: dict[str, Any] = {
+        "device_id": 0,
+        "cudnn_conv_algo_search": spec.option("cudnn_conv_algo_search"),
+    }
+    graphs = bool(spec.option("cuda_graphs"))
+    if spec.engine == "onnxruntime_cuda":
+        cuda["enable_cuda_graph"] = graphs
+        return [("CUDAExecutionProvider", cuda), ("CPUExecutionProvider", {})]
+    if spec.engine != "onnxruntime_tensorrt":
+        raise InvalidConfigError(
+            f"engine={spec.engine!r} has no GPU providers; allowed: 'onnxruntime_cuda', "
+            "'onnxruntime_tensorrt'"
+        )
+    trt: dict[str, Any] = {
+        "device_id": 0,
+        "trt_fp16_enable": spec.bit_width == 16,
+        # int8 here is the static Q/DQ model: TensorRT takes its scales, no calibration table
+        "trt_int8_enable": spec.bit_width == 8,
+        "trt_cuda_graph_enable": graphs,
+    }
+    if spec.option("workspace_mb"):
+        trt["trt_max_workspace_size"] = int(spec.option("workspace_mb")) * 1024**2
+    if engine_cache_dir is not None:
+        trt["trt_engine_cache_enable"] = True
+        trt["trt_engine_cache_path"] = engine_cache_dir
+    return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda),
+            ("CPUExecutionProvider", {})]
+
+
+class OrtGpuRunner:
+    """An ONNX Runtime session on CUDA or TensorRT with I/O binding.
+
+    Timed batches keep their inputs and outputs in device buffers at fixed addresses (what CUDA
+    graphs need): a batch copies its inputs in (`update_inplace`), runs, and copies its output
+    out. ONNX Runtime exposes no CUDA events, so the host clock is read after its run returns
+    (it synchronizes the stream): end to end with the copies, and the run alone as compute.
+    With CUDA graphs a session serves one input shape, so each timed shape gets its own
+    session and the accuracy pass runs on a session without graphs.
+    """
+
+    def __init__(self, model: bytes, spec: BuildSpec, engine_cache_dir: str | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.engine = spec.engine
+        self._model = model
+        self._providers = provider_options(spec, engine_cache_dir)
+        self._graphs = bool(spec.option("cuda_graphs"))
+        available = ort.get_available_providers()
+        wanted = self._providers[0][0]
+        if wanted not in available:
+            raise InvalidConfigError(
+                f"engine={spec.engine!r} needs ONNX Runtime's {wanted}; this onnxruntime has "
+                f"{available} (install paretotune[gpu]: onnxruntime-gpu instead of onnxruntime)"
+            )
+        self._plain = self._session(graphs=False)
+        self.input_names = [i.name for i in self._plain.get_inputs()]
+        self.output_names = [o.name for o in self._plain.get_outputs()]
+        self._timed: dict[tuple[Any, ...], Any] = {}
+
+    def _session(self, graphs: bool) -> Any:
+        ort = self._ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        providers = []
+        for name, opts in self._providers:
+            opts = dict(opts)
+            for key in ("enable_cuda_graph", "trt_cuda_graph_enable"):
+                if key in opts:
+                    opts[key] = graphs
+            providers.append((name, opts))
+        session = ort.InferenceSession(self._model, options, providers=providers)
+        if session.get_providers()[0] != providers[0][0]:
+            raise EvaluationError(
+                f"ONNX Runtime did not start {providers[0][0]} (it runs on "
+                f"{session.get_providers()}); see its log for the reason"
+            )
+        return session
+
+    def _bound(self, inputs: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any], Any]:
+        """(session, device inputs, io binding) for this input shape, outputs on the device."""
+        ort = self._ort
+        feeds = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}
+        key = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
+        if key in self._timed:
+            return self._timed[key]
+        session = self._session(graphs=self._graphs) if self._graphs else self._plain
+        device = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for n, a in feeds.items()}
+        binding = session.io_binding()
+        for name, value in device.items():
+            binding.bind_ortvalue_input(name, value)
+        first = session.run(self.output_names, feeds)  # learn output shapes (and warm up)
+        for name, value in zip(self.output_names, first, strict=True):
+            out = ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype, "cuda", 0)
+            binding.bind_ortvalue_output(name, out)
+        self._timed = {key: (session, device, binding)}  # one shape at a time
+        return self._timed[key]
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        session, device, binding = self._bound(inputs)
+        host = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}
+
+        def run() -> Any:
+            for name, value in device.items():
+                value.update_inplace(host[name])
+            session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+
+        return run
+
+    def prepare_timed(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], tuple[float, float]]:
+        import time
+
+        session, device, binding = self._bound(inputs)
+        host = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}
+
+        def sample() -> tuple[float, float]:
+            t0 = time.perf_counter_ns()
+            for name, value in device.items():
+                value.update_inplace(host[name])
+            t1 = time.perf_counter_ns()
+            session.run_with_iobinding(binding)
+            t2 = time.perf_counter_ns()
+            binding.copy_outputs_to_cpu()
+            t3 = time.perf_counter_ns()
+            return (t3 - t0) / 1e6, (t2 - t1) / 1e6
+
+        return sample
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        feeds = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}
+        return np.asarray(self._plain.run(self.output_names[:1], feeds)[0], dtype=np.float32)

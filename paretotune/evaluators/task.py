@@ -321,17 +321,16 @@ class Task:
         return dict(self._layers)
 
     def available_engines(self) -> list[str]:
-        """Engines that can run this task here."""
-        import importlib.util
+        """Engines that can run this task here (CPU engines first, then GPU engines)."""
+        from paretotune.evaluators.availability import available_engines
 
-        engines = []
-        if self.model_factory is not None and importlib.util.find_spec("torch") is not None:
-            engines.append("torch")
-        if importlib.util.find_spec("onnxruntime") is not None and (
-            self.model_path is not None or importlib.util.find_spec("onnx") is not None
-        ):
-            engines.append("onnxruntime")
-        return engines
+        return available_engines(has_module=self.model_factory is not None, is_onnx=self.is_onnx)
+
+    def unavailable_engines(self) -> dict[str, str]:
+        """engine -> why it cannot run this task here ("tensorrt not importable", ...)."""
+        from paretotune.evaluators.availability import engine_problems
+
+        return engine_problems(has_module=self.model_factory is not None, is_onnx=self.is_onnx)
 
     # -- checking --------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -80,43 +80,63 @@ MIN_SAMPLES_FOR_P99 = 100
 
 def time_callable(run: Callable[[], object], batch_size: int, policy: TimingPolicy) -> TimingResult:
     """Time `run` (one synchronous batch) with `policy`, using `time.perf_counter_ns`."""
+
+    def sample() -> tuple[float]:
+        t0 = time.perf_counter_ns()
+        run()
+        return ((time.perf_counter_ns() - t0) / 1e6,)
+
+    return time_samples(sample, batch_size, policy)[0]
+
+
+def time_samples(
+    sample: Callable[[], Sequence[float]], batch_size: int, policy: TimingPolicy
+) -> tuple[TimingResult, ...]:
+    """Time a batch that measures itself: `sample()` runs one batch and returns its latencies
+    in ms, one or more clocks (a GPU engine gives end-to-end and compute-only latency from
+    CUDA events). The first clock decides stability; every clock gets a result over the same
+    windows. Windows and throughput use the host clock (`sample` must synchronize)."""
     start_all = time.perf_counter()
     for _ in range(policy.warmup_iters):
-        run()
-    windows: list[tuple[np.ndarray, float]] = []  # (latencies in ms, wall seconds)
+        sample()
+    windows: list[tuple[np.ndarray, float]] = []  # (latencies in ms per clock, wall seconds)
     min_window_ns = policy.min_window_ms * 1e6
     stable = False
     while len(windows) < policy.max_windows:
-        samples: list[int] = []
+        samples: list[Sequence[float]] = []
         window_start = time.perf_counter_ns()
         while True:
-            t0 = time.perf_counter_ns()
-            run()
-            t1 = time.perf_counter_ns()
-            samples.append(t1 - t0)
-            if len(samples) >= policy.min_window_iters and t1 - window_start >= min_window_ns:
+            samples.append(sample())
+            now = time.perf_counter_ns()
+            if len(samples) >= policy.min_window_iters and now - window_start >= min_window_ns:
                 break
         wall_s = (time.perf_counter_ns() - window_start) / 1e9
-        windows.append((np.asarray(samples, dtype=np.float64) / 1e6, wall_s))
+        windows.append((np.asarray(samples, dtype=np.float64).reshape(len(samples), -1), wall_s))
         if len(windows) >= policy.stable_windows:
-            p50s = [float(np.median(w)) for w, _ in windows[-policy.stable_windows :]]
+            p50s = [float(np.median(w[:, 0])) for w, _ in windows[-policy.stable_windows :]]
             if max(p50s) / max(min(p50s), 1e-12) <= policy.max_spread:
                 stable = True
                 break
     kept = windows[-policy.stable_windows :]
-    window_p50 = [float(np.median(w)) for w, _ in kept]
-    latencies = np.concatenate([w for w, _ in kept])
     wall = sum(s for _, s in kept)
-    n = int(latencies.size)
-    return TimingResult(
-        p50_ms=float(np.percentile(latencies, 50)),
-        p90_ms=float(np.percentile(latencies, 90)),
-        p99_ms=float(np.percentile(latencies, 99)) if n >= MIN_SAMPLES_FOR_P99 else None,
-        throughput=batch_size * n / wall if wall > 0 else 0.0,
-        stable=stable,
-        spread=max(window_p50) / max(min(window_p50), 1e-12),
-        n_samples=n,
-        windows=len(windows),
-        window_p50_ms=window_p50,
-        measure_s=time.perf_counter() - start_all,
-    )
+    measure_s = time.perf_counter() - start_all
+    results = []
+    for clock in range(kept[0][0].shape[1]):
+        window_p50 = [float(np.median(w[:, clock])) for w, _ in kept]
+        latencies = np.concatenate([w[:, clock] for w, _ in kept])
+        n = int(latencies.size)
+        results.append(
+            TimingResult(
+                p50_ms=float(np.percentile(latencies, 50)),
+                p90_ms=float(np.percentile(latencies, 90)),
+                p99_ms=float(np.percentile(latencies, 99)) if n >= MIN_SAMPLES_FOR_P99 else None,
+                throughput=batch_size * n / wall if wall > 0 else 0.0,
+                stable=stable,
+                spread=max(window_p50) / max(min(window_p50), 1e-12),
+                n_samples=n,
+                windows=len(windows),
+                window_p50_ms=window_p50,
+                measure_s=measure_s,
+            )
+        )
+    return tuple(results)

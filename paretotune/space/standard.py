@@ -24,6 +24,12 @@ BIT_WIDTHS = (32, 16, 8, 4)
 UNBUILDABLE: tuple[dict[str, Any], ...] = (
     {"engine": "torch", "bit_width": 4},
     {"engine": "onnxruntime", "bit_width": 16},
+    # GPU engines (offered only where they can run; evaluators/config.py checks the same)
+    {"engine": "torch_cuda", "bit_width": 8},
+    {"engine": "torch_cuda", "bit_width": 4},
+    {"engine": "onnxruntime_cuda", "bit_width": 16},
+    {"engine": "onnxruntime_tensorrt", "bit_width": 4},
+    {"engine": "tensorrt", "bit_width": 4},
 )
 
 
@@ -43,6 +49,13 @@ def standard_space(
     if engines is None:
         available = getattr(task, "available_engines", None)
         engines = list(available()) if callable(available) else ["torch", "onnxruntime"]
+        unavailable = getattr(task, "unavailable_engines", None)
+        left_out = unavailable() if callable(unavailable) else {}
+        if left_out:
+            log.info(
+                "standard space: engines left out, they cannot run here: %s",
+                "; ".join(f"{engine}: {why}" for engine, why in left_out.items()),
+            )
     if not engines:
         raise ConfigError("standard space: no engine is available on this machine")
     bad = [b for b in bit_widths if b not in BIT_WIDTHS]
@@ -56,10 +69,12 @@ def standard_space(
         "batch_size": Choice(list(batch_sizes)),
         "threads": Choice(list(threads)),
     }
-    if "onnxruntime" in engines and 8 in bit_widths:
-        ort_int8 = {"engine": "onnxruntime", "bit_width": 8}
+    ort_engines = [e for e in ("onnxruntime", "onnxruntime_cuda") if e in engines]
+    if ort_engines and 8 in bit_widths:
+        ort_int8 = {"engine": ort_engines, "bit_width": 8}
         dims["quant_mode"] = Choice(["dynamic", "static"], when=ort_int8)
         dims["per_channel"] = Choice([False, True], when=ort_int8)
+    _gpu_dimensions(dims, engines, bit_widths)
     if layers and 8 in bit_widths:
         dims["precision"] = PerLayer(
             ["int8", "fp32"], layers=dict(layers), granularity=granularity, when={"bit_width": 8}
@@ -67,8 +82,24 @@ def standard_space(
     elif not layers:
         log.info("standard space: the task lists no quantizable layers, so no per-layer precision")
     forbidden = [
-        rule
+        dict(rule)
         for rule in UNBUILDABLE
         if rule["engine"] in engines and rule["bit_width"] in bit_widths
     ]
     return SearchSpace(dims, forbidden=forbidden)
+
+
+def _gpu_dimensions(
+    dims: dict[str, Dimension], engines: Sequence[str], bit_widths: Sequence[int]
+) -> None:
+    """The GPU engines' options worth searching: 16-bit type, CUDA graphs, int8 source."""
+    half = [e for e in ("torch_cuda", "tensorrt") if e in engines]
+    if half and 16 in bit_widths:
+        dims["half"] = Choice(["fp16", "bf16"], when={"engine": half, "bit_width": 16})
+    graphs = [e for e in ("torch_cuda", "onnxruntime_cuda") if e in engines]
+    if graphs:
+        dims["cuda_graphs"] = Choice([False, True], when={"engine": graphs})
+    if "tensorrt" in engines and 8 in bit_widths:
+        dims["int8_source"] = Choice(
+            ["calibration", "qdq"], when={"engine": "tensorrt", "bit_width": 8}
+        )

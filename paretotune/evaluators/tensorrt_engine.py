@@ -1,0 +1,610 @@
+"""The `tensorrt` engine: ONNX -> TensorRT engine through the builder API, run through pycuda.
+
+- Precision: FP16, BF16 (`half`), INT8 from IInt8EntropyCalibrator2 over the task's calibration
+  batches or from the explicit Q/DQ nodes of ONNX Runtime's static-int8 model (`int8_source`),
+  and FP8 when the ONNX model carries FP8 Q/DQ nodes; each only where the GPU supports it.
+- Per-layer precision: `layer.precision` and the output types of the TensorRT layers that came
+  from each PyTorch layer's ONNX nodes, with OBEY_PRECISION_CONSTRAINTS
+  (`apply_layer_precisions`, which takes the network and builder config as parameters so it is
+  tested against a recording fake).
+- One optimization profile: batch min 1, opt the trial's batch size, max the largest batch the
+  task feeds; other dynamic axes from 1 to the largest size in the task's data.
+- Engines are cached on disk by ONNX hash, build options, TensorRT version and GPU model.
+- I/O: page-locked host buffers and device buffers on one stream; CUDA events time the
+  end-to-end batch (copies included) and the compute alone, reported separately.
+
+`tensorrt` and `pycuda` are imported only inside the functions that build or run an engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from paretotune.errors import EvaluationError, InvalidConfigError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from paretotune.evaluators.cache import ArtifactCache
+    from paretotune.evaluators.config import BuildSpec
+    from paretotune.evaluators.task import Task
+
+logger = logging.getLogger(__name__)
+
+ENGINE_FORMAT = 1  # bump when the engine cache layout changes
+#: precision name -> the tensorrt.DataType attribute
+TRT_DTYPES = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}
+#: precision name -> the BuilderFlag that allows it (fp32 needs none)
+PRECISION_FLAGS = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}
+#: minimum compute capability for each precision's fast kernels
+MIN_CAPABILITY = {"fp16": (5, 3), "int8": (6, 1), "bf16": (8, 0), "fp8": (8, 9)}
+#: layer types never constrained: weights and shape plumbing keep their own types
+SKIPPED_LAYER_TYPES = ("CONSTANT", "SHAPE", "IDENTITY")
+FLOAT_TENSOR_TYPES = ("FLOAT", "HALF", "BF16")
+#: TensorRT I/O type -> numpy dtype name (BF16/FP8 I/O has no numpy type: never used here)
+NUMPY_TYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+}
+
+
+def numpy_dtype(trt_dtype: Any) -> np.dtype[Any]:
+    """The numpy dtype of a TensorRT I/O tensor type."""
+    name = _type_name(trt_dtype)
+    if name not in NUMPY_TYPES:
+        raise EvaluationError(
+            f"a TensorRT engine input or output has type {name}, which numpy cannot hold; "
+            f"supported I/O types: {sorted(NUMPY_TYPES)}"
+        )
+    return np.dtype(NUMPY_TYPES[name])
+
+
+# -- per-layer precision: PyTorch layer -> ONNX nodes -> TensorRT layers ------------------------
+
+
+def layer_node_map(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[str]]:
+    """PyTorch layer name -> the ONNX nodes it became: its MatMul/Gemm/Conv and every other node
+    of the same module scope (the bias Add of a MatMul), so the whole layer gets its precision."""
+    from paretotune.evaluators.onnxruntime_engine import _module_path, layer_nodes
+
+    found = {name: list(nodes) for name, nodes in layer_nodes(model, layers).items()}
+    wanted = set(layers)
+    for node in model.graph.node:
+        scope = _module_path(node)
+        if scope in wanted and node.name and node.name not in found[scope]:
+            found[scope].append(node.name)
+    return found
+
+
+def node_precisions(
+    layer_precisions: Sequence[tuple[str, str]], node_map: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, str], list[str]]:
+    """(ONNX node -> precision, PyTorch layers with no node in the graph)."""
+    out: dict[str, str] = {}
+    unmapped = []
+    for layer, precision in layer_precisions:
+        nodes = node_map.get(layer) or []
+        if not nodes:
+            unmapped.append(layer)
+        for node in nodes:
+            out[node] = precision
+    return out, unmapped
+
+
+def _owner(layer_name: str, nodes_longest_first: Sequence[str]) -> str | None:
+    """The ONNX node a TensorRT layer came from: the parser names a node's layers after the
+    node, uniquifying extra layers with a suffix ("/fc1/Gemm", "/fc1/Gemm_1")."""
+    for node in nodes_longest_first:
+        if layer_name == node or layer_name.startswith(node + "_"):
+            return node
+    return None
+
+
+def _type_name(value: Any) -> str:
+    """'HALF' for trt.DataType.HALF (its str is 'DataType.HALF'), or a fake's plain name."""
+    name = getattr(value, "name", None)
+    return str(name if isinstance(name, str) else value).rsplit(".", 1)[-1]
+
+
+@dataclass
+class PrecisionReport:
+    """What `apply_layer_precisions` set: node -> TensorRT layers constrained, and the nodes
+    that matched no TensorRT layer."""
+
+    layers: dict[str, list[str]] = field(default_factory=dict)
+    unmatched_nodes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "constrained_layers": self.layers,
+            "unmatched_nodes": self.unmatched_nodes,
+            "flags": self.flags,
+        }
+
+
+def apply_layer_precisions(
+    network: Any, config: Any, assignments: Mapping[str, str], trt: Any
+) -> PrecisionReport:
+    """Constrain each TensorRT layer made from an ONNX node in `assignments` (node ->
+    fp32|fp16|bf16|int8): `layer.precision` and the type of each float output, then set
+    OBEY_PRECISION_CONSTRAINTS and the flag each precision needs on `config`.
+
+    `network` is an INetworkDefinition (num_layers, get_layer), `config` an IBuilderConfig
+    (set_flag) and `trt` the tensorrt module (DataType, BuilderFlag, LayerType): parameters, so
+    a recording fake stands in for all three. Network outputs keep the model's declared type,
+    so the engine's I/O stays what the task feeds and reads (TensorRT converts at the edge).
+    """
+    report = PrecisionReport()
+    if not assignments:
+        return report
+    nodes = sorted(assignments, key=len, reverse=True)
+    skipped = {getattr(trt.LayerType, t) for t in SKIPPED_LAYER_TYPES if hasattr(trt.LayerType, t)}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        node = _owner(layer.name, nodes)
+        if node is None or layer.type in skipped:
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if any(_type_name(t.dtype) not in FLOAT_TENSOR_TYPES for t in outputs):
+            continue  # shape/index arithmetic: never forced to a float precision
+        precision = assignments[node]
+        dtype = getattr(trt.DataType, TRT_DTYPES[precision])
+        layer.precision = dtype
+        for j, tensor in enumerate(outputs):
+            if not tensor.is_network_output:
+                layer.set_output_type(j, dtype)
+        report.layers.setdefault(node, []).append(layer.name)
+    report.unmatched_nodes = [n for n in sorted(assignments) if n not in report.layers]
+    if report.layers:
+        flags = {"OBEY_PRECISION_CONSTRAINTS"}
+        flags |= {
+            PRECISION_FLAGS[assignments[n]] for n in report.layers if assignments[n] != "fp32"
+        }
+        for flag in sorted(flags):
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        report.flags = sorted(flags)
+    return report
+
+
+# -- precision flags and what the GPU supports ---------------------------------------------------
+
+
+def precisions_needed(spec: BuildSpec, has_fp8_qdq: bool = False) -> list[str]:
+    """The reduced precisions a build enables, from bit_width, `half`, per-layer precision and
+    the model's FP8 Q/DQ nodes (TensorRT takes FP8 from explicit quantization only)."""
+    needed: set[str] = set()
+    if spec.bit_width == 16:
+        needed.add(spec.option("half"))
+    if spec.bit_width == 8:
+        needed.add("int8")
+    needed |= {p for _, p in spec.layer_precisions if p != "fp32"}
+    if has_fp8_qdq:
+        needed.add("fp8")
+    return sorted(needed)
+
+
+def check_gpu_supports(
+    precisions: Sequence[str], capability: tuple[int, int], gpu_name: str, trt: Any
+) -> None:
+    """InvalidConfigError naming the precision when this GPU or TensorRT build lacks it."""
+    for precision in precisions:
+        flag = PRECISION_FLAGS[precision]
+        if not hasattr(trt.BuilderFlag, flag):
+            raise InvalidConfigError(
+                f"{precision} is not buildable with TensorRT {getattr(trt, '__version__', '?')}: "
+                f"it has no BuilderFlag.{flag}"
+            )
+        need = MIN_CAPABILITY[precision]
+        if tuple(capability) < need:
+            raise InvalidConfigError(
+                f"{precision} is not buildable on {gpu_name} (compute capability "
+                f"{capability[0]}.{capability[1]}); TensorRT needs {need[0]}.{need[1]} or newer"
+            )
+
+
+def has_fp8_qdq(model: onnx.ModelProto) -> bool:
+    """True when a QuantizeLinear of the model produces FLOAT8E4M3FN (its zero point's type)."""
+    from onnx import TensorProto
+
+    fp8 = {getattr(TensorProto, n) for n in ("FLOAT8E4M3FN", "FLOAT8E5M2") if hasattr(TensorProto, n)}
+    inits = {init.name: init.data_type for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            if inits.get(node.input[2]) in fp8:
+                return True
+    return False
+
+
+# -- the optimization profile --------------------------------------------------------------------
+
+
+def profile_shapes(
+    input_shapes: Mapping[str, Sequence[int]],
+    batches: Sequence[Mapping[str, np.ndarray]],
+    timing_batch: Mapping[str, np.ndarray],
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) for each network input whose shape has dynamic (-1) dims.
+
+    opt is the timing batch (the trial's batch size); max covers every batch the task feeds
+    (validation, calibration, example), so the accuracy pass runs on the same engine; min is 1.
+    """
+    out = {}
+    for name, shape in input_shapes.items():
+        if all(d >= 0 for d in shape):
+            continue
+        if name not in timing_batch:
+            raise EvaluationError(
+                f"TensorRT input {name!r} has dynamic dims {list(shape)}, and the task has no "
+                f"input of that name; its inputs: {list(timing_batch)}"
+            )
+        opt = tuple(int(d) for d in timing_batch[name].shape)
+        low, high = [], []
+        for axis, dim in enumerate(shape):
+            if dim >= 0:
+                low.append(dim)
+                high.append(dim)
+                continue
+            sizes = [int(b[name].shape[axis]) for b in batches if name in b] + [opt[axis]]
+            low.append(1)
+            high.append(max(sizes))
+        out[name] = (tuple(low), opt, tuple(high))
+    return out
+
+
+# -- the engine cache ----------------------------------------------------------------------------
+
+
+def engine_cache_key(
+    onnx_bytes: bytes, build: Mapping[str, Any], trt_version: str, gpu: Mapping[str, Any]
+) -> str:
+    """Key of a serialized engine: ONNX content hash, build options, TensorRT version and the
+    GPU model (name and compute capability). Plans are not portable across either."""
+    from paretotune.evaluators.cache import cache_key
+
+    return cache_key(
+        "tensorrt-engine",
+        ENGINE_FORMAT,
+        hashlib.sha256(onnx_bytes).hexdigest(),
+        dict(build),
+        trt_version,
+        {"name": gpu.get("name"), "capability": list(gpu.get("capability", ()))},
+    )
+
+
+def engine_build_options(spec: BuildSpec, profiles: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything besides the ONNX model that decides the built engine."""
+    return {
+        "bit_width": spec.bit_width,
+        "options": [list(p) for p in spec.options],
+        "layer_precisions": [list(p) for p in spec.layer_precisions],
+        "profile": {k: [list(s) for s in v] for k, v in sorted(profiles.items())},
+    }
+
+
+# -- CUDA through pycuda -------------------------------------------------------------------------
+
+
+_CUDA_CONTEXT: Any = None
+
+
+def cuda() -> Any:
+    """pycuda.driver with device 0's primary context current (the context PyTorch and the
+    CUDA runtime share), pushed once per process."""
+    global _CUDA_CONTEXT
+    import pycuda.driver as driver
+
+    if _CUDA_CONTEXT is None:
+        driver.init()
+        if driver.Device.count() == 0:
+            raise EvaluationError("engine='tensorrt' needs a CUDA device, and pycuda finds none")
+        _CUDA_CONTEXT = driver.Device(0).retain_primary_context()
+        _CUDA_CONTEXT.push()
+    return driver
+
+
+def gpu_identity() -> dict[str, Any]:
+    """The GPU an engine is built for: name and compute capability (device 0 of this process)."""
+    driver = cuda()
+    device = driver.Device(0)
+    return {"name": device.name(), "capability": tuple(device.compute_capability())}
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def _calibrator(
+    trt: Any, batches: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
+) -> Any:
+    """IInt8EntropyCalibrator2 over `batches` (cut to the first batch's shape, which is the
+    calibration profile), copying each into device buffers it owns."""
+    driver = cuda()
+    first = batches[0]
+    shapes = {n: first[n].shape for n in names}
+    usable = [b for b in batches if all(b[n].shape == shapes[n] for n in names)]
+    if len(usable) < len(batches):
+        logger.info(
+            "TensorRT calibration uses %d of %d calibration batches (the others differ in "
+            "shape from the first)", len(usable), len(batches)
+        )
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches = iter(usable)
+            self.device = {
+                n: driver.mem_alloc(np.ascontiguousarray(first[n]).nbytes) for n in names
+            }
+            self.cache: bytes | None = None
+
+        def get_batch_size(self) -> int:
+            return int(next(iter(shapes.values()))[0])
+
+        def get_batch(self, names_asked: Sequence[str]) -> list[int] | None:
+            batch = next(self.batches, None)
+            if batch is None:
+                return None
+            for n in names:
+                driver.memcpy_htod(self.device[n], np.ascontiguousarray(batch[n]))
+            return [int(self.device[n]) for n in names_asked]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return self.cache
+
+        def write_calibration_cache(self, cache: bytes) -> None:
+            self.cache = bytes(cache)
+
+    return Calibrator(), shapes
+
+
+def build_tensorrt(
+    onnx_bytes: bytes,
+    spec: BuildSpec,
+    task: Task,
+    layers: Sequence[str],
+    cache: ArtifactCache | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """Build (or load from `cache`) the serialized engine for `spec` from an ONNX model, which
+    is already the Q/DQ model when `int8_source='qdq'`. Returns the plan and build details."""
+    import onnx
+    import tensorrt as trt
+
+    model = onnx.load_from_string(onnx_bytes)
+    gpu = gpu_identity()
+    fp8 = has_fp8_qdq(model)
+    needed = precisions_needed(spec, fp8)
+    check_gpu_supports(needed, gpu["capability"], gpu["name"], trt)
+    assignments, unmapped = node_precisions(spec.layer_precisions, layer_node_map(model, layers))
+
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    flags = 0
+    if hasattr(trt, "NetworkDefinitionCreationFlag") and int(trt.__version__.split(".")[0]) < 10:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse(onnx_bytes):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EvaluationError("TensorRT's ONNX parser failed: " + " | ".join(errors)[:1200])
+    input_shapes = {
+        network.get_input(i).name: tuple(network.get_input(i).shape)
+        for i in range(network.num_inputs)
+    }
+    batches = [task.example_inputs, *task.calibration, *(inputs for inputs, _ in task.validation)]
+    profiles = profile_shapes(input_shapes, batches, task.timing_batch(spec.batch_size))
+    build = engine_build_options(spec, profiles)
+    key = engine_cache_key(onnx_bytes, build, trt.__version__, gpu)
+    details: dict[str, Any] = {
+        "tensorrt_version": trt.__version__,
+        "gpu": {"name": gpu["name"], "capability": list(gpu["capability"])},
+        "precisions": needed,
+        "profile": build["profile"],
+        "engine_cache_key": key,
+    }
+    if unmapped:
+        details["unmapped_layers"] = unmapped
+    if cache is not None:
+        entry = cache.get(key)
+        if entry is not None and entry.data is not None:
+            details.update(entry.meta.get("details", {}), engine_cache_hit=True)
+            return entry.data, details
+
+    config = builder.create_builder_config()
+    workspace_mb = spec.option("workspace_mb")
+    if workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb * 1024**2)
+    for precision in needed:
+        config.set_flag(getattr(trt.BuilderFlag, PRECISION_FLAGS[precision]))
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profiles.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    if "int8" in needed and spec.option("int8_source") == "calibration":
+        names = [n for n in input_shapes if n in task.example_inputs]
+        calibrator, shapes = _calibrator(trt, task.calibration, names)
+        config.int8_calibrator = calibrator
+        calibration_profile = builder.create_optimization_profile()
+        for name in names:
+            calibration_profile.set_shape(name, shapes[name], shapes[name], shapes[name])
+        config.set_calibration_profile(calibration_profile)
+        details["int8_source"] = "calibration (IInt8EntropyCalibrator2)"
+    elif "int8" in needed:
+        details["int8_source"] = "explicit Q/DQ (the ONNX Runtime static int8 model)"
+    report = apply_layer_precisions(network, config, assignments, trt)
+    details["layer_precision"] = report.to_dict()
+    if report.unmatched_nodes:
+        logger.warning(
+            "TensorRT per-layer precision: ONNX nodes %s match no TensorRT layer",
+            report.unmatched_nodes,
+        )
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EvaluationError(
+            f"TensorRT could not build the engine (precisions {needed}, workspace_mb="
+            f"{workspace_mb}); see TensorRT's log above for the layer it stopped at"
+        )
+    plan = bytes(serialized)
+    details["engine_build_s"] = round(time.perf_counter() - started, 3)
+    if cache is not None:
+        cache.put(key, {"kind": "tensorrt engine", "details": details}, plan)
+    return plan, details
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+class _Buffers:
+    """Page-locked host and device buffers for one set of input shapes."""
+
+    def __init__(self, driver: Any, engine: Any, context: Any, trt: Any,
+                 shapes: Mapping[str, tuple[int, ...]], inputs: Sequence[str],
+                 outputs: Sequence[str]) -> None:
+        self.host: dict[str, np.ndarray] = {}
+        self.device: dict[str, Any] = {}
+        for name in inputs:
+            context.set_input_shape(name, shapes[name])
+        for name in [*inputs, *outputs]:
+            shape = tuple(context.get_tensor_shape(name))
+            dtype = numpy_dtype(engine.get_tensor_dtype(name))
+            self.host[name] = driver.pagelocked_empty(shape, dtype)
+            self.device[name] = driver.mem_alloc(max(self.host[name].nbytes, 1))
+            context.set_tensor_address(name, int(self.device[name]))
+
+
+class TensorRTRunner:
+    """A deserialized engine with one execution context, a stream and CUDA events."""
+
+    engine = "tensorrt"
+
+    def __init__(self, plan: bytes, input_names: Sequence[str]) -> None:
+        import tensorrt as trt
+
+        self._trt = trt
+        self._driver = cuda()
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise EvaluationError("TensorRT could not deserialize the engine plan")
+        self._context = self._engine.create_execution_context()
+        self._stream = self._driver.Stream()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.inputs = [n for n in names if is_input[n]]
+        self.outputs = [n for n in names if not is_input[n]]
+        missing = [n for n in self.inputs if n not in input_names]
+        if missing:
+            raise EvaluationError(
+                f"the TensorRT engine needs inputs {missing}; the task gives {list(input_names)}"
+            )
+        self._max_batch = min(
+            int(self._engine.get_tensor_profile_shape(n, 0)[2][0]) for n in self.inputs
+        ) if self.inputs else 1
+        self._buffers: dict[tuple[Any, ...], _Buffers] = {}
+        self._events = [self._driver.Event() for _ in range(4)]
+
+    def _bind(self, inputs: Mapping[str, np.ndarray]) -> _Buffers:
+        shapes = {n: tuple(inputs[n].shape) for n in self.inputs}
+        key = tuple(sorted(shapes.items()))
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            buffers = _Buffers(self._driver, self._engine, self._context, self._trt, shapes,
+                               self.inputs, self.outputs)
+            self._buffers = {key: buffers}  # one shape at a time: the context holds one
+        for name in self.inputs:
+            np.copyto(buffers.host[name], inputs[name], casting="same_kind")
+        return buffers
+
+    def _enqueue(self, buffers: _Buffers, copies: bool, events: Sequence[Any] = ()) -> None:
+        """H2D, compute, D2H on the stream; `events` (4) mark start, compute start/end, end."""
+        driver, stream = self._driver, self._stream
+        if events:
+            events[0].record(stream)
+        if copies:
+            for name in self.inputs:
+                driver.memcpy_htod_async(buffers.device[name], buffers.host[name], stream)
+        if events:
+            events[1].record(stream)
+        if not self._context.execute_async_v3(stream.handle):
+            raise EvaluationError("TensorRT execute_async_v3 failed")
+        if events:
+            events[2].record(stream)
+        if copies:
+            for name in self.outputs:
+                driver.memcpy_dtoh_async(buffers.host[name], buffers.device[name], stream)
+        if events:
+            events[3].record(stream)
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        """One batch end to end (copies in, compute, copies out, synchronize)."""
+        buffers = self._bind(inputs)
+
+        def run() -> Any:
+            self._enqueue(buffers, copies=True)
+            self._stream.synchronize()
+            return buffers.host[self.outputs[0]]
+
+        return run
+
+    def prepare_timed(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], tuple[float, float]]:
+        """One batch end to end, measured by CUDA events: (end-to-end ms, compute ms)."""
+        buffers = self._bind(inputs)
+        events = self._events
+
+        def sample() -> tuple[float, float]:
+            self._enqueue(buffers, copies=True, events=events)
+            events[3].synchronize()
+            return events[3].time_since(events[0]), events[2].time_since(events[1])
+
+        return sample
+
+    def run_all(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output (engine order), in chunks of at most the profile's max batch."""
+        rows = int(inputs[self.inputs[0]].shape[0])
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, rows, self._max_batch):
+            chunk = {n: np.ascontiguousarray(inputs[n][start : start + self._max_batch])
+                     for n in self.inputs}
+            buffers = self._bind(chunk)
+            self._enqueue(buffers, copies=True)
+            self._stream.synchronize()
+            chunks.append([np.array(buffers.host[n], copy=True) for n in self.outputs])
+        return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(self.outputs))]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The first output as float32."""
+        return np.asarray(self.run_all(inputs)[0], dtype=np.float32)
+
+
+def plan_io(plan: bytes) -> dict[str, Any]:
+    """Names, numpy dtypes and shapes (-1 for dynamic) of an engine's inputs and outputs."""
+    import tensorrt as trt
+
+    cuda()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise EvaluationError("TensorRT could not deserialize the engine plan")
+    out: dict[str, Any] = {"inputs": [], "outputs": []}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        spec = {
+            "name": name,
+            "dtype": numpy_dtype(engine.get_tensor_dtype(name)).name,
+            "shape": [int(d) for d in engine.get_tensor_shape(name)],
+        }
+        kind = "inputs" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "outputs"
+        out[kind].append(spec)
+    return out
