@@ -26,8 +26,16 @@ DEFAULT_RETRY_WINDOW_S = 120.0
 MAX_BACKOFF_S = 5.0
 
 
+#: errors no reconnect will cure, even though drivers raise them as OperationalError
+PERMANENT_MARKERS = ("password authentication failed", "authentication failed", "does not exist",
+                     "no password supplied", "permission denied")
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Errors that a reconnect can cure: lost connections, a restarting server, a busy SQLite."""
+    """Errors that a reconnect can cure: lost connections, a restarting server, a busy SQLite.
+    A wrong password or a missing database is permanent and fails at once."""
+    if any(marker in str(exc) for marker in PERMANENT_MARKERS):
+        return False
     if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)):
         return True
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:

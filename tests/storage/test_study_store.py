@@ -138,3 +138,14 @@ def test_unreachable_database_from_the_cli_has_no_traceback() -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "topsecret" not in proc.stderr + proc.stdout
     assert proc.stderr.startswith("error: cannot reach the study store")
+
+
+@pytest.mark.postgres
+def test_a_wrong_password_is_not_retried(pg_cluster, pg_url) -> None:
+    from paretotune.storage import retry
+
+    bad = pg_url.replace(pg_cluster.password, "Wr0ngPassw0rd")
+    t0 = time.monotonic()
+    with pytest.raises(StorageError):
+        retry(StudyStore, bad, what="connect", window_s=60)
+    assert time.monotonic() - t0 < 10
