@@ -42,3 +42,10 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache paretotune.db paretotune.db-* .paretotune-cache
+
+# Benchmarks (docs/benchmarks-search.md): quick modes of the three search benchmarks, a few
+# minutes; `make bench FULL=1` runs the full versions (about 40 minutes on 2 cores).
+bench: venv
+	$(BIN)/python benchmarks/sampler_efficiency.py $(if $(FULL),,--quick)
+	$(BIN)/python benchmarks/repeatability.py $(if $(FULL),,--quick)
+	$(BIN)/python benchmarks/minilm_study.py $(if $(FULL),,--quick)

@@ -4,7 +4,8 @@
 bit widths are faster, and cost accuracy), computed from the config alone. It also misbehaves
 on request, through a ``mode`` key in the config: ``raise``, ``exit`` (``os._exit``), ``hang``,
 ``nan`` or ``kill`` (SIGKILL to itself). `null_evaluator` returns constant metrics instantly,
-for measuring controller overhead.
+for measuring controller overhead. `ReplayEvaluator` serves a stored table of real measurements
+(the tabular benchmark of `benchmarks/sampler_efficiency.py`).
 """
 
 from __future__ import annotations
@@ -68,3 +69,85 @@ class FakeEvaluator:
 fake_evaluator = FakeEvaluator()
 #: the same, taking 0.2 s a trial: long enough for a second worker to join mid-study
 slow_fake_evaluator = FakeEvaluator(sleep_s=0.2)
+
+
+class ReplayEvaluator:
+    """Serves a stored table of measured configs: config -> the metrics recorded for it.
+
+    The table is a CSV with a ``config`` column (canonical JSON, `Config.to_json()`), a
+    ``state`` column (COMPLETE, INVALID or FAIL), a ``reason`` and one column per metric
+    (`benchmarks/sampler_efficiency.py build-table` writes one). A COMPLETE row replays as a
+    `Measurement`; an INVALID row raises `InvalidConfigError` and a FAIL row
+    `EvaluationError`, each with the recorded reason, as the real evaluator did; a config that
+    is not in the table raises `ConfigError`. Sampler comparisons then take seconds and are
+    deterministic.
+    """
+
+    #: columns copied into `Measurement.details` instead of the metrics
+    DETAIL_COLUMNS = ("stable", "spread", "windows", "load1")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import csv
+
+        from paretotune.errors import ConfigError
+
+        self.path = os.fspath(path)
+        self._rows: dict[str, dict[str, Any]] = {}
+        with open(self.path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(line for line in fh if not line.startswith("#"))
+            missing = {"config", "state"} - set(reader.fieldnames or ())
+            if missing:
+                raise ConfigError(
+                    f"replay table {self.path}: missing columns {sorted(missing)}; "
+                    f"it has {reader.fieldnames}"
+                )
+            for line, row in enumerate(reader, start=2):
+                state = row["state"]
+                if state not in ("COMPLETE", "INVALID", "FAIL"):
+                    raise ConfigError(
+                        f"replay table {self.path} line {line}: state {state!r}; "
+                        "allowed: COMPLETE, INVALID, FAIL"
+                    )
+                self._rows[row["config"]] = row
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def configs(self) -> list[str]:
+        """The canonical JSON of every config in the table."""
+        return list(self._rows)
+
+    def complete(self) -> list[dict[str, float]]:
+        """The metrics of every COMPLETE row."""
+        return [self._metrics(r) for r in self._rows.values() if r["state"] == "COMPLETE"]
+
+    def metrics(self, config: Mapping[str, Any]) -> dict[str, float]:
+        """The recorded metrics of `config` (raises as `__call__` does)."""
+        return self(config).metrics
+
+    def _metrics(self, row: Mapping[str, str]) -> dict[str, float]:
+        skip = {"config", "state", "reason", *self.DETAIL_COLUMNS}
+        return {k: float(v) for k, v in row.items() if k not in skip and v not in ("", None)}
+
+    def __call__(self, config: Mapping[str, Any]) -> Any:
+        from paretotune.errors import ConfigError, EvaluationError, InvalidConfigError
+        from paretotune.evaluators.measurement import Measurement
+        from paretotune.space import Config
+
+        key = (config if isinstance(config, Config) else Config(config)).to_json()
+        row = self._rows.get(key)
+        if row is None:
+            raise ConfigError(
+                f"replay: config {key} is not in the table {self.path} ({len(self._rows)} "
+                "configs); the study's space must be the space the table was built from"
+            )
+        if row["state"] == "INVALID":
+            raise InvalidConfigError(row["reason"] or "invalid (no reason recorded)")
+        if row["state"] == "FAIL":
+            raise EvaluationError(row["reason"] or "failed (no reason recorded)")
+        details: dict[str, Any] = {"replayed_from": self.path}
+        for name in self.DETAIL_COLUMNS:
+            value = row.get(name)
+            if value not in ("", None):
+                details[name] = value == "True" if value in ("True", "False") else float(value)
+        return Measurement(metrics=self._metrics(row), details=details)

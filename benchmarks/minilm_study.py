@@ -1,0 +1,303 @@
+"""End to end on a real transformer: a 60-trial study on MiniLM with 2 local workers (issue 8).
+
+    .venv/bin/python benchmarks/minilm_study.py                  # 60 trials, 2 workers (~15 min)
+    .venv/bin/python benchmarks/minilm_study.py --quick          # 8 trials (make bench)
+
+The study: `SearchSpace.standard(task, batch_sizes=[1], threads=[1], granularity="block")`
+(engine, prune ratio, bit width, int8 mode and per-channel, and int8/fp32 per encoder block),
+objectives latency_p50_ms (min) and accuracy (max: fidelity, the mean cosine similarity to the
+fp32 embeddings), constraint accuracy_drop <= 0.01, the default sampler, SQLite in a temporary
+directory, one shared artifact cache. Batch 1 and one thread are pinned in the space because
+that is the setting of the hand-tuned reference (an online embedding service), and it keeps
+the latency objective comparable across trials.
+
+After the study, one fresh process measures three references with the same timing policy:
+torch eager fp32, ONNX Runtime fp32, and the hand-tuned point (ONNX Runtime int8 dynamic
+per-channel). A trial "matches" the hand-tuned point when it is feasible, has fidelity >= 0.99
+and its p50 is at most 5% above the hand-tuned p50 (5% is the repeatability target); the
+first trial of the hand-tuned config itself is reported too. `--max-prune-ratio 0` leaves
+pruning out (MiniLM has no fine-tuning hook, so any pruning costs > 1% fidelity) and
+`--granularity type` makes per-layer precision one int8/fp32 switch for all Linear layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OBJECTIVES = {"latency_p50_ms": "min", "accuracy": "max"}
+MAX_DROP = 0.01
+MIN_FIDELITY = 0.99
+MATCH_TOLERANCE = 1.05
+REFERENCES: dict[str, dict[str, Any]] = {
+    "torch eager fp32": {"engine": "torch", "bit_width": 32},
+    "onnxruntime fp32": {"engine": "onnxruntime", "bit_width": 32},
+    "hand-tuned: onnxruntime int8 dynamic per-channel": {
+        "engine": "onnxruntime",
+        "bit_width": 8,
+        "quant_mode": "dynamic",
+        "per_channel": True,
+    },
+}
+HAND_TUNED = "hand-tuned: onnxruntime int8 dynamic per-channel"
+
+
+def measure_references(cache_dir: str) -> dict[str, dict[str, Any]]:
+    """In this (fresh) process: the three references at batch 1, one thread."""
+    from examples.minilm import task
+    from paretotune.evaluators import TaskEvaluator
+
+    evaluator = TaskEvaluator(task, cache_dir=cache_dir)
+    out = {}
+    for label, config in REFERENCES.items():
+        m = evaluator({**config, "batch_size": 1, "threads": 1, "prune_ratio": 0.0})
+        out[label] = {
+            "latency_p50_ms": m.metrics["latency_p50_ms"],
+            "accuracy": m.metrics["accuracy"],
+            "stable": m.details["stable"],
+            "spread": m.details["spread"],
+        }
+    return out
+
+
+def _references_in_fresh_process(cache_dir: str) -> dict[str, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--references", "--cache-dir", cache_dir],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"measuring the references failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def run(
+    n_trials: int,
+    n_workers: int,
+    sampler: str | None,
+    seed: int,
+    cache_dir: str,
+    tmp: str,
+    max_prune_ratio: float = 0.5,
+    granularity: str = "block",
+) -> dict[str, Any]:
+    import paretotune as pt
+    from examples.minilm import task
+    from paretotune.evaluators import TaskEvaluator
+
+    space = pt.SearchSpace.standard(
+        task, batch_sizes=[1], threads=[1], granularity=granularity, max_prune_ratio=max_prune_ratio
+    )
+    study = pt.create_study(
+        "minilm-bench",
+        storage=f"sqlite:///{tmp}/study.db",
+        space=space,
+        objectives=dict(OBJECTIVES),
+        constraints={"accuracy_drop": ("<=", MAX_DROP)},
+        **({"sampler": sampler} if sampler else {}),
+        seed=seed,
+    )
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    study.optimize(
+        TaskEvaluator(task, cache_dir=cache_dir), n_trials=n_trials, n_workers=n_workers,
+        show_progress=False,
+    )
+    wall = time.perf_counter() - started
+    load_after = os.getloadavg()
+    trials = study.trials
+    details = {m["trial_number"]: m["details"] for m in study.store.measurements(study.name)}
+    phases = {"build": 0.0, "measure": 0.0, "baseline": 0.0, "total": 0.0}
+    for d in details.values():
+        for k in phases:
+            phases[k] += float((d.get("phases_s") or {}).get(k, 0.0))
+    completed = [t for t in trials if t.state.value == "COMPLETE"]
+    front = study.pareto_front()
+    return {
+        "study_wall_s": wall,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+        "counts": study.counts(),
+        "phases_s": {k: round(v, 1) for k, v in phases.items()},
+        "cache_hits": sum(1 for d in details.values() if d.get("cache_hit")),
+        "distinct_configs": len({t.config.to_json() for t in completed if t.config is not None}),
+        "unstable": sum(1 for d in details.values() if d.get("stable") is False),
+        "trials": [
+            {
+                "number": t.number,
+                "config": t.config.to_dict() if t.config is not None else None,
+                "latency_p50_ms": t.metrics.get("latency_p50_ms"),
+                "accuracy": t.metrics.get("accuracy"),
+                "accuracy_drop": t.metrics.get("accuracy_drop"),
+                "feasible": t.feasible,
+            }
+            for t in completed
+        ],
+        "front": [t.number for t in front],
+        "hypervolume": study.hypervolume(),
+        "failed": [(t.number, t.reason) for t in trials if t.state.value == "FAIL"],
+    }
+
+
+def is_hand_tuned(config: dict[str, Any] | None) -> bool:
+    """The hand-tuned config itself: ORT int8 dynamic per-channel, no pruning, all int8."""
+    if not config:
+        return False
+    want = {**REFERENCES[HAND_TUNED], "prune_ratio": 0.0}
+    precision = config.get("precision") or {}
+    return all(config.get(k) == v for k, v in want.items()) and all(
+        v == "int8" for v in precision.values()
+    )
+
+
+def summarize(result: dict[str, Any], refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    torch_ms = refs["torch eager fp32"]["latency_p50_ms"]
+    ort_ms = refs["onnxruntime fp32"]["latency_p50_ms"]
+    hand = refs[HAND_TUNED]
+    good = [
+        t for t in result["trials"]
+        if t["feasible"] and t["accuracy"] is not None and t["accuracy"] >= MIN_FIDELITY
+    ]
+    best = min(good, key=lambda t: t["latency_p50_ms"]) if good else None
+    matched = sorted(
+        (t for t in good if t["latency_p50_ms"] <= MATCH_TOLERANCE * hand["latency_p50_ms"]),
+        key=lambda t: t["number"],
+    )
+    return {
+        "best_trial": best,
+        "best_speedup_vs_torch_fp32": torch_ms / best["latency_p50_ms"] if best else None,
+        "best_speedup_vs_ort_fp32": ort_ms / best["latency_p50_ms"] if best else None,
+        "hand_tuned_speedup_vs_ort_fp32": ort_ms / hand["latency_p50_ms"],
+        "first_match_trial": matched[0]["number"] if matched else None,
+        "first_hand_tuned_config_trial": next(
+            (t["number"] for t in sorted(result["trials"], key=lambda t: t["number"])
+             if is_hand_tuned(t.get("config"))),
+            None,
+        ),
+    }
+
+
+def markdown(result: dict[str, Any], refs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str:
+    ort_ms = refs["onnxruntime fp32"]["latency_p50_ms"]
+    lines = ["| reference (batch 1, 1 thread) | p50 ms | fidelity | x ORT fp32 | stable |", "|---|---:|---:|---:|---|"]
+    for label, r in refs.items():
+        lines.append(
+            f"| {label} | {r['latency_p50_ms']:.3f} | {r['accuracy']:.4f} | "
+            f"{ort_ms / r['latency_p50_ms']:.2f}x | {r['stable']} |"
+        )
+    by_number = {t["number"]: t for t in result["trials"]}
+    lines += ["", "| front trial | config | p50 ms | fidelity | x torch fp32 | x ORT fp32 |", "|---:|---|---:|---:|---:|---:|"]
+    torch_ms = refs["torch eager fp32"]["latency_p50_ms"]
+    for n in sorted(result["front"], key=lambda n: by_number[n]["latency_p50_ms"]):
+        t = by_number[n]
+        c = dict(t["config"])
+        for k in ("batch_size", "threads"):
+            c.pop(k, None)
+        prec = c.pop("precision", None)
+        if prec:
+            c["int8 layers"] = (
+                f"{sum(v == 'int8' for v in prec.values())}/{len(prec)}" if isinstance(prec, dict) else prec
+            )
+        cfg = ", ".join(f"{k}={v}" for k, v in sorted(c.items()))
+        lines.append(
+            f"| {n} | {cfg} | {t['latency_p50_ms']:.3f} | {t['accuracy']:.4f} | "
+            f"{torch_ms / t['latency_p50_ms']:.2f}x | {ort_ms / t['latency_p50_ms']:.2f}x |"
+        )
+    ph = result["phases_s"]
+    total = ph["total"] or 1.0
+    s = summary
+    lines += [
+        "",
+        f"- trials: {result['counts']}; study wall time {result['study_wall_s']:.0f} s; "
+        f"load {result['load_before']} -> {result['load_after']}",
+        f"- evaluator time {ph['total']:.0f} s (both workers): build {ph['build']:.0f} s "
+        f"({100 * ph['build'] / total:.0f}%), measure {ph['measure']:.0f} s "
+        f"({100 * ph['measure'] / total:.0f}%), baseline timing {ph['baseline']:.0f} s "
+        f"({100 * ph['baseline'] / total:.0f}%), rest (accuracy pass of cache hits, runner "
+        f"set-up) {100 * (total - ph['build'] - ph['measure'] - ph['baseline']) / total:.0f}%; "
+        f"artifact cache hits {result['cache_hits']}; distinct configs among completed trials "
+        f"{result['distinct_configs']}; unstable timings {result['unstable']}",
+    ]
+    if s["best_trial"]:
+        lines.append(
+            f"- best at fidelity >= {MIN_FIDELITY}: trial {s['best_trial']['number']}, "
+            f"{s['best_speedup_vs_torch_fp32']:.2f}x torch eager fp32, "
+            f"{s['best_speedup_vs_ort_fp32']:.2f}x ORT fp32 (hand-tuned: "
+            f"{s['hand_tuned_speedup_vs_ort_fp32']:.2f}x ORT fp32)"
+        )
+    lines.append(
+        f"- first trial matching the hand-tuned point (feasible, fidelity >= {MIN_FIDELITY}, p50 <= "
+        f"{MATCH_TOLERANCE:.2f} x hand-tuned): {s['first_match_trial']}; first trial of the "
+        f"hand-tuned config itself: {s['first_hand_tuned_config_trial']}"
+    )
+    if result["failed"]:
+        lines.append(f"- failed: {result['failed']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 trials (make bench)")
+    parser.add_argument("--n-trials", type=int, default=None, help="default 60 (quick: 8)")
+    parser.add_argument("--n-workers", type=int, default=2)
+    parser.add_argument("--sampler", default=None, help="default: the project's default sampler")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-prune-ratio", type=float, default=0.5,
+        help="the standard space's default 0.5; 0 leaves pruning out (MiniLM has no fine-tuning)",
+    )
+    parser.add_argument(
+        "--granularity", default="block", choices=["layer", "block", "type"],
+        help="per-layer precision granularity (default block: int8/fp32 per encoder block)",
+    )
+    parser.add_argument("--cache-dir", default=None, help="artifact cache (default: temporary)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--references", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.references:
+        print(json.dumps(measure_references(args.cache_dir)))
+        return 0
+    n_trials = args.n_trials or (8 if args.quick else 60)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = args.cache_dir or os.path.join(tmp, "cache")
+        result = run(
+            n_trials, args.n_workers, args.sampler, args.seed, cache_dir, tmp,
+            args.max_prune_ratio, args.granularity,
+        )
+        refs = _references_in_fresh_process(cache_dir)
+    summary = summarize(result, refs)
+    from paretotune.evaluators import hardware_fingerprint
+
+    hw = hardware_fingerprint(1)
+    print(
+        f"MiniLM (all-MiniLM-L6-v2), {n_trials} trials, {args.n_workers} workers, sampler "
+        f"{args.sampler or 'default'}, seed {args.seed}, max prune ratio {args.max_prune_ratio}, "
+        f"precision granularity {args.granularity}; "
+        f"{hw['cpu_model']}, "
+        f"{hw['logical_cores']} cores; torch {hw['versions']['torch']}, onnxruntime "
+        f"{hw['versions']['onnxruntime']}\n"
+    )
+    print(markdown(result, refs, summary))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"result": result, "references": refs, "summary": summary, "hardware": hw}
+        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The benchmark scripts run on tiny budgets and produce well-formed results; the replay
+evaluator serves the stored table faithfully. Timed figures are never asserted here."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from paretotune.errors import ConfigError, EvaluationError, InvalidConfigError
+from paretotune.evaluators.measurement import Measurement
+from paretotune.space import Config
+from paretotune.testing import ReplayEvaluator
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args: str, timeout: float = 240) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+# -- the replay evaluator ------------------------------------------------------------------------
+
+
+def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = ["config", "state", "reason", "latency_p50_ms", "accuracy", "stable", "spread"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+
+
+def test_replay_serves_recorded_metrics_and_states(tmp_path: Path) -> None:
+    ok = Config({"engine": "torch", "batch_size": 1})
+    bad = Config({"engine": "torch", "batch_size": 8})
+    broken = Config({"engine": "onnxruntime", "batch_size": 1})
+    table = tmp_path / "t.csv"
+    _write_table(
+        table,
+        [
+            {"config": ok.to_json(), "state": "COMPLETE", "latency_p50_ms": 1.5, "accuracy": 0.9,
+             "stable": True, "spread": 1.02},
+            {"config": bad.to_json(), "state": "INVALID", "reason": "int4 on torch"},
+            {"config": broken.to_json(), "state": "FAIL", "reason": "build crashed"},
+        ],
+    )
+    replay = ReplayEvaluator(table)
+    m = replay({"batch_size": 1, "engine": "torch"})  # a plain mapping, any key order
+    assert isinstance(m, Measurement)
+    assert m.metrics == {"latency_p50_ms": 1.5, "accuracy": 0.9}
+    assert m.details["stable"] is True and m.details["spread"] == 1.02
+    with pytest.raises(InvalidConfigError, match="int4 on torch"):
+        replay(bad)
+    with pytest.raises(EvaluationError, match="build crashed"):
+        replay(broken)
+    with pytest.raises(ConfigError, match="not in the table"):
+        replay({"engine": "torch", "batch_size": 32})
+    assert len(replay) == 3 and replay.complete() == [{"latency_p50_ms": 1.5, "accuracy": 0.9}]
+
+
+def test_replay_rejects_a_table_without_its_columns(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("configuration,latency\n{},1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="missing columns"):
+        ReplayEvaluator(table)
+
+
+# -- the stored table ---------------------------------------------------------------------------
+
+
+def test_stored_table_covers_its_space_with_a_fingerprint() -> None:
+    eff = _script("sampler_efficiency")
+    meta = json.loads(eff.TABLE.with_suffix(".json").read_text(encoding="utf-8"))
+    assert {"cpu_model", "isa", "versions"} <= set(meta["hardware"])
+    assert len(meta["load_average_before"]) == 3 and meta["timing_policy"]
+    replay = ReplayEvaluator(eff.TABLE)
+    grid = {c.to_json() for c in eff.stored_space(eff.TABLE).grid()}
+    assert grid == set(replay.configs())
+    assert len(replay.complete()) >= 500
+    assert meta["complete"] == len(replay.complete())
+
+
+def test_true_front_scores_itself_perfectly() -> None:
+    eff = _script("sampler_efficiency")
+    truth = eff.TrueFront(eff.TABLE)
+    rows = [m for m in truth.replay.complete() if truth.baseline_accuracy - m["accuracy"] <= eff.MAX_DROP]
+    hv, igd = truth.score(rows)
+    assert hv == pytest.approx(1.0) and igd == pytest.approx(0.0)
+    baseline_only = truth.score([truth.replay.metrics(eff.stored_space(eff.TABLE).baseline())])
+    assert baseline_only[0] < 1.0 and baseline_only[1] > 0.0
+
+
+def test_igd_plus_counts_only_where_the_found_point_is_worse() -> None:
+    import numpy as np
+
+    eff = _script("sampler_efficiency")
+    true = np.array([[0.0, 1.0], [1.0, 0.0]])
+    lo, span = np.zeros(2), np.ones(2)
+    assert eff.igd_plus(np.array([[-1.0, -1.0]]), true, lo, span) == 0.0  # dominates both
+    assert eff.igd_plus(np.array([[0.0, 1.0]]), true, lo, span) == pytest.approx(0.5)
+    assert math.isinf(eff.igd_plus(np.zeros((0, 2)), true, lo, span))
+
+
+# -- the scripts, on tiny budgets ------------------------------------------------------------------
+
+
+def test_sampler_efficiency_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "eff.json"
+    stdout = _run(
+        "benchmarks/sampler_efficiency.py", "--seeds", "2", "--samplers", "random", "tpe",
+        "--fractions", "0.01", "0.02", "--jobs", "1", "--json", str(out),
+    )
+    result = json.loads(out.read_text())
+    assert result["budgets"] == [5, 11]
+    assert {(r["sampler"], r["budget"]) for r in result["rows"]} == {
+        (s, b) for s in ("random", "tpe") for b in (5, 11)
+    }
+    for row in result["rows"]:
+        assert len(row["hv_ratio"]) == 2
+        assert all(0.0 <= v <= 1.0 + 1e-9 for v in row["hv_ratio"])
+        assert all(v >= 0.0 for v in row["igd_plus"])
+        assert (row["p_hv_vs_random"] is None) == (row["sampler"] == "random")
+    assert "| tpe | 11 (2%) |" in stdout
+
+
+def test_repeatability_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "rep.json"
+    stdout = _run("benchmarks/repeatability.py", "--repeats", "1", "--configs", "2", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert [s["configuration"] for s in result["summary"]] == [
+        "torch fp32, batch 1", "onnxruntime fp32, batch 1",
+    ]
+    for s in result["summary"]:
+        assert s["repeats"] == 1 and s["p50_spread"] == 0.0 and s["p50_median_ms"] > 0
+        assert 0 <= s["gave_up"] <= 1 and 0 <= s["extended"] <= 1
+    assert "within the 5% p50 target" in stdout
+
+
+def test_repeatability_spread_is_max_over_min() -> None:
+    rep = _script("repeatability")
+    rows = [
+        [{"configuration": "a", "p50_ms": 1.0, "throughput": 10.0, "stable": True, "extended": False}],
+        [{"configuration": "a", "p50_ms": 1.1, "throughput": 9.0, "stable": False, "extended": True}],
+    ]
+    (s,) = rep.summarize(rows, ["a"])
+    assert s["p50_spread"] == pytest.approx(0.1) and not s["meets_target"]
+    assert s["gave_up"] == 1 and s["extended"] == 1
+
+
+def test_minilm_summary_finds_the_first_match() -> None:
+    mini = _script("minilm_study")
+    refs = {
+        "torch eager fp32": {"latency_p50_ms": 10.0},
+        "onnxruntime fp32": {"latency_p50_ms": 5.0},
+        mini.HAND_TUNED: {"latency_p50_ms": 2.0},
+    }
+    trials = [
+        {"number": 0, "latency_p50_ms": 10.0, "accuracy": 1.0, "feasible": True},
+        {"number": 1, "latency_p50_ms": 1.0, "accuracy": 0.95, "feasible": False},
+        {"number": 2, "latency_p50_ms": 2.05, "accuracy": 0.993, "feasible": True},
+        {"number": 3, "latency_p50_ms": 1.6, "accuracy": 0.992, "feasible": True},
+    ]
+    s = mini.summarize({"trials": trials}, refs)
+    assert s["first_match_trial"] == 2
+    assert s["best_trial"]["number"] == 3
+    assert s["best_speedup_vs_ort_fp32"] == pytest.approx(5.0 / 1.6)
+    assert s["hand_tuned_speedup_vs_ort_fp32"] == pytest.approx(2.5)
+
+
+@pytest.mark.slow
+def test_minilm_study_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "minilm.json"
+    stdout = _run("benchmarks/minilm_study.py", "--n-trials", "2", "--n-workers", "1", "--json", str(out))
+    payload = json.loads(out.read_text())
+    assert payload["result"]["counts"]["COMPLETE"] == 2
+    assert set(payload["references"]) == set(_script("minilm_study").REFERENCES)
+    assert payload["result"]["phases_s"]["total"] > 0
+    assert 0 in payload["result"]["front"] or payload["result"]["front"]
+    assert "| reference (batch 1, 1 thread) |" in stdout
