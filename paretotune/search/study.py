@@ -168,12 +168,12 @@ class Study:
     # -- trials -----------------------------------------------------------------------------------
     def _to_trial(self, ft: optuna.trial.FrozenTrial) -> Trial:
         attrs = ft.user_attrs
-        config = Config.from_json(attrs["config"]) if "config" in attrs else None
-        if config is None and ft.params:
+        config: Config | None = None
+        if ft.params:
             try:
                 config = self.space.from_params(ft.params)
             except (ConfigError, InvalidConfigError):
-                config = None
+                config = None  # a half-made trial (interrupted ask) or a forbidden proposal
         metrics = dict(attrs.get("metrics") or {})
         if ft.state == OptunaState.COMPLETE:
             state, reason = TrialState.COMPLETE, None
@@ -420,9 +420,9 @@ class Study:
     def baseline_gate(self) -> bool:
         """True when trials other than the baseline may be asked: the baseline completed,
         failed for good, or is queued (the next ask takes it). False while another worker runs it."""
-        if self._baseline_cache is not None:
+        if self.baseline_trial() is not None:  # cached once found: no store reads after that
             return True
-        return self._baseline_state() != TrialState.RUNNING or self.baseline_trial() is not None
+        return self._baseline_state() != TrialState.RUNNING
 
     # -- results -----------------------------------------------------------------------------
     def completed(self) -> list[Trial]:

@@ -98,3 +98,15 @@ def test_objective_order_survives_the_store(storage_url: str, toy_space) -> None
     for ft in again.optuna_study.trials:
         if ft.values:
             assert ft.values == [ft.user_attrs["metrics"][m] for m in objectives]
+
+
+def test_the_baseline_gate_caches_the_completed_baseline(tmp_path, toy_space) -> None:
+    # the worker loop asks the gate before every claim: once the baseline is complete it must
+    # answer without reading every trial from the store again
+    study = pt.create_study("gate", f"sqlite:///{tmp_path}/g.db", space=toy_space, objectives=OBJ)
+    assert study.baseline_gate()  # queued: the next ask takes it
+    _inline(study, 1)
+    fresh = pt.load_study("gate", f"sqlite:///{tmp_path}/g.db")
+    assert fresh.baseline_gate()
+    fresh._optuna.get_trials = None  # any further read of all trials would now fail
+    assert fresh.baseline_gate()
