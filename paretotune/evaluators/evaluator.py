@@ -28,6 +28,7 @@ from paretotune.evaluators.hardware import (
     reset_peak_rss,
 )
 from paretotune.evaluators.measurement import Measurement
+from paretotune.evaluators.slot import TimingSlot, slot_name, timing_slot
 from paretotune.evaluators.task import Task
 from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable, time_samples
 
@@ -82,7 +83,9 @@ class TaskEvaluator:
 
     cache_dir: the shared artifact cache (default `$PARETOTUNE_CACHE_DIR` or
     `./.paretotune-cache`); `timing`: the timing policy; `memory_slots`: built engines kept in
-    memory.
+    memory; `exclusive_timing`: time in the machine's timing slot (`evaluators.slot`), so no
+    other paretotune worker builds or times beside a timed window (default on; the
+    environment's `PARETOTUNE_TIMING_SLOT=off` turns it off everywhere).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class TaskEvaluator:
         timing: TimingPolicy | None = None,
         max_cache_bytes: int = DEFAULT_MAX_BYTES,
         memory_slots: int = 4,
+        exclusive_timing: bool = True,
     ) -> None:
         if not isinstance(task, Task):
             raise TypeError(f"TaskEvaluator needs a paretotune Task, got {type(task).__name__}")
@@ -100,6 +104,7 @@ class TaskEvaluator:
         self.cache = ArtifactCache(cache_dir, max_bytes=max_cache_bytes)
         self.timing = timing or TimingPolicy()
         self.memory_slots = memory_slots
+        self.exclusive_timing = exclusive_timing
         self._built: OrderedDict[str, _Built] = OrderedDict()
         self._exports: OrderedDict[str, bytes] = OrderedDict()
         self._baselines: dict[tuple[int, int], dict[str, Any]] = {}
@@ -111,6 +116,16 @@ class TaskEvaluator:
     def __call__(self, config: Mapping[str, Any]) -> Measurement:
         started = time.perf_counter()
         spec = self._resolve(config)
+        slot = self._slot(spec.on_gpu)
+        with slot.shared():
+            return self._evaluate(spec, slot, started)
+
+    def _slot(self, on_gpu: bool) -> TimingSlot:
+        if not self.exclusive_timing:
+            return TimingSlot("off", None)
+        return timing_slot(slot_name(on_gpu))
+
+    def _evaluate(self, spec: BuildSpec, slot: TimingSlot, started: float) -> Measurement:
         key = self._build_key(spec)
         built, cache_hit, phase_build = self._get_built(spec, key)
         self._set_threads(spec.threads)
@@ -119,12 +134,14 @@ class TaskEvaluator:
         compute: TimingResult | None = None
         try:
             reset = reset_peak_rss()
-            if hasattr(runner, "prepare_timed"):  # GPU engines time themselves on the device
-                result, compute = time_samples(
-                    runner.prepare_timed(inputs), spec.batch_size, self.timing
-                )
-            else:
-                result = time_callable(runner.prepare(inputs), spec.batch_size, self.timing)
+            with slot.exclusive():
+                if hasattr(runner, "prepare_timed"):  # GPU engines time themselves on the device
+                    result, compute = time_samples(
+                        runner.prepare_timed(inputs), spec.batch_size, self.timing
+                    )
+                else:
+                    result = time_callable(runner.prepare(inputs), spec.batch_size, self.timing)
+            slot_wait_s = slot.last_wait_s
             peak = peak_rss_bytes()
         except ParetotuneError:
             raise
@@ -157,6 +174,9 @@ class TaskEvaluator:
             "baseline": {k: v for k, v in baseline.items() if k != "p50_ms"},
             "peak_memory": "process VmHWM during timing" if reset else "process lifetime peak RSS",
             "timing_policy": self.timing.to_dict(),
+            "timing_slot": {"path": slot.path, "wait_s": round(slot_wait_s, 4)}
+            if slot.enabled
+            else None,
             "hardware": hardware_fingerprint(spec.threads),
             "phases_s": {
                 "build": round(phase_build, 4),
@@ -518,7 +538,8 @@ class TaskEvaluator:
         else:
             self._set_threads(threads)
             run = self._reference_runner(threads).prepare(self._batch(batch_size))
-            result: TimingResult = time_callable(run, batch_size, self.timing)
+            with self._slot(on_gpu=False).exclusive():
+                result: TimingResult = time_callable(run, batch_size, self.timing)
             baseline = {
                 "engine": engine,
                 "bit_width": 32,

@@ -43,7 +43,11 @@ def trial_process(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = Connection(fd)
     try:
-        evaluator = cloudpickle.loads(conn.recv_bytes())
+        # loading imports the task's libraries (torch): work, not to run beside a timed window
+        from paretotune.evaluators.slot import timing_slot
+
+        with timing_slot().shared():
+            evaluator = cloudpickle.loads(conn.recv_bytes())
     except Exception as exc:
         conn.send(("error", f"cannot load the evaluator in the trial process: {type(exc).__name__}: {exc}"))
         return
