@@ -65,6 +65,7 @@ def create_study(
     trial_timeout_s: float | None = None,
     max_failures: int | None = None,
     worker_grace_s: float | None = None,
+    duplicates: str | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
@@ -72,6 +73,9 @@ def create_study(
     ``task`` is a ``pt.Task`` or an import path (``"examples.digits:task"``); with a task and
     no ``space``, the space is ``SearchSpace.standard(task)``. An import path is stored with
     the study, so ``paretotune worker`` can join it knowing only the storage URL and the name.
+    ``duplicates``: "reuse" (default) answers a sampler's proposal of an already measured
+    config with that measurement (trial state DUPLICATE, not counted against ``n_trials``);
+    "measure" evaluates it again.
     """
     task_obj, task_path = resolve_task(task)
     space = _resolve_space(space, task_obj)
@@ -88,6 +92,7 @@ def create_study(
         trial_timeout_s=trial_timeout_s,
         max_failures=max_failures,
         worker_grace_s=worker_grace_s,
+        duplicates=duplicates,
     )
     study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
     study.task = task_obj

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         storage_arg(sp)
         sp.add_argument("--format", choices=fmts, default="table")
         if name == "trials":
-            sp.add_argument("--state", choices=["complete", "fail", "invalid", "running", "waiting"])
+            sp.add_argument("--state", choices=["complete", "duplicate", "fail", "invalid", "running", "waiting"])
         sp.set_defaults(func=func)
 
     ex = sub.add_parser("export", help="export a trial as a verified deployment bundle (with a Triton repository)")

@@ -364,7 +364,8 @@ def render_report(study: Study, *, title: str | None = None) -> str:
         f"storage <code>{_text(study.store.masked_url)}</code> &middot; sampler <code>{_text(study.spec.get('sampler'))}</code>"
         f" &middot; task <code>{_text(study.task_path)}</code> &middot; generated {_text(generated)}<br>",
         f"objectives: {_text(objectives)} &middot; constraints: {_text(constraints)}<br>",
-        f"trials: {counts['COMPLETE']} completed, {counts['FAIL']} failed, {counts['INVALID']} invalid, "
+        f"trials: {counts['COMPLETE']} measured, {counts['DUPLICATE']} answered from earlier measurements, "
+        f"{counts['FAIL']} failed, {counts['INVALID']} invalid, "
         f"{counts['RUNNING']} running, {counts['WAITING']} waiting &middot; front: {len(front)} trial{'' if len(front) == 1 else 's'}"
         f" &middot; hypervolume {_text(hv)}",
         f"<br>stopped: {_text(stopped)}" if stopped else "",

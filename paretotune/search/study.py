@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 SPEC_VERSION = 1
 SPEC_KEYS = {
     "version", "space", "objectives", "constraints", "sampler", "seed", "task",
-    "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s",
+    "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
 }
 #: seconds a trial waits at tell-time for the baseline to finish (derived metrics need it)
 BASELINE_WAIT_S = 3600.0
@@ -56,6 +56,10 @@ BASELINE_WAIT_S = 3600.0
 MAX_INVALID_STREAK = 200
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 DEFAULT_WORKER_GRACE_S = 20.0
+#: what a sampler's proposal of an already measured config gets (spec key `duplicates`)
+DUPLICATE_POLICIES = ("reuse", "measure")
+#: proposals of measured configs answered in one ask before the study steps to a neighbour
+MAX_DUPLICATE_STREAK = 8
 #: a stop reason that starts with this is a normal end, not an error
 FINISHED = "finished:"
 
@@ -66,6 +70,9 @@ class TrialState(str, enum.Enum):
     INVALID = "INVALID"
     RUNNING = "RUNNING"
     WAITING = "WAITING"
+    #: the sampler proposed a config already measured: answered with that measurement, not
+    #: evaluated again, and not counted against n_trials (`Trial.duplicate_of` names it)
+    DUPLICATE = "DUPLICATE"
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Trial:
     feasible: bool | None = None
     is_baseline: bool = False
     duration_s: float | None = None
+    duplicate_of: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +99,7 @@ class Trial:
             "feasible": self.feasible,
             "is_baseline": self.is_baseline,
             "duration_s": self.duration_s,
+            "duplicate_of": self.duplicate_of,
         }
 
 
@@ -143,6 +152,10 @@ class Study:
         #: set when the sampler has proposed every config of a finite space
         self.exhausted = False
         self._rng = random.Random(worker_seed(spec.get("seed"), worker + "/replacements"))
+        self.duplicates: str = spec.get("duplicates") or DUPLICATE_POLICIES[0]
+        self._measured: dict[tuple[tuple[str, Any], ...], optuna.trial.FrozenTrial] = {}
+        self._measured_seen: set[int] = set()
+        self._duplicates = 0  # proposals answered from earlier measurements since a step off
         #: the task object given at creation, used when optimize() gets no evaluator
         self.task: Any = None
         #: called while a tell waits for the baseline (workers reap lost trials there, so a
@@ -175,7 +188,10 @@ class Study:
             except (ConfigError, InvalidConfigError):
                 config = None  # a half-made trial (interrupted ask) or a forbidden proposal
         metrics = dict(attrs.get("metrics") or {})
-        if ft.state == OptunaState.COMPLETE:
+        duplicate_of = attrs.get("duplicate_of")
+        if ft.state == OptunaState.COMPLETE and duplicate_of is not None:
+            state, reason = TrialState.DUPLICATE, f"already measured as trial {duplicate_of}"
+        elif ft.state == OptunaState.COMPLETE:
             state, reason = TrialState.COMPLETE, None
         elif ft.state == OptunaState.PRUNED:
             state, reason = TrialState.INVALID, attrs.get("invalid_reason", "pruned")
@@ -199,6 +215,7 @@ class Study:
             feasible=self.is_feasible(metrics) if state == TrialState.COMPLETE else None,
             is_baseline=bool(attrs.get("baseline")),
             duration_s=duration,
+            duplicate_of=duplicate_of,
         )
 
     @property
@@ -244,9 +261,12 @@ class Study:
         )
 
     def enqueue(self, values: Mapping[str, Any]) -> Config:
-        """Queue a config to run before the sampler's own proposals (validated first)."""
+        """Queue a config to run before the sampler's own proposals (validated first; measured
+        even when it was measured before)."""
         config = self.space.config(values, fill_defaults=True)
-        self._optuna.enqueue_trial(self.space.to_params(config), skip_if_exists=False)
+        self._optuna.enqueue_trial(
+            self.space.to_params(config), user_attrs={"enqueued": True}, skip_if_exists=False
+        )
         return config
 
     # -- ask / tell -----------------------------------------------------------------------------
@@ -257,6 +277,13 @@ class Study:
         it, and a model-based one (GP) may propose the same point again, so the next ask
         after an invalid proposal gets a random valid config instead (enqueued, so it is a
         recorded trial like any other).
+
+        A proposal of a config already measured (samplers re-propose their best points) is,
+        under the default `duplicates="reuse"`, answered with the earlier measurement and
+        recorded DUPLICATE, and the sampler is asked again: the budget goes to configs not yet
+        measured. Every MAX_DUPLICATE_STREAK such answers the study steps to a neighbour of
+        the config that no trial has tried yet; when the space has none left, the proposal is
+        measured again. Enqueued configs (the baseline, the user's) are always measured.
         """
         for _ in range(MAX_INVALID_STREAK):
             ot = self._optuna.ask()
@@ -279,11 +306,72 @@ class Study:
                           f"store connection lost while sampling ({type(exc).__name__})",
                           what="record the interrupted ask")
                 raise
+            earlier = self._earlier_measurement(ot)
+            if earlier is not None:
+                self._duplicates += 1
+                if self._duplicates >= MAX_DUPLICATE_STREAK:
+                    self._duplicates = 0
+                    if not self._step_off(config, earlier.number):
+                        return PendingTrial(ot.number, config, False, ot)  # measure it again
+                self._answer_duplicate(ot, earlier)
+                continue
             return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)
         raise StudyError(
             f"the sampler proposed {MAX_INVALID_STREAK} forbidden configs in a row; "
             "check the space's `forbidden` rules"
         )
+
+    @staticmethod
+    def _params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted(params.items()))
+
+    def _measured_trials(self) -> dict[tuple[tuple[str, Any], ...], optuna.trial.FrozenTrial]:
+        """Measured (COMPLETE, not duplicate) trials by their params, read incrementally."""
+        for ft in self._optuna.get_trials(deepcopy=False, states=(OptunaState.COMPLETE,)):
+            if ft.number in self._measured_seen:
+                continue
+            self._measured_seen.add(ft.number)
+            if ft.user_attrs.get("duplicate_of") is None and ft.user_attrs.get("metrics"):
+                self._measured.setdefault(self._params_key(ft.params), ft)
+        return self._measured
+
+    def _earlier_measurement(self, ot: optuna.trial.Trial) -> optuna.trial.FrozenTrial | None:
+        """The measured trial of this proposal's config, when it should be reused."""
+        if self.duplicates != "reuse" or ot.user_attrs:  # enqueued configs carry attributes
+            return None
+        earlier = self._measured_trials().get(self._params_key(ot.params))
+        if earlier is None or any(m not in earlier.user_attrs["metrics"] for m in self.objectives):
+            return None
+        return earlier
+
+    def _answer_duplicate(self, ot: optuna.trial.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+        metrics = dict(earlier.user_attrs["metrics"])
+        ot.set_user_attr("duplicate_of", earlier.number)
+        ot.set_user_attr("metrics", metrics)
+        for c in self.constraints:
+            if c.metric in metrics:
+                ot.set_constraint(str(c), c.violation(metrics[c.metric]))
+        self._tell_optuna(ot, [metrics[m] for m in self.objectives])
+        log.debug("trial %d: config already measured as trial %d; reused", ot.number, earlier.number)
+
+    def _step_off(self, config: Config, number: int) -> bool:
+        """Queue a neighbour of `config` that no trial has tried yet (else any untried config)."""
+        tried = {self._params_key(ft.params) for ft in self._optuna.get_trials(deepcopy=False)}
+        candidates: list[Config] = []
+        for _ in range(50):
+            try:
+                candidates.append(self.space.neighbor(config, self._rng))
+                candidates.append(self.space.sample(self._rng))
+            except ConfigError:
+                break
+        for candidate in candidates:
+            params = self.space.to_params(candidate)
+            if self._params_key(params) not in tried:
+                self._optuna.enqueue_trial(params, user_attrs={"steps_off": number})
+                log.info("the sampler keeps proposing measured configs; trying a neighbour of trial %d", number)
+                return True
+        log.info("no untried config found near trial %d; it will be measured again", number)
+        return False
 
     def tell_failure_by_number(self, number: int, reason: str) -> bool:
         """FAIL a RUNNING trial by number (reaper, interrupted ask). False if it had finished."""
@@ -531,6 +619,7 @@ def build_spec(
     trial_timeout_s: float | None = None,
     max_failures: int | None = None,
     worker_grace_s: float | None = None,
+    duplicates: str | None = None,
 ) -> dict[str, Any]:
     """Validate the pieces of a study and return the spec stored with it (JSON-able)."""
     if not isinstance(space, SearchSpace):
@@ -556,6 +645,8 @@ def build_spec(
         isinstance(worker_grace_s, (int, float)) and not isinstance(worker_grace_s, bool) and worker_grace_s >= 1
     ):
         raise ConfigError(f"worker_grace_s must be a number of seconds >= 1, got {worker_grace_s!r}")
+    if duplicates is not None and duplicates not in DUPLICATE_POLICIES:
+        raise ConfigError(f"duplicates must be one of {list(DUPLICATE_POLICIES)}, got {duplicates!r}")
     return {
         "version": SPEC_VERSION,
         "space": space.to_dict(),
@@ -568,6 +659,7 @@ def build_spec(
         "trial_timeout_s": trial_timeout_s,
         "max_failures": max_failures,
         "worker_grace_s": worker_grace_s,
+        "duplicates": duplicates,
     }
 
 

@@ -269,6 +269,38 @@ class SearchSpace:
                 return Config({n: out[n] for n in self.dimensions if n in out})
         raise ConfigError(f"space: no valid config found in {max_tries} random draws; check `forbidden`")
 
+    def neighbor(self, config: Mapping[str, Any], rng: random.Random, *, max_tries: int = 100) -> Config:
+        """A valid config one step from `config`: one of its Optuna params (one dimension, or
+        one layer group of a PerLayer one) redrawn at random; dimensions that the change
+        activates are drawn too, ones it deactivates are dropped. Raises ConfigError when
+        `max_tries` draws give nothing valid and different."""
+        base = self.to_params(config)
+        for _ in range(max_tries):
+            draw = self.to_params(self.sample(rng))
+            key = rng.choice(sorted(set(base) | set(draw)))
+            mixed = {**draw, **{k: v for k, v in base.items() if k != key}}
+            if mixed.get(key) == base.get(key):
+                continue
+            values: dict[str, Any] = {}
+            try:
+                for name in self._order:
+                    dim = self.dimensions[name]
+                    if not dim.is_active(values):
+                        continue
+                    if isinstance(dim, PerLayer):
+                        values[name] = {
+                            layer: mixed[f"{name}.{g}"] for g, members in dim.groups().items() for layer in members
+                        }
+                    else:
+                        values[name] = mixed[name]
+            except KeyError:  # the change activated a dimension neither point had: draw again
+                continue
+            if self.violation(values) is None:
+                out = Config({n: values[n] for n in self.dimensions if n in values})
+                if self.to_params(out) != base:
+                    return out
+        raise ConfigError(f"space: no valid neighbour of {dict(config)} in {max_tries} draws")
+
     def grid(self) -> Iterator[Config]:
         """Every valid config of a finite space, in a deterministic order."""
         for name, dim in self.dimensions.items():

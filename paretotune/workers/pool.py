@@ -237,6 +237,8 @@ def run_study(
             f"evaluator, say). Run again to resume."
         )
     log.info(
-        "study %r: %d completed, %d failed, %d invalid in %.1f s",
-        study.name, counts["COMPLETE"], counts["FAIL"], counts["INVALID"], time.monotonic() - started,
+        "study %r: %d completed, %d failed, %d invalid, %d duplicate proposals answered from "
+        "earlier measurements in %.1f s",
+        study.name, counts["COMPLETE"], counts["FAIL"], counts["INVALID"], counts["DUPLICATE"],
+        time.monotonic() - started,
     )
