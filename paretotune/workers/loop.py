@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretotune.errors import StorageError, StudyError
+from paretotune.evaluators.slot import timing_slot
 from paretotune.search import PendingTrial, Study, Trial, TrialState, load_study_from_store
 from paretotune.space import Config
 from paretotune.storage import StudyStore
@@ -105,6 +106,14 @@ def deliver_spool(study: Study, window_s: float) -> int:
     return delivered
 
 
+def _ask(study: Study) -> PendingTrial:
+    """The sampler's work (TPE/GP model fitting: CPU-heavy) waits while another worker times:
+    it holds the machine's timing slot shared (`evaluators.slot`). Only the ask: a tell may
+    wait for the baseline, whose timing would then wait for it."""
+    with timing_slot().shared():
+        return study.ask()
+
+
 def _tell(study: Study, pending: PendingTrial, outcome: Outcome, worker: str, window_s: float) -> Trial:
     if outcome.invalid is not None:
         return retry(study.tell_invalid, pending, outcome.invalid, what="tell", window_s=window_s)
@@ -184,7 +193,7 @@ def run_worker(
             heartbeat.set(claim)
             completed = False
             try:
-                pending = retry(study.ask, what="ask", window_s=w)
+                pending = retry(_ask, study, what="ask", window_s=w)
                 retry(store.bind_claim, claim, pending.number, what="claim", window_s=w)
                 with telemetry() as gpu:  # {} without an NVIDIA driver
                     outcome = executor.run(pending.config)

@@ -172,30 +172,42 @@ def test_repeatability_spread_is_max_over_min() -> None:
 def test_minilm_summary_finds_the_first_match() -> None:
     mini = _script("minilm_study")
     refs = {
-        "torch eager fp32": {"latency_p50_ms": 10.0},
-        "onnxruntime fp32": {"latency_p50_ms": 5.0},
-        mini.HAND_TUNED: {"latency_p50_ms": 2.0},
+        "torch eager fp32": {"latency_p50_ms": 10.0, "x_ort_fp32": 0.5},
+        "onnxruntime fp32": {"latency_p50_ms": 5.0, "x_ort_fp32": 1.0},
+        mini.HAND_TUNED: {"latency_p50_ms": 2.0, "x_ort_fp32": 2.5},
+        mini.BEST: {"latency_p50_ms": 2.1, "x_ort_fp32": 2.4, "x_ort_fp32_range": [2.2, 2.6]},
     }
     trials = [
         {"number": 0, "latency_p50_ms": 10.0, "accuracy": 1.0, "feasible": True},
         {"number": 1, "latency_p50_ms": 1.0, "accuracy": 0.95, "feasible": False},
         {"number": 2, "latency_p50_ms": 2.05, "accuracy": 0.993, "feasible": True},
-        {"number": 3, "latency_p50_ms": 1.6, "accuracy": 0.992, "feasible": True},
+        {"number": 5, "latency_p50_ms": 1.6, "accuracy": 0.992, "feasible": True,
+         "config": {"engine": "onnxruntime", "batch_size": 1, "threads": 1}},
     ]
     s = mini.summarize({"trials": trials}, refs)
-    assert s["first_match_trial"] == 2
-    assert s["best_trial"]["number"] == 3
+    assert s["first_match_trial"] == 2 and s["first_match_measured"] == 3
+    assert s["best_trial"]["number"] == 5 and s["best_measured_trial"] == 4
     assert s["best_speedup_vs_ort_fp32"] == pytest.approx(5.0 / 1.6)
     assert s["hand_tuned_speedup_vs_ort_fp32"] == pytest.approx(2.5)
+    assert s["paired_best_vs_ort_fp32"] == pytest.approx(2.4)
+    assert s["paired_matches_hand_tuned"]  # 2.4 >= 2.5 / 1.05
+    assert not mini.summarize({"trials": trials}, {**refs, mini.BEST: {**refs[mini.BEST], "x_ort_fp32": 2.3}})[
+        "paired_matches_hand_tuned"
+    ]
+    assert mini.best_config({"trials": trials}) == {"engine": "onnxruntime"}
 
 
 @pytest.mark.slow
 def test_minilm_study_tiny(tmp_path: Path) -> None:
     out = tmp_path / "minilm.json"
-    stdout = _run("benchmarks/minilm_study.py", "--n-trials", "2", "--n-workers", "1", "--json", str(out))
+    stdout = _run("benchmarks/minilm_study.py", "--n-trials", "2", "--n-workers", "1", "--rounds", "2",
+                  "--json", str(out))
     payload = json.loads(out.read_text())
     assert payload["result"]["counts"]["COMPLETE"] == 2
-    assert set(payload["references"]) == set(_script("minilm_study").REFERENCES)
+    mini = _script("minilm_study")
+    assert set(payload["references"]) <= set(mini.REFERENCES) | {mini.BEST}
+    assert set(mini.REFERENCES) <= set(payload["references"])
+    assert all(r["rounds"] == 2 for r in payload["references"].values())
     assert payload["result"]["phases_s"]["total"] > 0
     assert 0 in payload["result"]["front"] or payload["result"]["front"]
-    assert "| reference (batch 1, 1 thread) |" in stdout
+    assert "rounds round-robin (batch 1, 1 thread) |" in stdout

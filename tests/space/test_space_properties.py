@@ -19,6 +19,9 @@ LAYERS = {"conv1": "Conv2d", "conv2": "Conv2d", "fc1": "Linear", "fc2": "Linear"
 class _Task:
     layers = LAYERS
 
+    def finetune(self, module: object) -> None:  # pruning is searched only with a recovery hook
+        pass
+
     def available_engines(self) -> list[str]:
         return ["torch", "onnxruntime"]
 
@@ -154,3 +157,15 @@ def test_standard_space_binds_layers_and_forbids_unbuildable() -> None:
     assert not any(c["engine"] == "torch" and c["bit_width"] == 4 for c in space.grid())
     base = space.baseline()
     assert base["bit_width"] == 32 and base["prune_ratio"] == 0.0 and base["engine"] == "torch"
+
+
+class _NoFinetune(_Task):
+    finetune = None  # type: ignore[assignment]
+
+
+def test_standard_space_prunes_only_tasks_that_can_recover() -> None:
+    assert "prune_ratio" not in pt.SearchSpace.standard(_NoFinetune()).dimensions
+    assert pt.SearchSpace.standard(_NoFinetune(), max_prune_ratio=0.3).dimensions["prune_ratio"].high == 0.3
+    assert "prune_ratio" not in pt.SearchSpace.standard(_Task(), max_prune_ratio=0).dimensions
+    with pytest.raises(pt.ConfigError, match=r"max_prune_ratio must be in \[0, 1\), got 1.5"):
+        pt.SearchSpace.standard(_Task(), max_prune_ratio=1.5)
