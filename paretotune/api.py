@@ -66,6 +66,7 @@ def create_study(
     max_failures: int | None = None,
     worker_grace_s: float | None = None,
     duplicates: str | None = None,
+    warm_start: str | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
@@ -75,7 +76,9 @@ def create_study(
     the study, so ``paretotune worker`` can join it knowing only the storage URL and the name.
     ``duplicates``: "reuse" (default) answers a sampler's proposal of an already measured
     config with that measurement (trial state DUPLICATE, not counted against ``n_trials``);
-    "measure" evaluates it again.
+    "measure" evaluates it again. ``warm_start``: "corners" (default) queues, after the
+    baseline, one config per engine x bit width with every layer at that precision (the
+    textbook recipes); "none" leaves the start to the sampler.
     """
     task_obj, task_path = resolve_task(task)
     space = _resolve_space(space, task_obj)
@@ -93,6 +96,7 @@ def create_study(
         max_failures=max_failures,
         worker_grace_s=worker_grace_s,
         duplicates=duplicates,
+        warm_start=warm_start,
     )
     study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
     study.task = task_obj

@@ -28,7 +28,7 @@ from paretotune.errors import ConfigError
 SPEC_KEYS = {
     "name", "storage", "task", "space", "objectives", "constraints", "sampler", "seed",
     "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
-    "budget",
+    "warm_start", "budget",
 }
 REQUIRED = ("name", "objectives")
 BUDGET_KEYS = {"n_trials", "n_workers"}
@@ -78,7 +78,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
     args: dict[str, Any] = {
         k: data[k]
         for k in ("task", "objectives", "constraints", "sampler", "seed", "extra_metrics", "trial_timeout_s",
-                  "max_failures", "worker_grace_s", "duplicates")
+                  "max_failures", "worker_grace_s", "duplicates", "warm_start")
         if k in data and data[k] is not None
     }
     if isinstance(args.get("constraints"), Mapping):

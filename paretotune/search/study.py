@@ -49,6 +49,7 @@ SPEC_VERSION = 1
 SPEC_KEYS = {
     "version", "space", "objectives", "constraints", "sampler", "seed", "task",
     "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
+    "warm_start",
 }
 #: seconds a trial waits at tell-time for the baseline to finish (derived metrics need it)
 BASELINE_WAIT_S = 3600.0
@@ -58,6 +59,8 @@ DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 DEFAULT_WORKER_GRACE_S = 20.0
 #: what a sampler's proposal of an already measured config gets (spec key `duplicates`)
 DUPLICATE_POLICIES = ("reuse", "measure")
+#: what a new study queues after its baseline (spec key `warm_start`)
+WARM_STARTS = ("corners", "none")
 #: proposals of measured configs answered in one ask before the study steps to a neighbour
 MAX_DUPLICATE_STREAK = 8
 #: a stop reason that starts with this is a normal end, not an error
@@ -259,6 +262,19 @@ class Study:
             user_attrs={"baseline": True},
             skip_if_exists=False,
         )
+
+    def enqueue_warm_start(self) -> list[Config]:
+        """Queue the spec's warm start after the baseline (`warm_start_configs`)."""
+        if (self.spec.get("warm_start") or WARM_STARTS[0]) == "none":
+            return []
+        configs = warm_start_configs(self.space)
+        for config in configs:
+            self._optuna.enqueue_trial(
+                self.space.to_params(config), user_attrs={"warm_start": True}, skip_if_exists=False
+            )
+        if configs:
+            log.info("study %r: %d warm-start configs queued after the baseline", self.name, len(configs))
+        return configs
 
     def enqueue(self, values: Mapping[str, Any]) -> Config:
         """Queue a config to run before the sampler's own proposals (validated first; measured
@@ -620,6 +636,7 @@ def build_spec(
     max_failures: int | None = None,
     worker_grace_s: float | None = None,
     duplicates: str | None = None,
+    warm_start: str | None = None,
 ) -> dict[str, Any]:
     """Validate the pieces of a study and return the spec stored with it (JSON-able)."""
     if not isinstance(space, SearchSpace):
@@ -647,6 +664,8 @@ def build_spec(
         raise ConfigError(f"worker_grace_s must be a number of seconds >= 1, got {worker_grace_s!r}")
     if duplicates is not None and duplicates not in DUPLICATE_POLICIES:
         raise ConfigError(f"duplicates must be one of {list(DUPLICATE_POLICIES)}, got {duplicates!r}")
+    if warm_start is not None and warm_start not in WARM_STARTS:
+        raise ConfigError(f"warm_start must be one of {list(WARM_STARTS)}, got {warm_start!r}")
     return {
         "version": SPEC_VERSION,
         "space": space.to_dict(),
@@ -660,7 +679,37 @@ def build_spec(
         "max_failures": max_failures,
         "worker_grace_s": worker_grace_s,
         "duplicates": duplicates,
+        "warm_start": warm_start,
     }
+
+
+def warm_start_configs(space: SearchSpace) -> list[Config]:
+    """The corners of the space's main axes: one config per `engine` x `bit_width` value (the
+    dimensions of those names), every other dimension at its default, so a PerLayer precision
+    puts every layer at its default choice (int8 in the standard space) and an engine's
+    options at their defaults. The baseline and forbidden combinations are left out. These are
+    the textbook recipes (the whole model in each precision on each engine) that a search
+    should not have to stumble on; a space with neither dimension has none."""
+    axes = [
+        [(name, v) for v in dim.values() or ()]
+        for name in ("engine", "bit_width")
+        if (dim := space.dimensions.get(name)) is not None and not dim.when
+    ]
+    if not axes:
+        return []
+    combos: list[dict[str, Any]] = [{}]
+    for axis in axes:
+        combos = [{**c, name: v} for c in combos for name, v in axis]
+    baseline = space.baseline()
+    out: list[Config] = []
+    for values in combos:
+        try:
+            config = space.config(values, fill_defaults=True)
+        except (ConfigError, InvalidConfigError):
+            continue  # forbidden (an engine that cannot build that precision)
+        if config != baseline and config not in out:
+            out.append(config)
+    return out
 
 
 def _spec_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -705,6 +754,7 @@ def create_study_from_spec(
     store.save_spec(name, spec)
     study = Study(name, store, spec)
     study.enqueue_baseline()
+    study.enqueue_warm_start()
     return study
 
 

@@ -85,7 +85,9 @@ def standard_space(
     if ort_engines and 8 in bit_widths:
         ort_int8 = {"engine": ort_engines, "bit_width": 8}
         dims["quant_mode"] = Choice(["dynamic", "static"], when=ort_int8)
-        dims["per_channel"] = Choice([False, True], when=ort_int8)
+        # per-channel weight scales by default: they keep accuracy (all-MiniLM-L6-v2 int8
+        # dynamic: fidelity 0.992 against 0.957 per-tensor) at no speed cost
+        dims["per_channel"] = Choice([False, True], default=True, when=ort_int8)
     _gpu_dimensions(dims, engines, bit_widths)
     if layers and 8 in bit_widths:
         dims["precision"] = PerLayer(

@@ -50,6 +50,7 @@ def record_study(
     study = pt.create_study(
         name, url, space=SPACE, task=TASK, objectives=OBJECTIVES,
         constraints={"accuracy_drop": ("<=", 0.01)}, sampler="random", seed=0,
+        warm_start="none",  # the trials are the enqueued configs, in order
     )
     for config in configs:
         study.enqueue(config)

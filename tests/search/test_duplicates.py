@@ -60,7 +60,7 @@ def test_measure_policy_and_enqueued_configs_measure_again(tmp_path) -> None:
     drive(study, 20)
     assert study.counts()["DUPLICATE"] == 0
     reuse = pt.create_study("e", f"sqlite:///{tmp_path}/e.db", space=small_space(), objectives=OBJECTIVES,
-                            sampler="random", seed=3)
+                            sampler="random", seed=3, warm_start="none")
     drive(reuse, 1)  # the baseline
     reuse.enqueue(reuse.space.baseline())  # asked for by the user: measured though known
     drive(reuse, 2)

@@ -1,0 +1,63 @@
+"""A new study measures the corners of engine x bit width right after its baseline."""
+
+from __future__ import annotations
+
+import pytest
+
+import paretotune as pt
+from paretotune.errors import ConfigError
+from paretotune.search.study import warm_start_configs
+from paretotune.testing import FakeEvaluator
+
+OBJECTIVES = {"latency_p50_ms": "min", "accuracy": "max"}
+LAYERS = {"conv1": "Conv2d", "fc1": "Linear", "fc2": "Linear"}
+
+
+def space() -> pt.SearchSpace:
+    return pt.SearchSpace(
+        {
+            "engine": pt.Choice(["torch", "onnxruntime"]),
+            "bit_width": pt.Choice([32, 8, 4]),
+            "batch_size": pt.Choice([1, 8]),
+            "quant_mode": pt.Choice(["dynamic", "static"], when={"engine": "onnxruntime", "bit_width": 8}),
+            "precision": pt.PerLayer(["int8", "fp32"], layers=LAYERS, when={"bit_width": 8}),
+        },
+        forbidden=[{"engine": "torch", "bit_width": 4}],
+    )
+
+
+def test_corners_are_every_buildable_engine_and_bit_width_with_defaults_elsewhere() -> None:
+    corners = warm_start_configs(space())
+    pairs = [(c["engine"], c["bit_width"]) for c in corners]
+    # torch/32 is the baseline, torch/4 is forbidden
+    assert pairs == [("torch", 8), ("onnxruntime", 32), ("onnxruntime", 8), ("onnxruntime", 4)]
+    for c in corners:
+        assert c["batch_size"] == 1
+        if c["bit_width"] == 8:
+            assert set(c["precision"].values()) == {"int8"}  # the PerLayer default: all quantized
+    assert next(c for c in corners if pairs[corners.index(c)] == ("onnxruntime", 8))["quant_mode"] == "dynamic"
+    assert warm_start_configs(pt.SearchSpace({"x": pt.Float(0.0, 1.0)})) == []
+
+
+def test_a_new_study_measures_them_after_the_baseline(tmp_path) -> None:
+    study = pt.create_study("w", f"sqlite:///{tmp_path}/w.db", space=space(), objectives=OBJECTIVES, seed=0)
+    evaluator = FakeEvaluator()
+    for _ in range(5):
+        pending = study.ask()
+        study.tell(pending, evaluator(pending.config))
+    done = study.trials
+    assert done[0].is_baseline
+    assert [t.config for t in done[1:5]] == warm_start_configs(study.space)
+    # reopening the study queues nothing again
+    again = pt.load_study("w", f"sqlite:///{tmp_path}/w.db")
+    assert not [t for t in again.trials if t.state == pt.TrialState.WAITING]
+    pt.create_study("w", f"sqlite:///{tmp_path}/w.db", space=space(), objectives=OBJECTIVES, seed=0)
+    assert not [t for t in again.trials if t.state == pt.TrialState.WAITING]
+
+
+def test_none_leaves_the_start_to_the_sampler_and_bad_values_are_refused(tmp_path) -> None:
+    study = pt.create_study("n", f"sqlite:///{tmp_path}/n.db", space=space(), objectives=OBJECTIVES,
+                            warm_start="none")
+    assert [t.is_baseline for t in study.trials] == [True]
+    with pytest.raises(ConfigError, match=r"warm_start must be one of \['corners', 'none'\], got 'all'"):
+        pt.create_study("b", f"sqlite:///{tmp_path}/b.db", space=space(), objectives=OBJECTIVES, warm_start="all")
