@@ -56,22 +56,28 @@ HAND_TUNED = "hand-tuned: onnxruntime int8 dynamic per-channel"
 
 ROUNDS = 5
 BEST = "best found by the study"
+#: the study's fastest feasible configs re-measured with the references
+CONFIRM = 3
 
 
 def measure_references(
-    cache_dir: str, best: dict[str, Any] | None = None, rounds: int = ROUNDS
+    cache_dir: str, candidates: list[dict[str, Any]] | None = None, rounds: int = ROUNDS
 ) -> dict[str, dict[str, Any]]:
-    """In this (fresh) process: the three references and the study's best config at batch 1,
-    one thread, timed round-robin `rounds` times (each a full stable-window measurement), so
-    slow drift of this shared machine hits every config alike. Each config's p50 is the median
-    over rounds; its ratio to ORT fp32 is the median of the per-round ratios, with the range."""
+    """In this (fresh) process: the three references and the study's fastest candidates at
+    batch 1, one thread, timed round-robin `rounds` times (each a full stable-window
+    measurement), so slow drift of this shared machine hits every config alike. Each config's
+    p50 is the median over rounds; its ratio to ORT fp32 is the median of the per-round ratios,
+    with the range. The candidate with the lowest median is also reported as BEST."""
     from examples.minilm import task
     from paretotune.evaluators import TaskEvaluator
 
     evaluator = TaskEvaluator(task, cache_dir=cache_dir)
-    configs = {label: {**config, "prune_ratio": 0.0} for label, config in REFERENCES.items()}
-    if best is not None:
-        configs[BEST] = dict(best)
+    configs = {label: dict(config) for label, config in REFERENCES.items()}
+    trial_of: dict[str, int] = {}
+    for candidate in candidates or []:
+        label = f"study trial {candidate['trial']}"
+        configs[label] = dict(candidate["config"])
+        trial_of[label] = candidate["trial"]
     p50s: dict[str, list[float]] = {label: [] for label in configs}
     stable: dict[str, list[bool]] = {label: [] for label in configs}
     first: dict[str, Any] = {}
@@ -95,30 +101,36 @@ def measure_references(
             "stable": f"{sum(stable[label])}/{rounds}",
             "rounds": rounds,
         }
+    if trial_of:
+        best = min(trial_of, key=lambda label: out[label]["latency_p50_ms"])
+        out[BEST] = {**out[best], "trial": trial_of[best]}
     return out
 
 
-def best_config(result: dict[str, Any]) -> dict[str, Any] | None:
-    """The fastest feasible config of the study at fidelity >= MIN_FIDELITY (batch and threads
-    left to the reference measurement), or None."""
-    good = [
-        t for t in result["trials"]
-        if t["feasible"] and t["accuracy"] is not None and t["accuracy"] >= MIN_FIDELITY
-    ]
-    if not good:
-        return None
-    config = dict(min(good, key=lambda t: t["latency_p50_ms"])["config"])
-    config.pop("batch_size", None)
-    config.pop("threads", None)
-    return config
+def best_configs(result: dict[str, Any], k: int = CONFIRM) -> list[dict[str, Any]]:
+    """The study's `k` fastest distinct feasible configs at fidelity >= MIN_FIDELITY (by their
+    one in-study measurement), with their trial numbers: what gets re-measured."""
+    good = sorted(
+        (t for t in result["trials"]
+         if t["feasible"] and t["accuracy"] is not None and t["accuracy"] >= MIN_FIDELITY),
+        key=lambda t: t["latency_p50_ms"],
+    )
+    out: list[dict[str, Any]] = []
+    for t in good:
+        config = {k2: v for k2, v in t["config"].items() if k2 not in ("batch_size", "threads")}
+        if all(c["config"] != config for c in out):
+            out.append({"trial": t["number"], "config": config})
+        if len(out) == k:
+            break
+    return out
 
 
 def _references_in_fresh_process(
-    cache_dir: str, best: dict[str, Any] | None, rounds: int
+    cache_dir: str, candidates: list[dict[str, Any]], rounds: int
 ) -> dict[str, dict[str, Any]]:
     command = [sys.executable, __file__, "--references", "--cache-dir", cache_dir, "--rounds", str(rounds)]
-    if best is not None:
-        command += ["--best", json.dumps(best)]
+    if candidates:
+        command += ["--candidates", json.dumps(candidates)]
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"measuring the references failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -134,6 +146,7 @@ def run(
     tmp: str,
     max_prune_ratio: float | None = None,
     granularity: str = "block",
+    warm_start: str | None = None,
 ) -> dict[str, Any]:
     import paretotune as pt
     from examples.minilm import task
@@ -150,6 +163,7 @@ def run(
         constraints={"accuracy_drop": ("<=", MAX_DROP)},
         **({"sampler": sampler} if sampler else {}),
         seed=seed,
+        warm_start=warm_start,
     )
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -199,7 +213,8 @@ def is_hand_tuned(config: dict[str, Any] | None) -> bool:
         return False
     want = {**REFERENCES[HAND_TUNED], "prune_ratio": 0.0}
     precision = config.get("precision") or {}
-    return all(config.get(k) == v for k, v in want.items()) and all(
+    defaults = {"prune_ratio": 0.0}  # a space without pruning has no prune_ratio key
+    return all(config.get(k, defaults.get(k)) == v for k, v in want.items()) and all(
         v == "int8" for v in precision.values()
     )
 
@@ -229,6 +244,7 @@ def summarize(result: dict[str, Any], refs: dict[str, dict[str, Any]]) -> dict[s
         "best_speedup_vs_torch_fp32": torch_ms / best["latency_p50_ms"] if best else None,
         "best_speedup_vs_ort_fp32": ort_ms / best["latency_p50_ms"] if best else None,
         # re-measured round-robin with the references in one fresh process
+        "paired_best_trial": paired.get("trial") if paired else None,
         "paired_best_vs_ort_fp32": paired["x_ort_fp32"] if paired else None,
         "paired_best_vs_ort_fp32_range": paired["x_ort_fp32_range"] if paired else None,
         "paired_best_vs_torch_fp32": torch_ms / paired["latency_p50_ms"] if paired else None,
@@ -299,7 +315,8 @@ def markdown(result: dict[str, Any], refs: dict[str, dict[str, Any]], summary: d
             f"- best at fidelity >= {MIN_FIDELITY}: trial {s['best_trial']['number']} (measured trial "
             f"{s['best_measured_trial']}); in the study {s['best_speedup_vs_torch_fp32']:.2f}x torch "
             f"eager fp32 and {s['best_speedup_vs_ort_fp32']:.2f}x ORT fp32 (against the references' "
-            f"medians); re-measured with the references: {s['paired_best_vs_ort_fp32']:.2f}x ORT fp32 "
+            f"medians); the {CONFIRM} fastest re-measured with the references, best trial "
+            f"{s['paired_best_trial']}: {s['paired_best_vs_ort_fp32']:.2f}x ORT fp32 "
             f"({lo:.2f}-{hi:.2f}), {s['paired_best_vs_torch_fp32']:.2f}x torch eager fp32; hand-tuned "
             f"{s['hand_tuned_speedup_vs_ort_fp32']:.2f}x ORT fp32; matches the hand-tuned point "
             f"(within {MATCH_TOLERANCE:.2f}x): {s['paired_matches_hand_tuned']}"
@@ -331,10 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         "--granularity", default="block", choices=["layer", "block", "type"],
         help="per-layer precision granularity (default block: int8/fp32 per encoder block)",
     )
+    parser.add_argument(
+        "--warm-start", default=None, choices=["corners", "none"],
+        help="the study's warm start (default: the project's, corners)",
+    )
     parser.add_argument("--cache-dir", default=None, help="artifact cache (default: temporary)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--references", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--best", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--candidates", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=None, help=f"reference rounds (default {ROUNDS}, quick 2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -342,18 +363,18 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.references:
-        best = json.loads(args.best) if args.best else None
-        print(json.dumps(measure_references(args.cache_dir, best, args.rounds or ROUNDS)))
+        candidates = json.loads(args.candidates) if args.candidates else None
+        print(json.dumps(measure_references(args.cache_dir, candidates, args.rounds or ROUNDS)))
         return 0
     n_trials = args.n_trials or (8 if args.quick else 60)
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = args.cache_dir or os.path.join(tmp, "cache")
         result = run(
             n_trials, args.n_workers, args.sampler, args.seed, cache_dir, tmp,
-            args.max_prune_ratio, args.granularity,
+            args.max_prune_ratio, args.granularity, args.warm_start,
         )
         rounds = args.rounds or (2 if args.quick else ROUNDS)
-        refs = _references_in_fresh_process(cache_dir, best_config(result), rounds)
+        refs = _references_in_fresh_process(cache_dir, best_configs(result), rounds)
     summary = summarize(result, refs)
     from paretotune.evaluators import hardware_fingerprint
 
@@ -361,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"MiniLM (all-MiniLM-L6-v2), {n_trials} trials, {args.n_workers} workers, sampler "
         f"{args.sampler or 'default'}, seed {args.seed}, max prune ratio {args.max_prune_ratio}, "
-        f"precision granularity {args.granularity}; "
+        f"precision granularity {args.granularity}, warm start {args.warm_start or 'default'}; "
         f"{hw['cpu_model']}, "
         f"{hw['logical_cores']} cores; torch {hw['versions']['torch']}, onnxruntime "
         f"{hw['versions']['onnxruntime']}\n"

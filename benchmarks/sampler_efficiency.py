@@ -88,12 +88,11 @@ SAMPLERS: list[tuple[str, Any]] = [
     ("gp", "gp"),
     ("random", "random"),
     ("grid", "grid"),
-    # Optuna 5's own defaults (create_study's default sampler is TPESampler() for any number
-    # of objectives): the project's factory sets multivariate/group, so undo them explicitly
-    (
-        "optuna TPESampler()",
-        {"name": "tpe", "multivariate": None, "group": False, "constant_liar": True},
-    ),
+    # the project's tpe before 2026-11-21: the joint (multivariate, grouped) model
+    ("tpe multivariate", {"name": "tpe", "multivariate": True, "group": True}),
+    # Optuna 5's own default (create_study's default sampler is TPESampler() for any number
+    # of objectives); the project's tpe is the same plus constant_liar
+    ("optuna TPESampler()", {"name": "tpe", "constant_liar": False}),
     ("optuna NSGAIISampler()", {"name": "nsga2", "population_size": 50}),
 ]
 FRACTIONS = (0.05, 0.10, 0.20)

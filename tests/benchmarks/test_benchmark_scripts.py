@@ -194,7 +194,20 @@ def test_minilm_summary_finds_the_first_match() -> None:
     assert not mini.summarize({"trials": trials}, {**refs, mini.BEST: {**refs[mini.BEST], "x_ort_fp32": 2.3}})[
         "paired_matches_hand_tuned"
     ]
-    assert mini.best_config({"trials": trials}) == {"engine": "onnxruntime"}
+    ort8 = {"engine": "onnxruntime", "bit_width": 8, "batch_size": 1}
+    candidates = mini.best_configs({"trials": [
+        {**trials[0], "config": {"engine": "torch", "batch_size": 1}},
+        {**trials[2], "config": ort8},
+        {**trials[3], "config": {**ort8, "batch_size": 8}},  # the same build at another batch
+        {"number": 7, "latency_p50_ms": 3.0, "accuracy": 0.999, "feasible": True, "config": {"engine": "x"}},
+    ]})
+    assert candidates == [
+        {"trial": 5, "config": {"engine": "onnxruntime", "bit_width": 8}},
+        {"trial": 7, "config": {"engine": "x"}},
+        {"trial": 0, "config": {"engine": "torch"}},
+    ]
+    assert mini.is_hand_tuned({"engine": "onnxruntime", "bit_width": 8, "quant_mode": "dynamic",
+                               "per_channel": True, "precision": {"a": "int8"}})
 
 
 @pytest.mark.slow
@@ -205,8 +218,11 @@ def test_minilm_study_tiny(tmp_path: Path) -> None:
     payload = json.loads(out.read_text())
     assert payload["result"]["counts"]["COMPLETE"] == 2
     mini = _script("minilm_study")
-    assert set(payload["references"]) <= set(mini.REFERENCES) | {mini.BEST}
+    labels = set(payload["references"]) - set(mini.REFERENCES) - {mini.BEST}
     assert set(mini.REFERENCES) <= set(payload["references"])
+    assert labels and all(label.startswith("study trial ") for label in labels)  # re-measured
+    if mini.BEST in payload["references"]:
+        assert f"study trial {payload['references'][mini.BEST]['trial']}" in labels
     assert all(r["rounds"] == 2 for r in payload["references"].values())
     assert payload["result"]["phases_s"]["total"] > 0
     assert 0 in payload["result"]["front"] or payload["result"]["front"]
