@@ -309,9 +309,8 @@ class Study:
                 ot.set_user_attr("invalid_reason", str(exc))
                 self._optuna.tell(ot, state=OptunaState.PRUNED)
                 log.debug("trial %d invalid: %s", ot.number, exc)
-                replacement = self.space.sample(self._rng)
                 self._optuna.enqueue_trial(
-                    self.space.to_params(replacement), user_attrs={"replaces_invalid": ot.number}
+                    self.space.to_params(self._untried_sample()), user_attrs={"replaces_invalid": ot.number}
                 )
                 continue
             except Exception as exc:
@@ -369,6 +368,16 @@ class Study:
                 ot.set_constraint(str(c), c.violation(metrics[c.metric]))
         self._tell_optuna(ot, [metrics[m] for m in self.objectives])
         log.debug("trial %d: config already measured as trial %d; reused", ot.number, earlier.number)
+
+    def _untried_sample(self, tries: int = 50) -> Config:
+        """A random valid config that no trial has tried yet (any random one if none is found)."""
+        tried = {self._params_key(ft.params) for ft in self._optuna.get_trials(deepcopy=False)}
+        config = self.space.sample(self._rng)
+        for _ in range(tries):
+            if self._params_key(self.space.to_params(config)) not in tried:
+                break
+            config = self.space.sample(self._rng)
+        return config
 
     def _step_off(self, config: Config, number: int) -> bool:
         """Queue a neighbour of `config` that no trial has tried yet (else any untried config)."""

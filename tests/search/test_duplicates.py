@@ -110,3 +110,20 @@ def test_neighbour_changes_one_param_and_stays_valid() -> None:
         assert changed and (len(changed) == 1 or changed <= {"bit_width", "quant_mode"})
         seen.add(n.hash)
     assert len(seen) >= 4
+
+
+def test_replacements_of_forbidden_proposals_are_untried_configs(tmp_path) -> None:
+    space = pt.SearchSpace(
+        {"engine": pt.Choice(["torch", "onnxruntime"]), "bit_width": pt.Choice([32, 16, 8, 4]),
+         "batch_size": pt.Choice([1, 2, 4, 8, 16, 32])},
+        forbidden=[{"engine": "torch", "bit_width": 4}, {"engine": "onnxruntime", "bit_width": 16}],
+    )  # 36 valid configs
+    study = pt.create_study("r", f"sqlite:///{tmp_path}/r.db", space=space, objectives=OBJECTIVES,
+                            sampler="random", seed=4, warm_start="none")
+    drive(study, 20)
+    frozen = study.optuna_study.trials
+    replacements = [ft for ft in frozen if "replaces_invalid" in ft.user_attrs]
+    assert replacements, "the random sampler lands on a forbidden pair now and then"
+    for ft in replacements:
+        earlier = [f.params for f in frozen if f.number < ft.number]
+        assert ft.params not in earlier
