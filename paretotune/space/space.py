@@ -248,7 +248,11 @@ class SearchSpace:
         for name, dim in self.dimensions.items():
             if isinstance(dim, PerLayer):
                 groups = dim.groups()
-                if any(f"{name}.{g}" in params for g in groups):
+                given = [g for g in groups if f"{name}.{g}" in params]
+                if given and len(given) < len(groups):  # a trial still being suggested, say
+                    missing = [f"{name}.{g}" for g in groups if g not in given]
+                    raise ConfigError(f"params: {name} is incomplete, missing {missing}")
+                if given:
                     values[name] = {
                         layer: params[f"{name}.{g}"] for g, members in groups.items() for layer in members
                     }

@@ -169,3 +169,27 @@ def test_standard_space_prunes_only_tasks_that_can_recover() -> None:
     assert "prune_ratio" not in pt.SearchSpace.standard(_Task(), max_prune_ratio=0).dimensions
     with pytest.raises(pt.ConfigError, match=r"max_prune_ratio must be in \[0, 1\), got 1.5"):
         pt.SearchSpace.standard(_Task(), max_prune_ratio=1.5)
+
+
+def test_a_trial_still_being_suggested_reads_as_incomplete_not_a_crash(tmp_path) -> None:
+    space = standard_space(_Task())
+    params = space.to_params(space.config({"engine": "onnxruntime", "bit_width": 8, "batch_size": 1},
+                                          fill_defaults=True))
+    partial = {k: v for k, v in params.items() if k != f"precision.{next(iter(LAYERS))}"}
+    with pytest.raises(pt.ConfigError, match=r"params: precision is incomplete, missing \['precision\."):
+        space.from_params(partial)
+    # a study lists such a trial (another worker is mid-ask) as RUNNING without a config
+    study = pt.create_study("mid", f"sqlite:///{tmp_path}/mid.db", space=space,
+                            objectives=["latency_p50_ms", "accuracy"], warm_start="none")
+    from paretotune.testing import FakeEvaluator
+
+    pending = study.ask()  # the baseline
+    study.tell(pending, FakeEvaluator()(pending.config))
+    ot = study.optuna_study.ask()
+    for name in ("engine", "bit_width", "batch_size"):
+        ot.suggest_categorical(name, list(space.dimensions[name].values() or ()))
+    for name in partial:
+        if name.startswith("precision."):
+            ot.suggest_categorical(name, ["int8", "fp32"])
+    mid = [t for t in study.trials if t.state == pt.TrialState.RUNNING]
+    assert len(mid) == 1 and mid[0].config is None
