@@ -304,37 +304,46 @@ class Study:
         for _ in range(MAX_INVALID_STREAK):
             ot = self._optuna.ask()
             try:
-                config = self.space.suggest(ot)
-            except InvalidConfigError as exc:
-                ot.set_user_attr("invalid_reason", str(exc))
-                self._optuna.tell(ot, state=OptunaState.PRUNED)
-                log.debug("trial %d invalid: %s", ot.number, exc)
-                self._optuna.enqueue_trial(
-                    self.space.to_params(self._untried_sample()), user_attrs={"replaces_invalid": ot.number}
-                )
-                continue
+                pending = self._resolve_proposal(ot)
             except Exception as exc:
                 if is_transient(exc):
-                    # The store failed halfway through sampling: don't leave the half-made
-                    # trial RUNNING forever. Record why (riding out the outage), then re-raise.
+                    # The store failed halfway through this proposal (sampling, answering a
+                    # duplicate, recording an invalid one): no claim is bound to the trial yet,
+                    # so nobody would reap it. Record why (riding out the outage), re-raise.
                     retry(self.tell_failure_by_number, ot.number,
                           f"store connection lost while sampling ({type(exc).__name__})",
                           what="record the interrupted ask")
                 raise
-            earlier = self._earlier_measurement(ot)
-            if earlier is not None:
-                self._duplicates += 1
-                if self._duplicates >= MAX_DUPLICATE_STREAK:
-                    self._duplicates = 0
-                    if not self._step_off(config, earlier.number):
-                        return PendingTrial(ot.number, config, False, ot)  # measure it again
-                self._answer_duplicate(ot, earlier)
-                continue
-            return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)
+            if pending is not None:
+                return pending
         raise StudyError(
             f"the sampler proposed {MAX_INVALID_STREAK} forbidden configs in a row; "
             "check the space's `forbidden` rules"
         )
+
+    def _resolve_proposal(self, ot: optuna.trial.Trial) -> PendingTrial | None:
+        """The trial to evaluate, or None when this proposal was answered (INVALID or
+        DUPLICATE) and the sampler must be asked again."""
+        try:
+            config = self.space.suggest(ot)
+        except InvalidConfigError as exc:
+            ot.set_user_attr("invalid_reason", str(exc))
+            self._optuna.tell(ot, state=OptunaState.PRUNED)
+            log.debug("trial %d invalid: %s", ot.number, exc)
+            self._optuna.enqueue_trial(
+                self.space.to_params(self._untried_sample()), user_attrs={"replaces_invalid": ot.number}
+            )
+            return None
+        earlier = self._earlier_measurement(ot)
+        if earlier is not None:
+            self._duplicates += 1
+            if self._duplicates >= MAX_DUPLICATE_STREAK:
+                self._duplicates = 0
+                if not self._step_off(config, earlier.number):
+                    return PendingTrial(ot.number, config, False, ot)  # measure it again
+            self._answer_duplicate(ot, earlier)
+            return None
+        return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)
 
     @staticmethod
     def _params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:

@@ -127,3 +127,21 @@ def test_replacements_of_forbidden_proposals_are_untried_configs(tmp_path) -> No
     for ft in replacements:
         earlier = [f.params for f in frozen if f.number < ft.number]
         assert ft.params not in earlier
+
+
+def test_a_store_failure_while_answering_a_duplicate_leaves_no_trial_running(tmp_path, monkeypatch) -> None:
+    import sqlalchemy as sa
+
+    study = pt.create_study("o", f"sqlite:///{tmp_path}/o.db", space=small_space(), objectives=OBJECTIVES,
+                            sampler="random", seed=1, warm_start="none")
+    drive(study, 12)  # every config measured: the next proposal is a duplicate
+
+    def lost_connection(*args, **kwargs):
+        raise sa.exc.OperationalError("UPDATE trials", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(study, "_answer_duplicate", lost_connection)
+    with pytest.raises(sa.exc.OperationalError):
+        study.ask()
+    assert study.counts()["RUNNING"] == 0
+    failed = [t for t in study.trials if t.state == pt.TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].reason.startswith("store connection lost while sampling")
