@@ -158,7 +158,7 @@ class Study:
         self.duplicates: str = spec.get("duplicates") or DUPLICATE_POLICIES[0]
         self._measured: dict[tuple[tuple[str, Any], ...], optuna.trial.FrozenTrial] = {}
         self._measured_seen: set[int] = set()
-        self._duplicates = 0  # proposals answered from earlier measurements since a step off
+        self._answered = 0  # proposals answered from earlier measurements since a step off
         #: the task object given at creation, used when optimize() gets no evaluator
         self.task: Any = None
         #: called while a tell waits for the baseline (workers reap lost trials there, so a
@@ -336,9 +336,9 @@ class Study:
             return None
         earlier = self._earlier_measurement(ot)
         if earlier is not None:
-            self._duplicates += 1
-            if self._duplicates >= MAX_DUPLICATE_STREAK:
-                self._duplicates = 0
+            self._answered += 1
+            if self._answered >= MAX_DUPLICATE_STREAK:
+                self._answered = 0
                 if not self._step_off(config, earlier.number):
                     return PendingTrial(ot.number, config, False, ot)  # measure it again
             self._answer_duplicate(ot, earlier)
@@ -364,48 +364,51 @@ class Study:
         if self.duplicates != "reuse" or ot.user_attrs:  # enqueued configs carry attributes
             return None
         earlier = self._measured_trials().get(self._params_key(ot.params))
-        if earlier is None or any(m not in earlier.user_attrs["metrics"] for m in self.objectives):
+        needed = [*self.objectives, *(c.metric for c in self.constraints)]
+        if earlier is None or any(m not in earlier.user_attrs["metrics"] for m in needed):
             return None
         return earlier
 
     def _answer_duplicate(self, ot: optuna.trial.Trial, earlier: optuna.trial.FrozenTrial) -> None:
-        metrics = dict(earlier.user_attrs["metrics"])
         ot.set_user_attr("duplicate_of", earlier.number)
-        ot.set_user_attr("metrics", metrics)
-        for c in self.constraints:
-            if c.metric in metrics:
-                ot.set_constraint(str(c), c.violation(metrics[c.metric]))
-        self._tell_optuna(ot, [metrics[m] for m in self.objectives])
+        self._tell_metrics(ot, dict(earlier.user_attrs["metrics"]))
         log.debug("trial %d: config already measured as trial %d; reused", ot.number, earlier.number)
 
-    def _untried_sample(self, tries: int = 50) -> Config:
+    def _tried(self) -> set[tuple[tuple[str, Any], ...]]:
+        """The params of every trial so far, in any state."""
+        return {self._params_key(ft.params) for ft in self._optuna.get_trials(deepcopy=False)}
+
+    def _untried_sample(self, tried: set[tuple[tuple[str, Any], ...]] | None = None, tries: int = 50) -> Config:
         """A random valid config that no trial has tried yet (any random one if none is found)."""
-        tried = {self._params_key(ft.params) for ft in self._optuna.get_trials(deepcopy=False)}
-        config = self.space.sample(self._rng)
+        tried = self._tried() if tried is None else tried
         for _ in range(tries):
-            if self._params_key(self.space.to_params(config)) not in tried:
-                break
             config = self.space.sample(self._rng)
-        return config
+            if self._params_key(self.space.to_params(config)) not in tried:
+                return config
+        return self.space.sample(self._rng)
 
     def _step_off(self, config: Config, number: int) -> bool:
-        """Queue a neighbour of `config` that no trial has tried yet (else any untried config)."""
-        tried = {self._params_key(ft.params) for ft in self._optuna.get_trials(deepcopy=False)}
-        candidates: list[Config] = []
+        """Queue a neighbour of `config` that no trial has tried yet (else any untried config);
+        False when none is found."""
+        tried = self._tried()
+        candidate: Config | None = None
         for _ in range(50):
             try:
-                candidates.append(self.space.neighbor(config, self._rng))
-                candidates.append(self.space.sample(self._rng))
+                neighbour = self.space.neighbor(config, self._rng)
             except ConfigError:
                 break
-        for candidate in candidates:
-            params = self.space.to_params(candidate)
-            if self._params_key(params) not in tried:
-                self._optuna.enqueue_trial(params, user_attrs={"steps_off": number})
-                log.info("the sampler keeps proposing measured configs; trying a neighbour of trial %d", number)
-                return True
-        log.info("no untried config found near trial %d; it will be measured again", number)
-        return False
+            if self._params_key(self.space.to_params(neighbour)) not in tried:
+                candidate = neighbour
+                break
+        if candidate is None:
+            candidate = self._untried_sample(tried)
+        params = self.space.to_params(candidate)
+        if self._params_key(params) in tried:
+            log.info("no untried config found near trial %d; it will be measured again", number)
+            return False
+        self._optuna.enqueue_trial(params, user_attrs={"steps_off": number})
+        log.info("the sampler keeps proposing measured configs; trying a neighbour of trial %d", number)
+        return True
 
     def tell_failure_by_number(self, number: int, reason: str) -> bool:
         """FAIL a RUNNING trial by number (reaper, interrupted ask). False if it had finished."""
@@ -471,10 +474,7 @@ class Study:
         )
         ot = pending._optuna_trial
         try:
-            ot.set_user_attr("metrics", metrics)
-            for c in self.constraints:
-                ot.set_constraint(str(c), c.violation(metrics[c.metric]))
-            self._tell_optuna(ot, [metrics[m] for m in self.objectives])
+            self._tell_metrics(ot, metrics)
         except UpdateFinishedTrialError:
             # Either an earlier attempt of this tell got through before the connection
             # dropped, or a reaper declared our worker lost. The measurement is stored anyway.
@@ -487,6 +487,13 @@ class Study:
                              is_baseline=pending.is_baseline)
         return Trial(pending.number, TrialState.COMPLETE, pending.config, metrics,
                      feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline)
+
+    def _tell_metrics(self, ot: optuna.trial.Trial, metrics: dict[str, float]) -> None:
+        """Store the metrics on the Optuna trial, set its constraint values, tell objectives."""
+        ot.set_user_attr("metrics", metrics)
+        for c in self.constraints:
+            ot.set_constraint(str(c), c.violation(metrics[c.metric]))
+        self._tell_optuna(ot, [metrics[m] for m in self.objectives])
 
     def _tell_optuna(self, ot: optuna.trial.Trial, values: list[float]) -> None:
         try:

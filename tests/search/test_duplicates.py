@@ -27,8 +27,8 @@ def drive(study: pt.Study, n: int) -> None:
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
-def test_measured_configs_are_reused_and_the_budget_goes_to_new_ones(tmp_path, sampler) -> None:
-    study = pt.create_study("d", f"sqlite:///{tmp_path}/d.db", space=small_space(), objectives=OBJECTIVES,
+def test_measured_configs_are_reused_and_the_budget_goes_to_new_ones(storage_url, sampler) -> None:
+    study = pt.create_study("d", storage_url, space=small_space(), objectives=OBJECTIVES,
                             sampler=sampler, seed=1)
     drive(study, 10)
     done = [t for t in study.trials if t.state == pt.TrialState.COMPLETE]
@@ -46,20 +46,20 @@ def test_measured_configs_are_reused_and_the_budget_goes_to_new_ones(tmp_path, s
     assert len(front) and all(t.state == pt.TrialState.COMPLETE for t in front)
 
 
-def test_an_exhausted_space_is_measured_again(tmp_path) -> None:
-    study = pt.create_study("x", f"sqlite:///{tmp_path}/x.db", space=small_space(), objectives=OBJECTIVES,
+def test_an_exhausted_space_is_measured_again(storage_url) -> None:
+    study = pt.create_study("x", storage_url, space=small_space(), objectives=OBJECTIVES,
                             sampler="random", seed=2)
     drive(study, 15)  # more than the 12 configs: three must be repeats
     done = [t for t in study.trials if t.state == pt.TrialState.COMPLETE]
     assert len(done) == 15 and len({t.config.hash for t in done}) == 12
 
 
-def test_measure_policy_and_enqueued_configs_measure_again(tmp_path) -> None:
-    study = pt.create_study("m", f"sqlite:///{tmp_path}/m.db", space=small_space(), objectives=OBJECTIVES,
+def test_measure_policy_and_enqueued_configs_measure_again(storage_url) -> None:
+    study = pt.create_study("m", storage_url, space=small_space(), objectives=OBJECTIVES,
                             sampler="random", seed=3, duplicates="measure")
     drive(study, 20)
     assert study.counts()["DUPLICATE"] == 0
-    reuse = pt.create_study("e", f"sqlite:///{tmp_path}/e.db", space=small_space(), objectives=OBJECTIVES,
+    reuse = pt.create_study("e", storage_url, space=small_space(), objectives=OBJECTIVES,
                             sampler="random", seed=3, warm_start="none")
     drive(reuse, 1)  # the baseline
     reuse.enqueue(reuse.space.baseline())  # asked for by the user: measured though known
@@ -68,9 +68,9 @@ def test_measure_policy_and_enqueued_configs_measure_again(tmp_path) -> None:
     assert done[0].config == done[1].config
 
 
-def test_a_sampler_stuck_on_measured_configs_is_stepped_to_a_neighbour(tmp_path) -> None:
+def test_a_sampler_stuck_on_measured_configs_is_stepped_to_a_neighbour(storage_url) -> None:
     space = pt.SearchSpace({"x": pt.Int(0, 30), "y": pt.Int(0, 30)})
-    study = pt.create_study("s", f"sqlite:///{tmp_path}/s.db", space=space, objectives=OBJECTIVES,
+    study = pt.create_study("s", storage_url, space=space, objectives=OBJECTIVES,
                             sampler="grid", seed=0)
     drive(study, 2)
     # a user enqueueing the same point again and again stands in for a stuck sampler
@@ -83,9 +83,9 @@ def test_a_sampler_stuck_on_measured_configs_is_stepped_to_a_neighbour(tmp_path)
     assert len({t.config.hash for t in measured}) == 3
 
 
-def test_bad_policy_is_refused(tmp_path) -> None:
+def test_bad_policy_is_refused(storage_url) -> None:
     with pytest.raises(ConfigError, match=r"duplicates must be one of \['reuse', 'measure'\], got 'skip'"):
-        pt.create_study("b", f"sqlite:///{tmp_path}/b.db", space=small_space(), objectives=OBJECTIVES,
+        pt.create_study("b", storage_url, space=small_space(), objectives=OBJECTIVES,
                         duplicates="skip")
 
 
@@ -112,13 +112,13 @@ def test_neighbour_changes_one_param_and_stays_valid() -> None:
     assert len(seen) >= 4
 
 
-def test_replacements_of_forbidden_proposals_are_untried_configs(tmp_path) -> None:
+def test_replacements_of_forbidden_proposals_are_untried_configs(storage_url) -> None:
     space = pt.SearchSpace(
         {"engine": pt.Choice(["torch", "onnxruntime"]), "bit_width": pt.Choice([32, 16, 8, 4]),
          "batch_size": pt.Choice([1, 2, 4, 8, 16, 32])},
         forbidden=[{"engine": "torch", "bit_width": 4}, {"engine": "onnxruntime", "bit_width": 16}],
     )  # 36 valid configs
-    study = pt.create_study("r", f"sqlite:///{tmp_path}/r.db", space=space, objectives=OBJECTIVES,
+    study = pt.create_study("r", storage_url, space=space, objectives=OBJECTIVES,
                             sampler="random", seed=4, warm_start="none")
     drive(study, 20)
     frozen = study.optuna_study.trials
@@ -129,10 +129,10 @@ def test_replacements_of_forbidden_proposals_are_untried_configs(tmp_path) -> No
         assert ft.params not in earlier
 
 
-def test_a_store_failure_while_answering_a_duplicate_leaves_no_trial_running(tmp_path, monkeypatch) -> None:
+def test_a_store_failure_while_answering_a_duplicate_leaves_no_trial_running(storage_url, monkeypatch) -> None:
     import sqlalchemy as sa
 
-    study = pt.create_study("o", f"sqlite:///{tmp_path}/o.db", space=small_space(), objectives=OBJECTIVES,
+    study = pt.create_study("o", storage_url, space=small_space(), objectives=OBJECTIVES,
                             sampler="random", seed=1, warm_start="none")
     drive(study, 12)  # every config measured: the next proposal is a duplicate
 

@@ -39,8 +39,8 @@ def test_corners_are_every_buildable_engine_and_bit_width_with_defaults_elsewher
     assert warm_start_configs(pt.SearchSpace({"x": pt.Float(0.0, 1.0)})) == []
 
 
-def test_a_new_study_measures_them_after_the_baseline(tmp_path) -> None:
-    study = pt.create_study("w", f"sqlite:///{tmp_path}/w.db", space=space(), objectives=OBJECTIVES, seed=0)
+def test_a_new_study_measures_them_after_the_baseline(storage_url) -> None:
+    study = pt.create_study("w", storage_url, space=space(), objectives=OBJECTIVES, seed=0)
     evaluator = FakeEvaluator()
     for _ in range(5):
         pending = study.ask()
@@ -49,15 +49,15 @@ def test_a_new_study_measures_them_after_the_baseline(tmp_path) -> None:
     assert done[0].is_baseline
     assert [t.config for t in done[1:5]] == warm_start_configs(study.space)
     # reopening the study queues nothing again
-    again = pt.load_study("w", f"sqlite:///{tmp_path}/w.db")
+    again = pt.load_study("w", storage_url)
     assert not [t for t in again.trials if t.state == pt.TrialState.WAITING]
-    pt.create_study("w", f"sqlite:///{tmp_path}/w.db", space=space(), objectives=OBJECTIVES, seed=0)
+    pt.create_study("w", storage_url, space=space(), objectives=OBJECTIVES, seed=0)
     assert not [t for t in again.trials if t.state == pt.TrialState.WAITING]
 
 
-def test_none_leaves_the_start_to_the_sampler_and_bad_values_are_refused(tmp_path) -> None:
-    study = pt.create_study("n", f"sqlite:///{tmp_path}/n.db", space=space(), objectives=OBJECTIVES,
+def test_none_leaves_the_start_to_the_sampler_and_bad_values_are_refused(storage_url) -> None:
+    study = pt.create_study("n", storage_url, space=space(), objectives=OBJECTIVES,
                             warm_start="none")
     assert [t.is_baseline for t in study.trials] == [True]
     with pytest.raises(ConfigError, match=r"warm_start must be one of \['corners', 'none'\], got 'all'"):
-        pt.create_study("b", f"sqlite:///{tmp_path}/b.db", space=space(), objectives=OBJECTIVES, warm_start="all")
+        pt.create_study("b", storage_url, space=space(), objectives=OBJECTIVES, warm_start="all")
