@@ -1,4 +1,4 @@
-"""The `paretotune` command: run, worker, status, pareto, trials (and export, report).
+"""The `paretotune` command: run, worker, status, pareto, trials (and confirm, export, report).
 
 Errors print one line, ``error: ...``, with any password masked, and exit with code 2 for
 bad input (spec, space, task) and 1 for everything else (store, study).
@@ -221,6 +221,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def confirmation_rows(results: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per confirmed trial: recorded against confirmed (median over processes)."""
+    columns = ["trial", "processes", "stable", "recorded p50 ms", "confirmed p50 ms", "p50 spread",
+               "confirmed throughput", "throughput spread", "confirmed speedup", "speedup range",
+               "accuracy", "errors"]
+    rows = []
+    for c in results:
+        lo_hi = c.speedup_range
+        rows.append({
+            "trial": c.trial,
+            "processes": c.processes,
+            "stable": f"{c.stable}/{c.processes}",
+            "recorded p50 ms": c.recorded.get("latency_p50_ms"),
+            "confirmed p50 ms": c.metrics.get("latency_p50_ms"),
+            "p50 spread": None if "latency_p50_ms" not in c.spread else f"{100 * c.spread['latency_p50_ms']:.1f}%",
+            "confirmed throughput": c.metrics.get("throughput"),
+            "throughput spread": None if "throughput" not in c.spread else f"{100 * c.spread['throughput']:.1f}%",
+            "confirmed speedup": c.speedup,
+            "speedup range": None if lo_hi is None else f"{lo_hi[0]:.3g}-{lo_hi[1]:.3g}",
+            "accuracy": c.metrics.get("accuracy"),
+            "errors": "; ".join(c.errors) or None,
+        })
+    return columns, rows
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    study = _load(args)
+    if args.show:
+        results = study.confirmations()
+        if not results:
+            raise ConfigError(f"study {study.name!r} has no stored confirmation; run 'paretotune confirm {study.name}'")
+    else:
+        results = study.confirm(
+            args.trials or None, evaluator=args.task, processes=args.processes,
+            show_progress=not args.no_progress,
+        )
+    if args.format == "json":
+        print(json.dumps([c.to_dict() for c in results], indent=2))
+        return 0
+    if args.format == "table":
+        print(f"confirmation {results[0].run_id} of {study.name!r}: each trial re-measured in fresh "
+              f"processes (median; spread = max/min - 1; speedup paired with the baseline per process)")
+    print(render(*confirmation_rows(results), args.format))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from paretotune.report import write_report
 
@@ -286,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model-name", help="Triton model name (default: STUDY_trialN)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     ex.set_defaults(func=cmd_export)
+
+    cf = sub.add_parser("confirm", help="re-measure trials (default: the front) in fresh processes; median and spread")
+    cf.add_argument("name", help="study name")
+    storage_arg(cf)
+    cf.add_argument("--trials", type=int, nargs="+", help="trial numbers (default: the Pareto front)")
+    cf.add_argument("--processes", type=int, default=3, help="fresh processes, each measuring every trial once (default 3)")
+    cf.add_argument("--task", help="task import path (default: the one stored with the study)")
+    cf.add_argument("--show", action="store_true", help="print the latest stored confirmation instead of measuring")
+    cf.add_argument("--no-progress", action="store_true", help="no per-measurement progress lines")
+    cf.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    cf.set_defaults(func=cmd_confirm)
 
     rp = sub.add_parser("report", help="write a self-contained HTML report (Pareto plots, hypervolume, trials)")
     rp.add_argument("name", help="study name")

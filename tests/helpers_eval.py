@@ -50,3 +50,15 @@ def two_seconds(config: Any) -> dict[str, float]:
 
 def instant_x(config: Any) -> dict[str, float]:
     return {"latency_p50_ms": 1.0 + config["x"], "accuracy": 1.0 - config["x"]}
+
+
+def per_process(config: Any) -> dict[str, float]:
+    """Latency that depends on the process (its pid), so fresh processes show as a spread;
+    x = 0.5 raises, like a config that breaks in one engine."""
+    x = config["x"]
+    if x == 0.5:
+        raise ValueError("cannot build x=0.5")
+    slow_process = 1.0 + (os.getpid() % 7) / 100.0  # 1.00 .. 1.06: one process's state
+    latency = (1.0 + x) * slow_process * config.get("batch_size", 1)
+    return {"latency_p50_ms": latency, "throughput": 1000.0 / latency, "accuracy": 1.0 - x * x,
+            "pid": float(os.getpid())}

@@ -628,6 +628,27 @@ class Study:
         )
         return self
 
+    def confirm(
+        self,
+        trials: Sequence[Trial | int] | Trial | int | None = None,
+        *,
+        evaluator: Any = None,
+        processes: int = 3,
+        show_progress: bool | None = None,
+    ) -> list[Any]:
+        """Re-measure ``trials`` (default: the Pareto front) in ``processes`` fresh processes,
+        with the baseline beside each, and return their median numbers and spread
+        (``paretotune.workers.confirm``). Stored; read again with ``confirmations()``."""
+        from paretotune.workers.confirm import confirm
+
+        return confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
+
+    def confirmations(self, run_id: str | None = None) -> list[Any]:
+        """The summaries of a stored confirmation run (default: the latest; [] if none)."""
+        from paretotune.workers.confirm import confirmations
+
+        return confirmations(self, run_id=run_id)
+
     def summary(self) -> dict[str, Any]:
         counts = self.counts()
         front = self.pareto_front()

@@ -75,6 +75,24 @@ measurements_table = sa.Table(
     sa.UniqueConstraint("study", "trial_number", name="uq_pt_measurements_trial"),
 )
 
+#: One row per config measured by one fresh process of a confirmation run (`Study.confirm`):
+#: a trial re-measured, or the baseline config at a trial's batch size and threads (its row
+#: names the baseline trial). Written as each measurement finishes; never changed.
+confirmations_table = sa.Table(
+    "pt_confirmations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study", sa.String(512), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("process", sa.Integer, nullable=False),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=True),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 ACTIVE, DONE, RELEASED = "active", "done", "released"
 
 
@@ -312,6 +330,49 @@ class StudyStore:
                 )
         except sa.exc.IntegrityError:
             log.debug("measurement for trial %d of %s already stored", trial_number, study)
+
+    def record_confirmation(
+        self,
+        study: str,
+        run_id: str,
+        process: int,
+        trial_number: int,
+        config_json: str,
+        metrics: dict[str, float] | None,
+        details: dict[str, Any],
+        error: str | None = None,
+    ) -> None:
+        """Keep one fresh-process measurement of a confirmation run (or why it failed)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                confirmations_table.insert().values(
+                    study=study,
+                    run_id=run_id,
+                    process=process,
+                    trial_number=trial_number,
+                    config=config_json,
+                    metrics=None if metrics is None else json.dumps(metrics, sort_keys=True),
+                    details=json.dumps(details, sort_keys=True, default=str),
+                    error=error,
+                    created_at=time.time(),
+                )
+            )
+
+    def confirmation_rows(self, study: str) -> list[dict[str, Any]]:
+        """Every confirmation row of `study`, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(confirmations_table)
+                .where(confirmations_table.c.study == study)
+                .order_by(confirmations_table.c.id)
+            ).mappings()
+            out = []
+            for r in rows:
+                d = dict(r)
+                d["metrics"] = None if d["metrics"] is None else json.loads(d["metrics"])
+                d["details"] = json.loads(d["details"])
+                out.append(d)
+            return out
 
     def measurements(self, study: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from paretotune.workers.confirm import Confirmation, confirm, confirmations
 from paretotune.workers.executor import Outcome, TrialExecutor
 from paretotune.workers.loop import run_worker
 from paretotune.workers.pool import run_study
 from paretotune.workers.reaper import reap_stale
 
-__all__ = ["Outcome", "TrialExecutor", "reap_stale", "run_study", "run_worker"]
+__all__ = ["Confirmation", "Outcome", "TrialExecutor", "confirm", "confirmations", "reap_stale", "run_study", "run_worker"]
