@@ -147,15 +147,21 @@ def test_sampler_efficiency_tiny(tmp_path: Path) -> None:
 
 def test_repeatability_tiny(tmp_path: Path) -> None:
     out = tmp_path / "rep.json"
-    stdout = _run("benchmarks/repeatability.py", "--repeats", "1", "--configs", "2", "--json", str(out))
+    stdout = _run("benchmarks/repeatability.py", "--repeats", "1", "--configs", "2",
+                  "--confirm-processes", "2", "--json", str(out))
     result = json.loads(out.read_text())
-    assert [s["configuration"] for s in result["summary"]] == [
-        "torch fp32, batch 1", "onnxruntime fp32, batch 1",
-    ]
+    labels = ["torch fp32, batch 1", "onnxruntime fp32, batch 1"]
+    assert [s["configuration"] for s in result["summary"]] == labels
     for s in result["summary"]:
         assert s["repeats"] == 1 and s["p50_spread"] == 0.0 and s["p50_median_ms"] > 0
         assert 0 <= s["gave_up"] <= 1 and 0 <= s["extended"] <= 1
     assert "within the 5% p50 target" in stdout
+    # the confirmed part: the product's Study.confirm, median of 2 fresh processes
+    assert result["confirm_processes"] == 2
+    assert [s["configuration"] for s in result["confirmed_summary"]] == labels
+    (rows,) = result["confirmed"]
+    assert all(r["p50_ms"] > 0 and r["process_p50_spread"] >= 0 for r in rows)
+    assert "within the 5% p50 target (confirmed)" in stdout
 
 
 def test_repeatability_spread_is_max_over_min() -> None:
