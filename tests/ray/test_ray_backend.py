@@ -108,10 +108,11 @@ def test_start_up_trials_do_not_balloon_and_actors_are_reused(
     assert max_overlap(intervals(study)) <= in_flight
     frozen = study.optuna_study.get_trials(deepcopy=False)
     told = [t.datetime_complete for t in frozen if t.state in (OptunaState.COMPLETE, OptunaState.PRUNED)]
-    # TPE samples at random while fewer than n_startup trials are complete (or pruned) at ask time
+    # TPE samples at random while fewer than n_startup trials are complete (or pruned) at ask
+    # time; the baseline and the warm-start corners are enqueued, not sampled
     random_startup = [
         t.number for t in frozen
-        if not t.user_attrs.get("baseline") and sum(1 for c in told if c is not None and c < t.datetime_start) < n_startup
+        if not (t.user_attrs.get("baseline") or t.user_attrs.get("warm_start")) and sum(1 for c in told if c is not None and c < t.datetime_start) < n_startup
     ]
     assert len(random_startup) <= n_startup + in_flight - 1, random_startup
     workers = {m["details"]["worker"] for m in study.store.measurements("ray-flood")}
