@@ -58,6 +58,8 @@ OBJECTIVE_SETS: dict[str, dict[str, str]] = {
 }
 OBJECTIVES = OBJECTIVE_SETS["latency-throughput-accuracy"]
 MAX_DROP = 0.01
+#: the issue's target: this share of the true hypervolume at 10% of the space
+TARGET = 0.95
 BATCH_SIZES = (1, 8, 32, 64)
 GRANULARITY = "type"
 #: short enough that 528 measurements and 132 builds take about ten minutes on 2 cores
@@ -345,6 +347,7 @@ def compare(
     objectives: Mapping[str, str] = OBJECTIVES,
     seeds_for: Mapping[str, int] | None = None,
     max_fraction_for: Mapping[str, float] | None = None,
+    seed_offset: int = 0,
 ) -> dict[str, Any]:
     from scipy.stats import mannwhitneyu
 
@@ -359,7 +362,7 @@ def compare(
     work = [
         (str(table), label, spec, seed, cap[label], dict(objectives))
         for label, spec in samplers
-        for seed in range(n_seeds[label])
+        for seed in range(seed_offset, seed_offset + n_seeds[label])
         if cap[label] > 0
     ]
     work.sort(key=lambda w: w[1] != "gp")  # the slowest first, so the pool ends together
@@ -418,6 +421,7 @@ def compare(
         "true_hypervolume": truth.hv,
         "objectives": dict(objectives),
         "seeds": n_seeds,
+        "seed_offset": seed_offset,
         "budgets": budgets,
         "rows": rows,
         "wall_s": round(wall, 1),
@@ -439,12 +443,12 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"{result['valid_configs']} valid configs, {result['feasible_configs']} feasible, "
         f"true front {result['true_front_size']} points; objectives {result['objectives']}; "
-        f"seeds per sampler {result['seeds']}; budgets "
+        f"seeds per sampler {result['seeds']} (from seed {result.get('seed_offset', 0)}); budgets "
         f"{result['budgets']} completed trials; {result['wall_s']} s, load {result['load_average']}",
         "",
-        "| sampler | budget | HV ratio: median (min-max) | IGD+: median (min-max) | "
-        "p (HV > random) | p (IGD+ < random) | seeds | s/run (trials) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| sampler | budget | HV ratio: median (min-max) | seeds with HV ratio >= 0.95 | "
+        "IGD+: median (min-max) | p (HV > random) | p (IGD+ < random) | seeds | s/run (trials) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         def p(x: float | None) -> str:
@@ -454,7 +458,7 @@ def markdown(result: Mapping[str, Any]) -> str:
 
         lines.append(
             f"| {row['sampler']} | {row['budget']} ({row['fraction']:.0%}) | {_q(row['hv_ratio'])} | "
-            f"{_q(row['igd_plus'])} | {p(row['p_hv_vs_random'])} | {p(row['p_igd_vs_random'])} | "
+            f"{sum(v >= TARGET for v in row['hv_ratio'])}/{len(row['hv_ratio'])} | {_q(row['igd_plus'])} | {p(row['p_hv_vs_random'])} | {p(row['p_igd_vs_random'])} | "
             f"{row['seeds']} | {row['s_per_run']:.1f} ({row['run_budget']}) |"
         )
     return "\n".join(lines)
@@ -466,7 +470,8 @@ def verdict(result: Mapping[str, Any], sampler: str = "tpe") -> str:
     p = row["p_hv_vs_random"]
     return (
         f"{sampler} at 10% of the space: median HV ratio {hv:.3f} "
-        f"({'meets' if hv >= 0.95 else 'misses'} the 0.95 target); vs random p={p:.3f} "
+        f"({'meets' if hv >= TARGET else 'misses'} the {TARGET} target; "
+        f"{sum(v >= TARGET for v in row['hv_ratio'])}/{len(row['hv_ratio'])} seeds reach it); vs random p={p:.3f} "
         f"({'significant' if p is not None and p < ALPHA else 'not significant'} at alpha={ALPHA})"
     )
 
@@ -491,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=None)
     parser.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     parser.add_argument("--limit", type=int, default=None, help="build-table: first N configs only")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="first seed (default 0): another offset checks a result on disjoint seeds")
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -514,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         objectives=OBJECTIVE_SETS[args.objectives],
         seeds_for={"gp": gp_seeds},
         max_fraction_for={"gp": args.gp_max_fraction or (0.05 if args.quick else 0.10)},
+        seed_offset=args.seed_offset,
     )
     print(markdown(result))
     if any(r["sampler"] == "tpe" for r in result["rows"]) and 0.10 in fractions:

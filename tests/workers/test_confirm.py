@@ -49,6 +49,7 @@ def test_confirm_measures_each_trial_in_fresh_processes_with_paired_baseline(sto
         p50s = [m["latency_p50_ms"] for m in c.per_process]
         assert c.processes == 3 and c.metrics["latency_p50_ms"] == statistics.median(p50s)
         assert c.spread["latency_p50_ms"] == pytest.approx(max(p50s) / min(p50s) - 1)
+        assert c.best_p50_ms == min(p50s)
         assert c.recorded == study.trial(c.trial).metrics
     assert by[0].speedup == 1.0 and by[0].speedup_range == (1.0, 1.0)  # the baseline against itself
     # paired per process: the process factor cancels, leaving (1 + 0) / (1 + x) exactly
@@ -71,6 +72,7 @@ def test_a_failing_measurement_is_stored_and_the_others_stand(tmp_path) -> None:
     assert results[1].processes == 2 and not results[1].errors
     broken = results[pending.number]
     assert broken.processes == 0 and broken.metrics == {} and len(broken.errors) == 2
+    assert broken.best_p50_ms is None and broken.speedup is None
     assert all("cannot build x=0.5" in e for e in broken.errors)
 
 
@@ -92,7 +94,7 @@ def test_cli_confirm_prints_the_table_and_shows_the_stored_run(tmp_path, capsys)
     _study(url)
     assert cli_main(["confirm", "confirm", "--storage", url, "--processes", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "confirmed p50 ms" in out and "p50 spread" in out
+    assert "confirmed p50 ms" in out and "p50 spread" in out and "best p50 ms" in out
     assert cli_main(["confirm", "confirm", "--storage", url, "--show", "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     front = [t.number for t in pt.load_study("confirm", url).pareto_front()]
