@@ -201,6 +201,14 @@ def test_minilm_summary_finds_the_first_match() -> None:
     assert not mini.summarize({"trials": trials}, {**refs, mini.BEST: {**refs[mini.BEST], "x_ort_fp32": 2.3}})[
         "paired_matches_hand_tuned"
     ]
+    # the hand-tuned config itself, re-measured a little slower than its reference: a match
+    hand = {"engine": "onnxruntime", "bit_width": 8, "quant_mode": "dynamic", "per_channel": True,
+            "batch_size": 1, "threads": 1}
+    own = mini.summarize(
+        {"trials": [*trials, {"number": 9, "latency_p50_ms": 2.2, "accuracy": 0.992, "feasible": True, "config": hand}]},
+        {**refs, mini.BEST: {**refs[mini.BEST], "x_ort_fp32": 2.3, "trial": 9}},
+    )
+    assert own["paired_best_is_hand_tuned"] and own["paired_matches_hand_tuned"]
     ort8 = {"engine": "onnxruntime", "bit_width": 8, "batch_size": 1}
     candidates = mini.best_configs({"trials": [
         {**trials[0], "config": {"engine": "torch", "batch_size": 1}},
