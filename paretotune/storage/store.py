@@ -358,14 +358,10 @@ class StudyStore:
                 )
             )
 
-    def confirmation_rows(self, study: str) -> list[dict[str, Any]]:
-        """Every confirmation row of `study`, oldest first."""
+    def _json_rows(self, table: sa.Table, study: str, order: sa.Column[Any]) -> list[dict[str, Any]]:
+        """A study's rows of `table` in `order`, with `metrics` and `details` decoded."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(confirmations_table)
-                .where(confirmations_table.c.study == study)
-                .order_by(confirmations_table.c.id)
-            ).mappings()
+            rows = conn.execute(sa.select(table).where(table.c.study == study).order_by(order)).mappings()
             out = []
             for r in rows:
                 d = dict(r)
@@ -374,17 +370,9 @@ class StudyStore:
                 out.append(d)
             return out
 
+    def confirmation_rows(self, study: str) -> list[dict[str, Any]]:
+        """Every confirmation row of `study`, oldest first."""
+        return self._json_rows(confirmations_table, study, confirmations_table.c.id)
+
     def measurements(self, study: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(measurements_table)
-                .where(measurements_table.c.study == study)
-                .order_by(measurements_table.c.trial_number)
-            ).mappings()
-            out = []
-            for r in rows:
-                d = dict(r)
-                d["metrics"] = json.loads(d["metrics"])
-                d["details"] = json.loads(d["details"])
-                out.append(d)
-            return out
+        return self._json_rows(measurements_table, study, measurements_table.c.trial_number)
