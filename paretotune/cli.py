@@ -123,6 +123,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress, **options,
     )
     _print_front(study, args.format)
+    processes = spec.confirm if args.confirm is None else args.confirm
+    if processes < 0:
+        raise ConfigError(f"--confirm must be an integer >= 0, got {processes}")
+    if processes and study.pareto_front():
+        print(f"confirming the front in {processes} fresh processes", file=sys.stderr)
+        results = study.confirm(processes=processes, show_progress=not args.no_progress)
+        if args.format == "table":
+            print(f"\nConfirmed (median of {processes} fresh processes; `paretotune confirm "
+                  f"{study.name} --show` prints it again):")
+        print(render(*confirmation_rows(results), args.format))
     return 0
 
 
@@ -296,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resources", help='per-trial resources as JSON, e.g. \'{"cpu": 1, "gpu": 1}\' (backend ray)')
     run.add_argument("--load-if-exists", action="store_true", help="continue a stored study whose spec differs")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--confirm", type=int, default=None, metavar="N",
+                     help="then re-measure the front in N fresh processes (default: budget.confirm, else 0)")
     run.add_argument("--format", choices=["table", "json", "csv"], default="table")
     run.set_defaults(func=cmd_run)
 

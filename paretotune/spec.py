@@ -8,7 +8,7 @@
     constraints: {accuracy_drop: ["<=", 0.01]}
     sampler: tpe
     seed: 0
-    budget: {n_trials: 30, n_workers: 2}
+    budget: {n_trials: 30, n_workers: 2, confirm: 3}   # confirm: re-measure the front after
 
 The task import path runs the user's code on every machine that loads the spec: only run
 specs you trust.
@@ -31,7 +31,7 @@ SPEC_KEYS = {
     "warm_start", "budget",
 }
 REQUIRED = ("name", "objectives")
-BUDGET_KEYS = {"n_trials", "n_workers"}
+BUDGET_KEYS = {"n_trials", "n_workers", "confirm"}
 
 
 @dataclass
@@ -43,6 +43,8 @@ class RunSpec:
     storage: str | None = None
     n_trials: int = 20
     n_workers: int = 1
+    #: fresh processes to confirm the front in after the study (0: do not confirm)
+    confirm: int = 0
     source: str = "<spec>"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -70,8 +72,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
         raise _fail(source, f"budget: unknown key(s) {unknown}; allowed: {sorted(BUDGET_KEYS)}")
     for key in BUDGET_KEYS:
         v = budget.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise _fail(source, f"budget.{key} must be an integer >= 1, got {v!r}")
+        least = 0 if key == "confirm" else 1
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+            raise _fail(source, f"budget.{key} must be an integer >= {least}, got {v!r}")
     task = data.get("task")
     if task is not None and (not isinstance(task, str) or ":" not in task):
         raise _fail(source, f"task must be an import path 'package.module:attribute', got {task!r}")
@@ -93,6 +96,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
         storage=data.get("storage"),
         n_trials=budget.get("n_trials", 20),
         n_workers=budget.get("n_workers", 1),
+        confirm=budget.get("confirm") or 0,
         source=source,
         raw=dict(data),
     )

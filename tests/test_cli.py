@@ -77,6 +77,25 @@ def test_run_status_pareto_trials(tmp_path: Path, backend: str, request) -> None
     assert pt.load_study("cli-study", url).counts()["COMPLETE"] == 14
 
 
+def test_run_then_confirms_the_front_in_fresh_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/confirm.db"
+    spec = write_spec(tmp_path, "run-confirm", n_trials=6, n_workers=1)
+    spec.write_text(spec.read_text().replace("n_workers: 1}", "n_workers: 1, confirm: 2}"))
+    run = cli("run", str(spec), "--storage", url, "--no-progress")
+    assert run.returncode == 0, run.stderr
+    assert "Confirmed (median of 2 fresh processes" in run.stdout and "confirmed p50 ms" in run.stdout
+    study = pt.load_study("run-confirm", url)
+    confirmed = study.confirmations()
+    assert [c.trial for c in confirmed] == [t.number for t in study.pareto_front()]
+    assert all(c.processes == 2 and not c.errors for c in confirmed)
+    # --confirm 0 overrides the spec: resuming with a larger budget confirms nothing new
+    again = cli("run", str(spec), "--storage", url, "--n-trials", "7", "--confirm", "0", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "Confirmed" not in again.stdout
+    assert len(pt.load_study("run-confirm", url).store.confirmation_rows("run-confirm")) == len(
+        study.store.confirmation_rows("run-confirm"))
+
+
 def test_worker_joins_a_running_study_with_only_url_and_name(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/join.db"
     spec = write_spec(tmp_path, "join", task="paretotune.testing:slow_fake_evaluator", n_trials=30, n_workers=1)
@@ -117,6 +136,8 @@ def test_worker_joins_a_running_study_with_only_url_and_name(tmp_path: Path) -> 
         ("name: x\nobjectives: [accuracy]\ntask: no_such_module_xyz:task\n", "no_such_module_xyz"),
         ("name: x\nobjectives: [accuracy]\nspace: {dimensions: {x: [1]}}\nbudget: {n_trials: 0}\n",
          "budget.n_trials must be an integer >= 1, got 0"),
+        ("name: x\nobjectives: [accuracy]\nspace: {dimensions: {x: [1]}}\nbudget: {confirm: -1}\n",
+         "budget.confirm must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_specs_give_one_clear_line(tmp_path: Path, text: str, fragment: str) -> None:
