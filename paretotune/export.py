@@ -6,7 +6,8 @@
       config.yaml            the resolved config, task, study, trial, hardware, versions, I/O
       model.onnx | model.pt  the artifact (ONNX with its quantization, or TorchScript)
       model_repository/<name>/config.pbtxt, 1/<model file>   a Triton model repository
-      measurements.json      the trial's and the baseline's metrics and details
+      measurements.json      the trial's and the baseline's metrics and details, and its
+                             latest confirmation in fresh processes (if any)
       README.md              how to load and serve it
 
 The artifact comes from the artifact cache when it is on this machine and is rebuilt from the
@@ -577,12 +578,17 @@ def _measurements(study: Study, trial: Trial) -> dict[str, Any]:
             "details": row.get("details"),
         }
 
+    from paretotune.workers.confirm import latest_confirmation
+
+    confirmed = latest_confirmation(study, trial.number)
     return {
         "study": study.name,
         "objectives": dict(study.objectives),
         "constraints": [str(c) for c in study.constraints],
         "trial": entry(trial),
         "baseline": entry(baseline),
+        # `paretotune confirm`: the trial re-measured in fresh processes (None if never)
+        "confirmation": None if confirmed is None else confirmed.to_dict(),
     }
 
 
@@ -636,6 +642,21 @@ def _bundle_config(
     }
 
 
+def _confirmation_line(confirmation: Mapping[str, Any] | None) -> str:
+    """The README's sentence on `paretotune confirm` for this trial."""
+    if not confirmation or not confirmation.get("processes"):
+        return ("Not confirmed: the timings are one in-study measurement (`paretotune confirm` "
+                "re-measures in fresh processes).")
+    metrics, spread = confirmation["metrics"], confirmation["spread"]
+    line = (f"Confirmed in {confirmation['processes']} fresh processes: p50 "
+            f"{metrics.get('latency_p50_ms', float('nan')):.4g} ms median (spread "
+            f"{100 * spread.get('latency_p50_ms', float('nan')):.1f}%, best "
+            f"{confirmation.get('best_p50_ms') or float('nan'):.4g} ms)")
+    if confirmation.get("speedup") is not None:
+        line += f", {confirmation['speedup']:.3g}x the baseline (paired per process)"
+    return line + "; see `confirmation` in measurements.json."
+
+
 def _readme(config: Mapping[str, Any], measurements: Mapping[str, Any]) -> str:
     metrics = config.get("metrics") or {}
     base = (measurements.get("baseline") or {}).get("metrics") or {}
@@ -663,6 +684,7 @@ Inputs: {inputs}. Outputs: {outputs} (dimension 0 is the batch).
 Verified on export: accuracy {verification.get('measured', float('nan')):.6g} re-measured on the
 task's validation set, recorded {verification.get('recorded', float('nan')):.6g}
 (tolerance {verification.get('tolerance', float('nan')):g}).
+{_confirmation_line(measurements.get("confirmation"))}
 
 ## Files
 
@@ -671,7 +693,8 @@ task's validation set, recorded {verification.get('recorded', float('nan')):.6g}
 - `{config['artifact']}`: the model.
 - `{triton['repository']}/{triton['model_name']}/`: a Triton model repository
   (`config.pbtxt`, `1/{config['artifact']}`), max batch size {triton['max_batch_size']}.
-- `measurements.json`: the trial's and the baseline's metrics and measurement details.
+- `measurements.json`: the trial's and the baseline's metrics and measurement details, and
+  the trial's latest confirmation in fresh processes (`paretotune confirm`), if any.
 
 ## Load it in Python
 

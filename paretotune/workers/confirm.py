@@ -239,3 +239,13 @@ def confirmations(
             )
         )
     return out
+
+
+def latest_confirmation(study: Study, number: int) -> Confirmation | None:
+    """The newest confirmation of trial `number` (from whichever run confirmed it last)."""
+    runs = [r["run_id"] for r in study.store.confirmation_rows(study.name)
+            if r["trial_number"] == number and r["details"].get("role") == TRIAL]
+    if not runs:
+        return None
+    found = confirmations(study, run_id=runs[-1], trials=[number])
+    return found[0] if found else None

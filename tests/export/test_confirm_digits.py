@@ -27,3 +27,20 @@ def test_confirm_retimes_real_trials_in_fresh_processes_from_the_cache(digits_st
     assert results[1].speedup is not None and results[1].speedup > 0
     base8 = [r for r in rows if r["details"]["role"] == "reference"]
     assert len(base8) == 2 and all(json.loads(r["config"])["batch_size"] == 8 for r in base8)
+
+
+def test_an_exported_bundle_carries_the_trials_latest_confirmation(digits_study: Recorded, tmp_path) -> None:
+    import paretotune as pt
+
+    study = digits_study.study
+    evaluator = TaskEvaluator(load_task(TASK), cache_dir=digits_study.cache_dir, timing=FAST)
+    (confirmed,) = study.confirm([2], evaluator=evaluator, processes=2, show_progress=False)
+    bundle = pt.export(study, 2, tmp_path / "bundle", cache_dir=digits_study.cache_dir)
+    measurements = json.loads((bundle.path / "measurements.json").read_text())
+    assert measurements["confirmation"] == json.loads(json.dumps(confirmed.to_dict()))
+    readme = (bundle.path / "README.md").read_text()
+    assert "Confirmed in 2 fresh processes: p50" in readme
+    # a trial never confirmed says so in its README
+    from paretotune.export import _confirmation_line
+
+    assert _confirmation_line(None).startswith("Not confirmed")
