@@ -295,6 +295,27 @@ def _front_table(study: Study, front: Sequence[Trial]) -> str:
     return _table(["trial", *config_keys, *metrics], rows)
 
 
+def _confirmation_table(study: Study) -> str:
+    """The latest `paretotune confirm` run: in-study against fresh-process numbers."""
+    confirmed = study.confirmations()
+    if not confirmed:
+        return (f"<p>Not confirmed: the timings are one in-study measurement each. "
+                f"<code>paretotune confirm {_text(study.name)}</code> re-measures the front in fresh "
+                "processes.</p>")
+    rows = [
+        [c.trial, c.processes, c.recorded.get("latency_p50_ms"), c.metrics.get("latency_p50_ms"),
+         None if "latency_p50_ms" not in c.spread else f"{100 * c.spread['latency_p50_ms']:.1f}%",
+         c.best_p50_ms, c.speedup,
+         None if c.speedup_range is None else f"{c.speedup_range[0]:.3g}-{c.speedup_range[1]:.3g}",
+         f"{c.stable}/{c.processes}", "; ".join(c.errors)]
+        for c in confirmed
+    ]
+    return (f"<p>Run <code>{_text(confirmed[0].run_id)}</code>: each trial re-measured in fresh processes "
+            "(median; spread = max/min - 1; speedup paired with the baseline in each process).</p>"
+            + _table(["trial", "processes", "recorded p50 ms", "confirmed p50 ms", "p50 spread", "best p50 ms",
+                      "confirmed speedup", "speedup range", "stable", "errors"], rows))
+
+
 def _failures_table(trials: Sequence[Trial]) -> str:
     bad = [t for t in trials if t.state.value in ("FAIL", "INVALID")]
     if not bad:
@@ -380,6 +401,8 @@ def render_report(study: Study, *, title: str | None = None) -> str:
         "".join(divs["parallel"]) or "<p>No completed trials yet.</p>",
         f"<h2>The front ({len(front)} trial{'' if len(front) == 1 else 's'})</h2>",
         _front_table(study, front),
+        "<h2>Confirmed in fresh processes</h2>",
+        _confirmation_table(study),
         "<h2>Failed and invalid trials</h2>",
         _failures_table(trials),
         "</body></html>",

@@ -59,11 +59,18 @@ def test_report_is_self_contained_and_has_every_section(report: Path, digits_stu
     assert text.count("plotly.js v") == 1  # plotly.js inline, once
     assert text.count("Plotly.newPlot") == 5  # 3 objective pairs, hypervolume, parameters
     assert '"type":"parcoords"' in text
-    for heading in ("Pareto front", "Hypervolume", "Parameters", "The front (", "Failed and invalid trials"):
+    for heading in ("Pareto front", "Hypervolume", "Parameters", "The front (", "Confirmed in fresh processes",
+                    "Failed and invalid trials"):
         assert f"<h2>{heading}" in text
     front = digits_study.study.pareto_front()
     table = text.split("<h2>The front")[1].split("<h2>")[0]
     assert [int(n) for n in re.findall(r"<tr><td class=\"num\">(\d+)</td>", table)] == [t.number for t in front]
+    confirmed = text.split("<h2>Confirmed in fresh processes")[1].split("<h2>")[0]
+    latest = digits_study.study.confirmations()  # other tests of this session may have confirmed
+    if latest:
+        assert [int(n) for n in re.findall(r"<tr><td class=\"num\">(\d+)</td>", confirmed)] == [c.trial for c in latest]
+    else:
+        assert "Not confirmed" in confirmed and "paretotune confirm digits-export" in confirmed
     failures = text.split("<h2>Failed and invalid trials")[1]
     assert "FAIL" in failures and "killed by SIGKILL (likely out of memory)" in failures
     assert "INVALID" in failures and "bit_width=16 is not buildable on engine=&#x27;onnxruntime&#x27;" in failures
