@@ -159,6 +159,9 @@ class Study:
         self._measured: dict[tuple[tuple[str, Any], ...], optuna.trial.FrozenTrial] = {}
         self._measured_seen: set[int] = set()
         self._answered = 0  # proposals answered from earlier measurements since a step off
+        #: set when a step off found no untried config: from then on, proposals of measured
+        #: configs are measured again at once (a budget larger than a finite space)
+        self._covered = False
         #: the task object given at creation, used when optimize() gets no evaluator
         self.task: Any = None
         #: called while a tell waits for the baseline (workers reap lost trials there, so a
@@ -299,7 +302,8 @@ class Study:
         recorded DUPLICATE, and the sampler is asked again: the budget goes to configs not yet
         measured. Every MAX_DUPLICATE_STREAK such answers the study steps to a neighbour of
         the config that no trial has tried yet; when the space has none left, the proposal is
-        measured again. Enqueued configs (the baseline, the user's) are always measured.
+        measured again, and so are later proposals of measured configs (answering them would
+        only spend asks). Enqueued configs (the baseline, the user's) are always measured.
         """
         for _ in range(MAX_INVALID_STREAK):
             ot = self._optuna.ask()
@@ -336,10 +340,13 @@ class Study:
             return None
         earlier = self._earlier_measurement(ot)
         if earlier is not None:
+            if self._covered:  # nothing untried is left: answering would only spend asks
+                return PendingTrial(ot.number, config, False, ot)
             self._answered += 1
             if self._answered >= MAX_DUPLICATE_STREAK:
                 self._answered = 0
                 if not self._step_off(config, earlier.number):
+                    self._covered = True
                     return PendingTrial(ot.number, config, False, ot)  # measure it again
             self._answer_duplicate(ot, earlier)
             return None

@@ -52,6 +52,10 @@ def test_an_exhausted_space_is_measured_again(storage_url) -> None:
     drive(study, 15)  # more than the 12 configs: three must be repeats
     done = [t for t in study.trials if t.state == pt.TrialState.COMPLETE]
     assert len(done) == 15 and len({t.config.hash for t in done}) == 12
+    # once a step off finds nothing untried, repeats are measured without more answering
+    answered = study.counts()["DUPLICATE"]
+    drive(study, 40)
+    assert study.counts()["DUPLICATE"] == answered
 
 
 def test_measure_policy_and_enqueued_configs_measure_again(storage_url) -> None:
