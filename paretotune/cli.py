@@ -127,12 +127,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if processes < 0:
         raise ConfigError(f"--confirm must be an integer >= 0, got {processes}")
     if processes and study.pareto_front():
+        from paretotune.workers.confirm import display_rows
+
         print(f"confirming the front in {processes} fresh processes", file=sys.stderr)
         results = study.confirm(processes=processes, show_progress=not args.no_progress)
         if args.format == "table":
             print(f"\nConfirmed (median of {processes} fresh processes; `paretotune confirm "
                   f"{study.name} --show` prints it again):")
-        print(render(*confirmation_rows(results), args.format))
+        print(render(*display_rows(results), args.format))
     return 0
 
 
@@ -231,33 +233,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def confirmation_rows(results: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    """One row per confirmed trial: recorded against confirmed (median over processes)."""
-    columns = ["trial", "processes", "stable", "recorded p50 ms", "confirmed p50 ms", "p50 spread",
-               "best p50 ms", "confirmed throughput", "throughput spread", "confirmed speedup", "speedup range",
-               "accuracy", "errors"]
-    rows = []
-    for c in results:
-        lo_hi = c.speedup_range
-        rows.append({
-            "trial": c.trial,
-            "processes": c.processes,
-            "stable": f"{c.stable}/{c.processes}",
-            "recorded p50 ms": c.recorded.get("latency_p50_ms"),
-            "confirmed p50 ms": c.metrics.get("latency_p50_ms"),
-            "p50 spread": None if "latency_p50_ms" not in c.spread else f"{100 * c.spread['latency_p50_ms']:.1f}%",
-            "best p50 ms": c.best_p50_ms,
-            "confirmed throughput": c.metrics.get("throughput"),
-            "throughput spread": None if "throughput" not in c.spread else f"{100 * c.spread['throughput']:.1f}%",
-            "confirmed speedup": c.speedup,
-            "speedup range": None if lo_hi is None else f"{lo_hi[0]:.3g}-{lo_hi[1]:.3g}",
-            "accuracy": c.metrics.get("accuracy"),
-            "errors": "; ".join(c.errors) or None,
-        })
-    return columns, rows
-
-
 def cmd_confirm(args: argparse.Namespace) -> int:
+    from paretotune.workers.confirm import display_rows
+
     study = _load(args)
     if args.show:
         results = study.confirmations()
@@ -274,7 +252,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     if args.format == "table":
         print(f"confirmation {results[0].run_id} of {study.name!r}: each trial re-measured in fresh "
               f"processes (median; spread = max/min - 1; speedup paired with the baseline per process)")
-    print(render(*confirmation_rows(results), args.format))
+    print(render(*display_rows(results), args.format))
     return 0
 
 
@@ -350,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("name", help="study name")
     storage_arg(cf)
     cf.add_argument("--trials", type=int, nargs="+", help="trial numbers (default: the Pareto front)")
-    cf.add_argument("--processes", type=int, default=3, help="fresh processes, each measuring every trial once (default 3)")
+    cf.add_argument("--processes", type=int, default=None, help="fresh processes, each measuring every trial once (default 3)")
     cf.add_argument("--task", help="task import path (default: the one stored with the study)")
     cf.add_argument("--show", action="store_true", help="print the latest stored confirmation instead of measuring")
     cf.add_argument("--no-progress", action="store_true", help="no per-measurement progress lines")

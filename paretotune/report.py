@@ -302,18 +302,12 @@ def _confirmation_table(study: Study) -> str:
         return (f"<p>Not confirmed: the timings are one in-study measurement each. "
                 f"<code>paretotune confirm {_text(study.name)}</code> re-measures the front in fresh "
                 "processes.</p>")
-    rows = [
-        [c.trial, c.processes, c.recorded.get("latency_p50_ms"), c.metrics.get("latency_p50_ms"),
-         None if "latency_p50_ms" not in c.spread else f"{100 * c.spread['latency_p50_ms']:.1f}%",
-         c.best_p50_ms, c.speedup,
-         None if c.speedup_range is None else f"{c.speedup_range[0]:.3g}-{c.speedup_range[1]:.3g}",
-         f"{c.stable}/{c.processes}", "; ".join(c.errors)]
-        for c in confirmed
-    ]
+    from paretotune.workers.confirm import display_rows
+
+    columns, rows = display_rows(confirmed)
     return (f"<p>Run <code>{_text(confirmed[0].run_id)}</code>: each trial re-measured in fresh processes "
             "(median; spread = max/min - 1; speedup paired with the baseline in each process).</p>"
-            + _table(["trial", "processes", "recorded p50 ms", "confirmed p50 ms", "p50 spread", "best p50 ms",
-                      "confirmed speedup", "speedup range", "stable", "errors"], rows))
+            + _table(columns, [[row[c] for c in columns] for row in rows]))
 
 
 def _failures_table(trials: Sequence[Trial]) -> str:

@@ -640,10 +640,11 @@ class Study:
         trials: Sequence[Trial | int] | Trial | int | None = None,
         *,
         evaluator: Any = None,
-        processes: int = 3,
+        processes: int | None = None,
         show_progress: bool | None = None,
     ) -> list[Any]:
-        """Re-measure ``trials`` (default: the Pareto front) in ``processes`` fresh processes,
+        """Re-measure ``trials`` (default: the Pareto front) in ``processes`` fresh processes
+        (default 3),
         with the baseline beside each, and return their median numbers and spread
         (``paretotune.workers.confirm``). Stored; read again with ``confirmations()``."""
         from paretotune.workers.confirm import confirm

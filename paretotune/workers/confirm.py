@@ -10,8 +10,8 @@ batch size and threads, so each process also yields a paired speedup. Every meas
 stored as it finishes (table ``pt_confirmations``); `confirmations` summarizes a run: the
 median over processes of each metric, the spread (max/min - 1) of p50 latency and throughput,
 the lowest p50 (the least disturbed process), and the median of the per-process speedups with
-its range. The trials' own rows are never
-changed: the front stays the study's, and the confirmation stands beside it.
+its range. The trials' own rows are never changed: the front stays the study's, and the
+confirmation stands beside it.
 """
 
 from __future__ import annotations
@@ -119,10 +119,11 @@ def confirm(
     trials: Sequence[Trial | int] | Trial | int | None = None,
     *,
     evaluator: Any = None,
-    processes: int = DEFAULT_PROCESSES,
+    processes: int | None = None,
     show_progress: bool | None = None,
 ) -> list[Confirmation]:
-    """Re-measure `trials` (default: the Pareto front) in `processes` fresh processes.
+    """Re-measure `trials` (default: the Pareto front) in `processes` fresh processes
+    (default DEFAULT_PROCESSES).
 
     `evaluator`: a `pt.Task`, an import path or a picklable callable (default: the study's
     task). A failing measurement is stored with its reason and leaves the others standing.
@@ -130,6 +131,7 @@ def confirm(
     """
     from paretotune.workers.pool import resolve_evaluator
 
+    processes = DEFAULT_PROCESSES if processes is None else processes
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ConfigError(f"processes must be an integer >= 1, got {processes!r}")
     chosen = _chosen(study, trials)
@@ -185,6 +187,13 @@ def confirmations(
         if not rows:
             return []
         run_id = rows[-1]["run_id"]
+    return _summarize(study, rows, run_id, trials)
+
+
+def _summarize(
+    study: Study, rows: list[dict[str, Any]], run_id: str, trials: Sequence[int] | None
+) -> list[Confirmation]:
+    """One Confirmation per trial of run `run_id`, from the study's confirmation `rows`."""
     rows = [r for r in rows if r["run_id"] == run_id]
     if not rows:
         raise StudyError(f"study {study.name!r} has no confirmation run {run_id!r}")
@@ -243,9 +252,43 @@ def confirmations(
 
 def latest_confirmation(study: Study, number: int) -> Confirmation | None:
     """The newest confirmation of trial `number` (from whichever run confirmed it last)."""
-    runs = [r["run_id"] for r in study.store.confirmation_rows(study.name)
-            if r["trial_number"] == number and r["details"].get("role") == TRIAL]
+    rows = study.store.confirmation_rows(study.name)
+    runs = [r["run_id"] for r in rows if r["trial_number"] == number and r["details"].get("role") == TRIAL]
     if not runs:
         return None
-    found = confirmations(study, run_id=runs[-1], trials=[number])
+    found = _summarize(study, rows, runs[-1], [number])
     return found[0] if found else None
+
+
+#: the columns of `display_rows`, as the CLI and the report show a confirmation
+DISPLAY_COLUMNS = [
+    "trial", "processes", "stable", "recorded p50 ms", "confirmed p50 ms", "p50 spread", "best p50 ms",
+    "confirmed throughput", "throughput spread", "confirmed speedup", "speedup range", "accuracy", "errors",
+]
+
+
+def _percent(spread: dict[str, float], metric: str) -> str | None:
+    return None if metric not in spread else f"{100 * spread[metric]:.1f}%"
+
+
+def display_rows(results: Sequence[Confirmation]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and one row per confirmed trial: recorded against confirmed numbers."""
+    rows = [
+        {
+            "trial": c.trial,
+            "processes": c.processes,
+            "stable": f"{c.stable}/{c.processes}",
+            "recorded p50 ms": c.recorded.get("latency_p50_ms"),
+            "confirmed p50 ms": c.metrics.get("latency_p50_ms"),
+            "p50 spread": _percent(c.spread, "latency_p50_ms"),
+            "best p50 ms": c.best_p50_ms,
+            "confirmed throughput": c.metrics.get("throughput"),
+            "throughput spread": _percent(c.spread, "throughput"),
+            "confirmed speedup": c.speedup,
+            "speedup range": None if c.speedup_range is None else f"{c.speedup_range[0]:.3g}-{c.speedup_range[1]:.3g}",
+            "accuracy": c.metrics.get("accuracy"),
+            "errors": "; ".join(c.errors) or None,
+        }
+        for c in results
+    ]
+    return list(DISPLAY_COLUMNS), rows

@@ -130,10 +130,10 @@ def test_sampler_efficiency_tiny(tmp_path: Path) -> None:
     out = tmp_path / "eff.json"
     stdout = _run(
         "benchmarks/sampler_efficiency.py", "--seeds", "2", "--samplers", "random", "tpe",
-        "--fractions", "0.01", "0.02", "--jobs", "1", "--json", str(out),
+        "--fractions", "0.01", "0.02", "--jobs", "1", "--seed-offset", "5", "--json", str(out),
     )
     result = json.loads(out.read_text())
-    assert result["budgets"] == [5, 11]
+    assert result["budgets"] == [5, 11] and result["seed_offset"] == 5 and "(from seed 5)" in stdout
     assert {(r["sampler"], r["budget"]) for r in result["rows"]} == {
         (s, b) for s in ("random", "tpe") for b in (5, 11)
     }
@@ -142,6 +142,9 @@ def test_sampler_efficiency_tiny(tmp_path: Path) -> None:
         assert all(0.0 <= v <= 1.0 + 1e-9 for v in row["hv_ratio"])
         assert all(v >= 0.0 for v in row["igd_plus"])
         assert (row["p_hv_vs_random"] is None) == (row["sampler"] == "random")
+        reached = sum(v >= 0.95 for v in row["hv_ratio"])
+        assert f"| {row['sampler']} | {row['budget']} ({row['fraction']:.0%}) | " in stdout
+        assert f"| {reached}/2 |" in stdout
     assert "| tpe | 11 (2%) |" in stdout
 
 
