@@ -9,6 +9,7 @@
       measurements.json      the trial's and the baseline's metrics and details, and its
                              latest confirmation in fresh processes (if any)
       README.md              how to load and serve it
+      .paretotune-bundle     the marker: `overwrite` replaces only a directory holding it
 
 The artifact comes from the artifact cache when it is on this machine and is rebuilt from the
 config with the study's task when it is not. Before the bundle is moved into place it is loaded
@@ -55,6 +56,12 @@ BUNDLE_FORMAT = 1
 DEFAULT_TOLERANCE = 0.005
 CONFIG_FILE = "config.yaml"
 MEASUREMENTS_FILE = "measurements.json"
+#: written into every bundle: `overwrite` replaces only a directory that holds it
+BUNDLE_MARKER = ".paretotune-bundle"
+_MARKER_TEXT = (
+    "A paretotune deployment bundle. `paretotune export --overwrite` replaces only directories "
+    "that hold this file.\n"
+)
 REPOSITORY_DIR = "model_repository"
 #: engine -> (artifact file, Triton platform, Triton backend, instance kind)
 ENGINE_LAYOUT: dict[str, tuple[str, str, str, str]] = {
@@ -195,7 +202,8 @@ def export(
     `task`: the `pt.Task` to rebuild with (default: the study's task, or its stored import
     path); `cache_dir`: the artifact cache to look in first; `tolerance`: the absolute accuracy
     difference allowed between the recorded and the re-measured value. `out_dir` must be absent
-    or empty unless `overwrite`.
+    or empty, or with `overwrite` a previous bundle (it holds `BUNDLE_MARKER`); the root, the
+    home directory and the current directory (or one containing it) are always refused.
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
         math.isfinite(tolerance) and tolerance >= 0
@@ -280,10 +288,9 @@ def export(
             )
         _write_yaml(staging / CONFIG_FILE, bundle_config)
         _write_text(staging / "README.md", _readme(bundle_config, measurements))
-        if out.exists():
-            shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
+        (staging / BUNDLE_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
         os.chmod(staging, 0o755)  # mkdtemp made it private
-        os.replace(staging, out)
+        _replace_dir(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -315,13 +322,78 @@ def _check_tensorrt_here() -> None:
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an `out_dir` that export must not replace (nothing is removed here).
+
+    Allowed: a new or empty directory, or (with `overwrite`) a previous bundle, which holds the
+    `BUNDLE_MARKER` file. Never the filesystem root, the home directory, the current directory
+    or a directory that contains it, whatever they hold.
+    """
+    where = f"out_dir (--out) {str(out)!r}"
+    allowed = (
+        f"allowed: a new or empty directory, or a previous bundle (a directory holding "
+        f"{BUNDLE_MARKER}) with overwrite=True (--overwrite)"
+    )
+    if out.is_symlink():
+        raise ConfigError(f"{where} is a symbolic link; give the directory itself; {allowed}")
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"out_dir {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{where} exists and is not a directory; {allowed}")
+    protected = _protected(out)
+    if protected is not None:
+        raise ConfigError(f"{where} is {protected}, which export never replaces; {allowed}")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
         raise ConfigError(
-            f"out_dir {str(out)!r} exists and is not empty; choose another directory or pass "
-            "overwrite=True (CLI: --overwrite)"
+            f"{where} exists and is not empty; choose another directory or pass "
+            "overwrite=True (CLI: --overwrite) to replace a previous bundle"
         )
+    if not (out / BUNDLE_MARKER).is_file():
+        raise ConfigError(
+            f"{where} is not empty and is not a paretotune bundle (it has no {BUNDLE_MARKER}), "
+            f"so overwrite=True (--overwrite) does not replace it; {allowed}"
+        )
+
+
+def _protected(out: Path) -> str | None:
+    """What `out` is when it is a directory export must never remove, else None."""
+    target = out.resolve()
+    if target == Path(target.anchor):
+        return "the filesystem root"
+    homes = {Path(os.path.expanduser("~")).resolve()}
+    try:
+        homes.add(Path.home().resolve())
+    except RuntimeError:  # no home directory known
+        pass
+    if target in homes:
+        return "the home directory"
+    cwd = Path.cwd().resolve()
+    if target == cwd:
+        return "the current directory"
+    if target in cwd.parents:
+        return f"an ancestor of the current directory ({str(cwd)!r})"
+    return None
+
+
+def _replace_dir(staging: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished `staging` directory to `out`, replacing an empty directory or (with
+    `overwrite`) a previous bundle; `out` is checked again first, since the build took time."""
+    _check_out_dir(out, overwrite)
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        os.replace(staging, out)
+        return
+    previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, previous / "bundle")  # the old bundle stays whole until the new one is in
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(previous / "bundle", out)
+        previous.rmdir()
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _model_name(raw: str) -> str:
@@ -695,6 +767,8 @@ task's validation set, recorded {verification.get('recorded', float('nan')):.6g}
   (`config.pbtxt`, `1/{config['artifact']}`), max batch size {triton['max_batch_size']}.
 - `measurements.json`: the trial's and the baseline's metrics and measurement details, and
   the trial's latest confirmation in fresh processes (`paretotune confirm`), if any.
+- `{BUNDLE_MARKER}`: marks this directory as a bundle; `paretotune export --overwrite`
+  replaces only a directory that holds it.
 
 ## Load it in Python
 

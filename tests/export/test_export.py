@@ -19,7 +19,7 @@ from examples.digits import load_data
 from paretotune.cli import main
 from paretotune.evaluators import TaskEvaluator, load_task
 from paretotune.evaluators.torch_engine import TorchRunner, deserialize
-from paretotune.export import ExportedModel, VerificationError, parse_pick
+from paretotune.export import BUNDLE_MARKER, ExportedModel, VerificationError, parse_pick
 
 ORT_TRIAL, TORCH_TRIAL = 1, 2
 
@@ -37,7 +37,8 @@ def test_onnx_bundle_is_complete_and_valid(digits_study: Recorded, tmp_path: Pat
     root = bundle.path
     assert bundle.artifact_source == "disk"  # the worker's cache is on this machine
     assert sorted(p.name for p in root.iterdir()) == [
-        "README.md", "config.yaml", "measurements.json", "model.onnx", "model_repository",
+        ".paretotune-bundle", "README.md", "config.yaml", "measurements.json", "model.onnx",
+        "model_repository",
     ]
     onnx.checker.check_model(str(root / "model.onnx"))
 
@@ -160,6 +161,21 @@ def test_export_refuses_what_it_cannot_export(digits_study: Recorded, tmp_path: 
     with pytest.raises(pt.ConfigError, match="exists and is not empty"):
         pt.export(study, ORT_TRIAL, tmp_path / "full", cache_dir=digits_study.cache_dir)
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+    with pytest.raises(pt.ConfigError, match=r"is not empty and is not a paretotune bundle"):
+        pt.export(study, ORT_TRIAL, tmp_path / "full", cache_dir=digits_study.cache_dir, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["keep.txt"]
+
+
+def test_overwrite_replaces_a_previous_bundle(digits_study: Recorded, tmp_path: Path) -> None:
+    study, cache = digits_study.study, digits_study.cache_dir
+    first = pt.export(study, ORT_TRIAL, tmp_path / "bundle", cache_dir=cache)
+    assert (first.path / BUNDLE_MARKER).is_file()
+    (first.path / "stale.txt").write_text("from the first export")
+    second = pt.export(study, TORCH_TRIAL, tmp_path / "bundle", cache_dir=cache, overwrite=True)
+    names = sorted(p.name for p in second.path.iterdir())
+    assert "stale.txt" not in names and "model.pt" in names and BUNDLE_MARKER in names
+    assert yaml.safe_load((second.path / "config.yaml").read_text())["trial"] == TORCH_TRIAL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging or old copy left
 
 
 @pytest.mark.parametrize(
