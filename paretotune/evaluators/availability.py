@@ -144,7 +144,8 @@ GPU_PACKAGES = ("tensorrt", "onnxruntime-gpu", "pycuda", "torch")
 
 def gpu_build_identity() -> dict[str, object]:
     """What a GPU build depends on besides the config: the GPU model (NVML's name of device 0
-    of this process) and the GPU packages' versions. Part of GPU engines' build keys."""
+    of this process: the first CUDA_VISIBLE_DEVICES entry, an index, UUID prefix or MIG id) and
+    the GPU packages' versions. Part of GPU engines' build keys."""
     from importlib import metadata
 
     versions: dict[str, str | None] = {}
@@ -153,18 +154,8 @@ def gpu_build_identity() -> dict[str, object]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    name: str | None = None
-    try:
-        import pynvml
+    from paretotune.workers.devices import device_name, visible_device_ids
 
-        pynvml.nvmlInit()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-        if visible.startswith("GPU-"):
-            handle = pynvml.nvmlDeviceGetHandleByUUID(visible)
-        else:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible) if visible.isdigit() else 0)
-        raw = pynvml.nvmlDeviceGetName(handle)
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
-    except Exception as exc:  # noqa: BLE001 - no module, no driver: the name stays unknown
-        logger.debug("no GPU name from NVML: %s", exc)
+    visible = visible_device_ids() or ["0"]  # the engines open the first visible device
+    name = device_name(visible[0])
     return {"gpu_name": name, "versions": versions}

@@ -441,6 +441,27 @@ def provider_options(
             ("CPUExecutionProvider", {})]
 
 
+#: ONNX Runtime's message when a CUDA-graph session cannot be built (a node on the CPU, a
+#: Memcpy between CPU and GPU, control flow, or TensorRT not taking the whole graph)
+GRAPH_CAPTURE_REFUSED = re.compile(
+    r"cannot use the (CUDA Graph|graph capture) feature[^\n]*", re.IGNORECASE
+)
+
+
+def preload_tensorrt() -> str:
+    """Import tensorrt so its libnvinfer is loaded before ONNX Runtime's TensorRT provider
+    looks for it: a pip-installed TensorRT is on no library path, and without it the provider
+    fails to load and the session silently runs on CUDA. Returns tensorrt's version."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise InvalidConfigError(
+            "engine='onnxruntime_tensorrt' needs the tensorrt package (its libnvinfer) "
+            f"importable: {exc}"
+        ) from exc
+    return str(getattr(tensorrt, "__version__", "?"))
+
+
 class OrtGpuRunner:
     """An ONNX Runtime session on CUDA or TensorRT with I/O binding.
 
@@ -448,8 +469,15 @@ class OrtGpuRunner:
     graphs need): a batch copies its inputs in (`update_inplace`), runs, and copies its output
     out. ONNX Runtime exposes no CUDA events, so the host clock is read after its run returns
     (it synchronizes the stream): end to end with the copies, and the run alone as compute.
-    With CUDA graphs a session serves one input shape, so each timed shape gets its own
-    session and the accuracy pass runs on a session without graphs.
+
+    With CUDA graphs (`enable_cuda_graph`, `trt_cuda_graph_enable`) a session serves one input
+    shape, so each timed shape gets its own session. ONNX Runtime captures the graph inside a
+    session's first run and replays it over the buffers bound then, so a graph session is only
+    ever run through `run_with_iobinding` on the bound device buffers (a plain `run` would
+    capture over ONNX Runtime's private copies of the feeds, and later inputs would be
+    ignored). Output shapes come from the plain session, which also runs the accuracy pass. A
+    graph session that ONNX Runtime refuses to build (a node left on the CPU, which needs a
+    Memcpy) makes the config invalid, with ONNX Runtime's reason.
     """
 
     def __init__(self, model: bytes, spec: BuildSpec, engine_cache_dir: str | None = None):
@@ -460,8 +488,11 @@ class OrtGpuRunner:
         self._model = model
         self._providers = provider_options(spec, engine_cache_dir)
         self._graphs = bool(spec.option("cuda_graphs"))
-        available = ort.get_available_providers()
         wanted = self._providers[0][0]
+        if wanted == "TensorrtExecutionProvider":
+            logger.debug("preloaded tensorrt %s for ONNX Runtime's TensorRT provider",
+                         preload_tensorrt())
+        available = ort.get_available_providers()
         if wanted not in available:
             raise InvalidConfigError(
                 f"engine={spec.engine!r} needs ONNX Runtime's {wanted}; this onnxruntime has "
@@ -471,6 +502,8 @@ class OrtGpuRunner:
         self.input_names = [i.name for i in self._plain.get_inputs()]
         self.output_names = [o.name for o in self._plain.get_outputs()]
         self._timed: dict[tuple[Any, ...], Any] = {}
+        # one graph session now: a refusal is known at build time, before anything is cached
+        self._spare = self._session(graphs=True) if self._graphs else None
 
     def _session(self, graphs: bool) -> Any:
         ort = self._ort
@@ -484,7 +517,17 @@ class OrtGpuRunner:
                 if key in opts:
                     opts[key] = graphs
             providers.append((name, opts))
-        session = ort.InferenceSession(self._model, options, providers=providers)
+        try:
+            session = ort.InferenceSession(self._model, options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
+            refused = GRAPH_CAPTURE_REFUSED.search(str(exc))
+            if graphs and refused:
+                raise InvalidConfigError(
+                    f"cuda_graphs=True is not buildable on engine={self.engine!r} for this "
+                    f"model: ONNX Runtime says it {refused.group(0).strip()}; allowed here: "
+                    "cuda_graphs=False"
+                ) from exc
+            raise
         if session.get_providers()[0] != providers[0][0]:
             raise EvaluationError(
                 f"ONNX Runtime did not start {providers[0][0]} (it runs on "
@@ -499,15 +542,19 @@ class OrtGpuRunner:
         key = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
         if key in self._timed:
             return self._timed[key]
-        session = self._session(graphs=self._graphs) if self._graphs else self._plain
+        session = self._plain
+        if self._graphs:
+            session, self._spare = self._spare or self._session(graphs=True), None
+        # output shapes from the plain session: a graph session's first run is its capture
+        first = self._plain.run(self.output_names, feeds)
         device = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for n, a in feeds.items()}
         binding = session.io_binding()
         for name, value in device.items():
             binding.bind_ortvalue_input(name, value)
-        first = session.run(self.output_names, feeds)  # learn output shapes (and warm up)
         for name, value in zip(self.output_names, first, strict=True):
             out = ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype, "cuda", 0)
             binding.bind_ortvalue_output(name, out)
+        session.run_with_iobinding(binding)  # warm-up; on a graph session, the capture
         self._timed = {key: (session, device, binding)}  # one shape at a time
         return self._timed[key]
 

@@ -37,15 +37,23 @@ def compute_dtype(bit_width: int, half: str) -> torch.dtype | None:
     )
 
 
+def bf16_native() -> bool:
+    """True when the GPU runs bf16 natively (compute capability 8.0+). PyTorch's
+    `is_bf16_supported()` counts emulation by default, so pre-Ampere GPUs would pass and their
+    bf16 timings would measure an emulation nobody would ship."""
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
 def check_device(dtype: torch.dtype | None) -> None:
-    """InvalidConfigError when this process has no CUDA device, or it lacks bf16."""
+    """InvalidConfigError when this process has no CUDA device, or it lacks native bf16."""
     if not torch.cuda.is_available():
         raise InvalidConfigError(
             "engine='torch_cuda' needs CUDA: torch.cuda.is_available() is False"
         )
-    if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    if dtype is torch.bfloat16 and not bf16_native():
         raise InvalidConfigError(
-            f"half='bf16' is not buildable on {torch.cuda.get_device_name()} (no bf16 support); "
+            f"half='bf16' is not buildable on {torch.cuda.get_device_name()} (no native bf16: "
+            "compute capability 8.0 or newer); "
             "allowed there: half='fp16'"
         )
 

@@ -4,18 +4,23 @@ Everything here degrades to "no GPU": without the ``pynvml`` module or an NVIDIA
 `list_gpus` returns ``[]`` and telemetry comes back as ``{}``, with one debug line and no
 warning, so a CPU box or a CI runner stays quiet.
 
-Which GPUs a process may use is ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-`` UUIDs). NVML
-numbers devices in PCI bus order, which is CUDA's order only under
-``CUDA_DEVICE_ORDER=PCI_BUS_ID``; the Ray backend sets that for its trials, so the index Ray
-assigns, the device CUDA opens and the device sampled here are the same one.
+Which GPUs a process may use is ``CUDA_VISIBLE_DEVICES``: indices, ``GPU-`` UUIDs or unique
+prefixes of them, and ``MIG-`` ids (a MIG device's UUID, or the older
+``MIG-GPU-<uuid>/<gpu instance>/<compute instance>``). NVML numbers devices in PCI bus order,
+which is CUDA's order only under ``CUDA_DEVICE_ORDER=PCI_BUS_ID``: `use_pci_device_order` sets
+that for this process and the ones it starts (telemetry calls it before each trial, the Ray
+backend sets it for its trials), so the index a worker is given, the device CUDA opens and the
+device sampled here are the same one. With ``CUDA_VISIBLE_DEVICES`` unset, telemetry samples
+device 0, the one every engine opens, not the sum of every GPU on the machine.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -106,19 +111,123 @@ def visible_device_ids(env: dict[str, str] | None = None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _handle(nvml: Any, device_id: str) -> tuple[int, Any] | None:
-    """An NVML handle for a ``CUDA_VISIBLE_DEVICES`` entry: an index or a (``GPU-``) UUID."""
+def use_pci_device_order(env: MutableMapping[str, str] | None = None) -> bool:
+    """Set ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` in `env` (default: this process's environment, which
+    the processes it starts inherit) unless it is set; True when the order is PCI_BUS_ID now.
+
+    CUDA reads it when it initializes, so a process that already opened CUDA in its default
+    (fastest first) order keeps that order: logged once as a warning, since NVML's index then
+    names another GPU than CUDA's on a machine with different GPUs.
+    """
+    target = os.environ if env is None else env
+    if "CUDA_DEVICE_ORDER" not in target:
+        target["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        if env is None and _cuda_initialized():
+            _warn_once("CUDA was initialized before CUDA_DEVICE_ORDER=PCI_BUS_ID was set: its "
+                       "device indices may not be NVML's on a machine with different GPUs")
+            return False
+        return True
+    order = target["CUDA_DEVICE_ORDER"]
+    if order != "PCI_BUS_ID":
+        _warn_once(f"CUDA_DEVICE_ORDER={order!r}: GPU indices in CUDA_VISIBLE_DEVICES are not "
+                   "NVML's, so telemetry may sample another GPU than the trial's")
+        return False
+    return True
+
+
+def _cuda_initialized() -> bool:
+    """True when PyTorch (if imported) has already initialized CUDA in this process."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
     try:
-        if device_id.isdigit():
-            index = int(device_id)
+        return bool(torch.cuda.is_initialized())
+    except Exception:  # noqa: BLE001 - a torch build without CUDA support
+        return False
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def _mig_handles(nvml: Any, gpu: Any) -> list[Any]:
+    """The MIG devices of a GPU (``[]`` when MIG is off or unsupported)."""
+    try:
+        count = int(nvml.nvmlDeviceGetMaxMigDeviceCount(gpu))
+    except (nvml.NVMLError, AttributeError):
+        return []
+    found = []
+    for i in range(count):
+        try:
+            found.append(nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, i))
+        except nvml.NVMLError:
+            continue  # an empty MIG slot
+    return found
+
+
+def _handle(nvml: Any, device_id: str) -> tuple[int, Any] | None:
+    """An NVML handle for a ``CUDA_VISIBLE_DEVICES`` entry: an index, a ``GPU-`` UUID or a unique
+    prefix of one, or a ``MIG-`` id. The index returned is the parent GPU's NVML index."""
+    want = device_id.strip()
+    try:
+        if want.isdigit():
+            index = int(want)
             return index, nvml.nvmlDeviceGetHandleByIndex(index)
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            if _text(nvml.nvmlDeviceGetUUID(handle)).startswith(device_id):
-                return index, handle
+        gpus = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        if want.upper().startswith("MIG-"):
+            return _mig_handle(nvml, gpus, want)
+        prefix = want.lower() if want.upper().startswith("GPU-") else "gpu-" + want.lower()
+        matches = [(i, h) for i, h in enumerate(gpus)
+                   if _text(nvml.nvmlDeviceGetUUID(h)).lower().startswith(prefix)]
     except nvml.NVMLError as exc:
         log.debug("no NVML device for %r: %s", device_id, exc)
+        return None
+    if len(matches) != 1:  # CUDA refuses an ambiguous prefix too
+        log.debug("CUDA_VISIBLE_DEVICES entry %r matches %d GPUs", device_id, len(matches))
+        return None
+    return matches[0]
+
+
+def _mig_handle(nvml: Any, gpus: Sequence[Any], want: str) -> tuple[int, Any] | None:
+    """A MIG device by its UUID (``MIG-<uuid>``) or as ``MIG-GPU-<uuid>/<gi>/<ci>``."""
+    parts = want.split("/")
+    legacy = len(parts) == 3 and parts[0].upper().startswith("MIG-GPU-")
+    for index, gpu in enumerate(gpus):
+        if legacy and not _text(nvml.nvmlDeviceGetUUID(gpu)).lower().startswith(
+            parts[0][4:].lower()
+        ):
+            continue
+        for mig in _mig_handles(nvml, gpu):
+            try:
+                if legacy:
+                    if (str(nvml.nvmlDeviceGetGpuInstanceId(mig)) == parts[1]
+                            and str(nvml.nvmlDeviceGetComputeInstanceId(mig)) == parts[2]):
+                        return index, mig
+                elif _text(nvml.nvmlDeviceGetUUID(mig)).lower().startswith(want.lower()):
+                    return index, mig
+            except nvml.NVMLError:
+                continue
+    log.debug("no MIG device for CUDA_VISIBLE_DEVICES entry %r", want)
     return None
+
+
+def device_name(device_id: str) -> str | None:
+    """NVML's name of one ``CUDA_VISIBLE_DEVICES`` entry (index, UUID prefix or MIG id); None
+    without a driver or a match."""
+    nvml = _init_nvml()
+    found = None if nvml is None else _handle(nvml, device_id)
+    if found is None:
+        return None
+    try:
+        return _text(nvml.nvmlDeviceGetName(found[1]))
+    except nvml.NVMLError as exc:
+        log.debug("no NVML name for %r: %s", device_id, exc)
+        return None
 
 
 def _handles(device_ids: Sequence[str] | None) -> list[tuple[int, Any]]:
@@ -128,10 +237,7 @@ def _handles(device_ids: Sequence[str] | None) -> list[tuple[int, Any]]:
     if device_ids is None:
         device_ids = visible_device_ids()
     if device_ids is None:
-        try:
-            device_ids = [str(i) for i in range(nvml.nvmlDeviceGetCount())]
-        except nvml.NVMLError:
-            return []
+        device_ids = ["0"]  # every engine opens device 0: sampling every GPU would sum others'
     found = (_handle(nvml, d) for d in device_ids)
     return [h for h in found if h is not None]
 
@@ -206,6 +312,8 @@ class TelemetrySampler:
             self._sample()
 
     def start(self) -> TelemetrySampler:
+        if _init_nvml() is not None:  # a GPU box: before the trial opens CUDA, here or in a child
+            use_pci_device_order()
         self._handles = [h for _, h in _handles(self._device_ids)]
         if self._handles:
             self._sample()
@@ -242,7 +350,7 @@ def telemetry(
 ) -> Iterator[dict[str, float]]:
     """``with telemetry() as t: run()`` — afterwards ``t`` holds the telemetry metrics.
 
-    ``device_ids`` defaults to ``CUDA_VISIBLE_DEVICES`` (every GPU when it is unset).
+    ``device_ids`` defaults to ``CUDA_VISIBLE_DEVICES`` (device 0 when it is unset).
     """
     out: dict[str, float] = {}
     sampler = TelemetrySampler(device_ids, interval_s).start()
