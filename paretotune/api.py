@@ -24,6 +24,11 @@ def resolve_task(task: Any) -> tuple[Any, str | None]:
         from paretotune.evaluators import load_task
 
         task = load_task(path)
+        if not callable(task) and not hasattr(task, "layers"):
+            raise ConfigError(
+                f"task {path!r} names a {type(task).__name__}, not a paretotune Task or a "
+                "callable(config) -> metrics"
+            )
     validate = getattr(task, "validate", None)
     if callable(validate):
         validate()
@@ -67,6 +72,7 @@ def create_study(
     worker_grace_s: float | None = None,
     duplicates: str | None = None,
     warm_start: str | None = None,
+    accuracy_range: Sequence[float] | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
@@ -78,9 +84,15 @@ def create_study(
     config with that measurement (trial state DUPLICATE, not counted against ``n_trials``);
     "measure" evaluates it again. ``warm_start``: "corners" (default) queues, after the
     baseline, one config per engine x bit width with every layer at that precision (the
-    textbook recipes); "none" leaves the start to the sampler.
+    textbook recipes); "none" leaves the start to the sampler. ``accuracy_range``: the
+    values a valid `accuracy` lies in (default: the task's ``accuracy_range``, else [0, 1]);
+    a trial reporting one outside it is FAIL.
     """
     task_obj, task_path = resolve_task(task)
+    if accuracy_range is None:
+        declared = getattr(task_obj, "accuracy_range", None)
+        if declared is not None and tuple(declared) != (0.0, 1.0):
+            accuracy_range = tuple(declared)
     space = _resolve_space(space, task_obj)
     if isinstance(space, SearchSpace) and not space.is_bound and task_obj is not None and hasattr(task_obj, "layers"):
         space = space.bind(task_obj.layers)
@@ -97,6 +109,7 @@ def create_study(
         worker_grace_s=worker_grace_s,
         duplicates=duplicates,
         warm_start=warm_start,
+        accuracy_range=accuracy_range,
     )
     study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
     study.task = task_obj
@@ -105,4 +118,4 @@ def create_study(
 
 def load_study(name: str, storage: str | None = None) -> Study:
     """Reopen a study from its store; the stored spec says everything else."""
-    return load_study_from_store(name, StudyStore(storage))
+    return load_study_from_store(name, StudyStore(storage, create=False))

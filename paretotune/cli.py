@@ -103,29 +103,71 @@ def _storage(args: argparse.Namespace, fallback: str | None = None) -> str | Non
     return args.storage or os.environ.get(STORAGE_ENV) or fallback
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--address and --resources, checked: they belong to the Ray backend only."""
+    given = [flag for flag, v in (("--address", args.address), ("--resources", args.resources)) if v is not None]
+    if args.backend != "ray":
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to --backend ray only; got --backend {args.backend}")
+        return {}
+    options: dict[str, Any] = {}
+    if args.address is not None:
+        options["address"] = args.address
+    if args.resources is not None:
+        try:
+            resources = json.loads(args.resources)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--resources must be a JSON object such as '{{\"cpu\": 1, \"gpu\": 1}}', got "
+                f"{args.resources!r} ({exc})"
+            ) from None
+        if not isinstance(resources, dict):
+            raise ConfigError(f"--resources must be a JSON object such as '{{\"cpu\": 1}}', got {args.resources!r}")
+        options["resources_per_trial"] = resources
+    return options
+
+
+def _flag_int(flag: str, value: int | None, least: int) -> None:
+    if value is not None and value < least:
+        raise ConfigError(f"{flag} must be an integer >= {least}, got {value}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from paretotune.api import create_study
     from paretotune.spec import load_spec_file
+    from paretotune.workers.pool import check_budget
 
+    # everything is checked before the study row is stored or any code of the task runs
+    _flag_int("--n-trials", args.n_trials, 1)
+    _flag_int("--n-workers", args.n_workers, 1)
+    _flag_int("--confirm", args.confirm, 0)
+    options = _backend_options(args)
     spec = load_spec_file(args.spec)
+    n_trials = spec.n_trials if args.n_trials is None else args.n_trials
+    n_workers = spec.n_workers if args.n_workers is None else args.n_workers
+    check_budget(
+        n_trials, n_workers, args.backend,
+        trials_field="--n-trials" if args.n_trials is not None else "budget.n_trials",
+        workers_field="--n-workers" if args.n_workers is not None else "budget.n_workers",
+    )
+    processes = spec.confirm if args.confirm is None else args.confirm
     storage = _storage(args, spec.storage)
+    task = spec.study_args.get("task")
+    if task:
+        print(f"importing the task module {task.partition(':')[0]!r} ({task}): it runs that code",
+              file=sys.stderr)
     study = create_study(spec.name, storage, load_if_exists=args.load_if_exists, **spec.study_args)
-    n_trials = args.n_trials or spec.n_trials
-    n_workers = args.n_workers or spec.n_workers
     print(f"study {study.name!r} in {study.store.masked_url}: budget {n_trials} completed trials, "
           f"{n_workers} worker(s), backend {args.backend}", file=sys.stderr)
-    options: dict[str, Any] = {}
-    if args.backend == "ray":
-        options = {"address": args.address, "resources_per_trial": json.loads(args.resources) if args.resources else None}
-        options = {k: v for k, v in options.items() if v is not None}
+    size = study.space.size()
+    if size is not None and n_trials > size:
+        print(f"note: the space holds {size} configs, fewer than the budget of {n_trials}; configs "
+              "will be measured again once every one has been tried", file=sys.stderr)
     study.optimize(
         None, n_trials=n_trials, n_workers=n_workers, backend=args.backend,
         show_progress=not args.no_progress, **options,
     )
     _print_front(study, args.format)
-    processes = spec.confirm if args.confirm is None else args.confirm
-    if processes < 0:
-        raise ConfigError(f"--confirm must be an integer >= 0, got {processes}")
     if processes and study.pareto_front():
         from paretotune.workers.confirm import display_rows
 
@@ -155,10 +197,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from paretotune.workers.loop import run_worker, worker_id
     from paretotune.workers.pool import resolve_evaluator
 
-    store = StudyStore(_storage(args))
+    store = StudyStore(_storage(args), create=False)
     wid = worker_id("cli")
     study = load_study_from_store(args.study, store, worker=wid)
-    n_trials = args.n_trials or store.target(args.study)
+    _flag_int("--n-trials", args.n_trials, 1)
+    n_trials = store.target(args.study) if args.n_trials is None else args.n_trials
     if not n_trials:
         raise ConfigError(
             f"study {args.study!r} has no budget yet: start it with `paretotune run`, or pass --n-trials"
@@ -260,8 +303,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from paretotune.report import write_report
 
     study = _load(args)
+    existed = os.path.lexists(args.out)
     path = write_report(study, args.out)
-    print(f"wrote the report of {study.name!r} to {path}")
+    print(f"{'replaced' if existed else 'wrote'} the report of {study.name!r} {'at' if existed else 'to'} {path}")
     return 0
 
 
@@ -363,6 +407,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed trials are kept in the store", file=sys.stderr)
         return 130
+    except Exception as exc:
+        detail = _store_error(exc)
+        if detail is None:
+            raise
+        # a store error no library call mapped: one line, never a traceback or a password
+        print(f"error: the study store refused the operation: {mask(detail)}", file=sys.stderr)
+        return 1
+
+
+def _store_error(exc: BaseException) -> str | None:
+    """The driver's first line for a database error (SQLAlchemy's, or Optuna's wrapping of
+    one), else None."""
+    import optuna
+    import sqlalchemy
+
+    if not isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+        return None
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            return str(orig).strip().splitlines()[0] or type(orig).__name__
+        seen = seen.__cause__ or seen.__context__
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ errors in ``#pt-errors``, so a headless browser can check that it rendered clean
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import html
 import itertools
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -411,9 +413,20 @@ def write_report(study: Study, path: str | os.PathLike[str], *, title: str | Non
         raise ConfigError(f"report path {str(out)!r} is a directory; give a file such as report.html")
     text = render_report(study, title=title)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    # A fresh temporary file (O_EXCL: never a planted path or symlink) beside the target, then
+    # one rename: readers see the old report or the new one, and nothing outside --out is written.
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a report is an ordinary file
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     log.info("wrote the report of %r to %s (%d bytes)", study.name, out, len(text))
     return out
 

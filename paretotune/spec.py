@@ -23,15 +23,18 @@ from typing import Any
 
 import yaml
 
+from paretotune import yamlsafe
 from paretotune.errors import ConfigError
 
 SPEC_KEYS = {
     "name", "storage", "task", "space", "objectives", "constraints", "sampler", "seed",
     "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
-    "warm_start", "budget",
+    "warm_start", "accuracy_range", "budget",
 }
 REQUIRED = ("name", "objectives")
 BUDGET_KEYS = {"n_trials", "n_workers", "confirm"}
+#: the largest spec file read (a spec is a page of YAML; see yamlsafe.MAX_NODES for aliases)
+MAX_SPEC_BYTES = 4 * 1024**2
 
 
 @dataclass
@@ -81,7 +84,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
     args: dict[str, Any] = {
         k: data[k]
         for k in ("task", "objectives", "constraints", "sampler", "seed", "extra_metrics", "trial_timeout_s",
-                  "max_failures", "worker_grace_s", "duplicates", "warm_start")
+                  "max_failures", "worker_grace_s", "duplicates", "warm_start", "accuracy_range")
         if k in data and data[k] is not None
     }
     if isinstance(args.get("constraints"), Mapping):
@@ -96,7 +99,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
         storage=data.get("storage"),
         n_trials=budget.get("n_trials", 20),
         n_workers=budget.get("n_workers", 1),
-        confirm=budget.get("confirm") or 0,
+        confirm=budget.get("confirm", 0),
         source=source,
         raw=dict(data),
     )
@@ -104,10 +107,21 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
 
 def load_spec_file(path: str | Path) -> RunSpec:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"spec: {str(p)!r} is a directory; give the path of a YAML spec file")
     if not p.is_file():
         raise ConfigError(f"spec file {str(p)!r} does not exist")
+    size = p.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise ConfigError(f"spec file {str(p)!r} is {size:,} bytes; at most {MAX_SPEC_BYTES:,} are allowed")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"spec file {str(p)!r} cannot be read: {exc}") from None
+    try:
+        data = yamlsafe.load(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

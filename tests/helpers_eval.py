@@ -62,3 +62,26 @@ def per_process(config: Any) -> dict[str, float]:
     latency = (1.0 + x) * slow_process * config.get("batch_size", 1)
     return {"latency_p50_ms": latency, "throughput": 1000.0 / latency, "accuracy": 1.0 - x * x,
             "pid": float(os.getpid())}
+
+
+def negative_latency(config: Any) -> dict[str, float]:
+    """x = 0.5 reports -5 ms (a broken timer), x = 0.6 an accuracy of 1.5: both outside their
+    metric's domain."""
+    x = config["x"]
+    latency = -5.0 if x == 0.5 else 1.0 + x
+    return {"latency_p50_ms": latency, "accuracy": 1.5 if x == 0.6 else 1.0 - x * x}
+
+
+def accuracy_except_at_half(config: Any) -> dict[str, float]:
+    """One bad config (x = 0.5) forgets a metric; every other returns it."""
+    x = config["x"]
+    if x == 0.5:
+        return {"latency_p50_ms": 1.0 + x}
+    return {"latency_p50_ms": 1.0 + x, "accuracy": 1.0 - x * x}
+
+
+def fails_at_x_2(config: Any) -> dict[str, float]:
+    """For a grid over x in {0, 1, 2}: its last point raises."""
+    if config["x"] == 2:
+        raise RuntimeError("the last grid point breaks")
+    return {"latency_p50_ms": 1.0 + config["x"], "accuracy": 0.9}

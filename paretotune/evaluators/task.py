@@ -97,6 +97,7 @@ class Task:
         prune_ignore: Sequence[str] | None = None,
         finetune: Callable[[Any], None] | None = None,
         padding_mask: str | None = None,
+        accuracy_range: tuple[float, float] | None = None,
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             self.model_path: Path | None = Path(model)
@@ -144,6 +145,19 @@ class Task:
             self.validation.append((self._inputs(pair[0], f"validation[{i}] inputs"), targets))
         self.metric = metric
         self.fidelity = fidelity
+        #: the values `accuracy` can take: a study FAILs a trial reporting one outside it.
+        #: Default [0, 1] (accuracy, top-1 agreement), [-1, 1] where it may be a mean cosine.
+        cosine = metric is None and not self.labelled and fidelity in ("auto", "cosine")
+        if accuracy_range is None:
+            self.accuracy_range: tuple[float, float] = (-1.0, 1.0) if cosine else (0.0, 1.0)
+        elif (
+            isinstance(accuracy_range, (tuple, list)) and len(accuracy_range) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in accuracy_range)
+            and accuracy_range[0] < accuracy_range[1]
+        ):
+            self.accuracy_range = (float(accuracy_range[0]), float(accuracy_range[1]))
+        else:
+            raise TaskError(f"Task accuracy_range must be (low, high) with low < high, got {accuracy_range!r}")
         self.prune_ignore = list(prune_ignore) if prune_ignore is not None else None
         if finetune is not None and not callable(finetune):
             raise TaskError(f"Task finetune must be callable(module) -> None, got {finetune!r}")

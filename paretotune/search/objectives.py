@@ -27,6 +27,41 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 #: returned by evaluators for the controller's derived metrics; not an objective by itself
 HELPER_METRICS = ("baseline_latency_p50_ms",)
+#: the inclusive range each built-in metric can take; a measurement outside it is a FAIL
+#: (a trial reporting -5 ms must not take the front). `accuracy` takes the study's
+#: accuracy range instead (default DEFAULT_ACCURACY_RANGE); derived metrics are not checked.
+METRIC_DOMAINS: dict[str, tuple[float, float]] = {
+    **{m: (0.0, math.inf) for m in (
+        "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "model_bytes",
+        "peak_memory_bytes", "build_s", "gpu_memory_bytes", "power_w", "baseline_latency_p50_ms",
+    )},
+    "gpu_util": (0.0, 100.0),
+}
+DEFAULT_ACCURACY_RANGE = (0.0, 1.0)
+
+
+def parse_accuracy_range(value: Any) -> tuple[float, float]:
+    """``[low, high]`` with low < high, both finite (None: the default [0, 1])."""
+    if value is None:
+        return DEFAULT_ACCURACY_RANGE
+    ok = (
+        isinstance(value, (list, tuple)) and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        and value[0] < value[1]
+    )
+    if not ok:
+        raise ConfigError(f"accuracy_range must be [low, high] with finite numbers low < high, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def out_of_domain(metrics: Mapping[str, float], accuracy_range: tuple[float, float]) -> str | None:
+    """The first metric outside its domain, as a FAIL reason, or None."""
+    for name, value in metrics.items():
+        low, high = accuracy_range if name == "accuracy" else METRIC_DOMAINS.get(name, (-math.inf, math.inf))
+        if not low <= value <= high:
+            allowed = f">= {low:g}" if high == math.inf else f"within [{low:g}, {high:g}]"
+            return f"metric {name!r} is {value:g}, outside its domain (it must be {allowed})"
+    return None
 DIRECTIONS = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
 OPERATORS = ("<=", ">=")
 

@@ -28,6 +28,8 @@ from paretotune.errors import ConfigError, InvalidConfigError, StudyError
 from paretotune.search.objectives import (
     HELPER_METRICS,
     Constraint,
+    out_of_domain,
+    parse_accuracy_range,
     parse_constraints,
     parse_objectives,
 )
@@ -49,7 +51,7 @@ SPEC_VERSION = 1
 SPEC_KEYS = {
     "version", "space", "objectives", "constraints", "sampler", "seed", "task",
     "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
-    "warm_start",
+    "warm_start", "accuracy_range",
 }
 #: seconds a trial waits at tell-time for the baseline to finish (derived metrics need it)
 BASELINE_WAIT_S = 3600.0
@@ -65,6 +67,10 @@ WARM_STARTS = ("corners", "none")
 MAX_DUPLICATE_STREAK = 8
 #: a stop reason that starts with this is a normal end, not an error
 FINISHED = "finished:"
+#: evaluations lacking an objective or constraint metric before the study stops, when no
+#: completed trial ever had that metric (a single trial without it is just that trial's FAIL)
+MISSING_METRIC_STOP_AFTER = 3
+MISSING_PREFIX = "the evaluator did not return"
 
 
 class TrialState(str, enum.Enum):
@@ -141,6 +147,8 @@ class Study:
         #: seconds without a heartbeat before a running trial's worker is declared lost
         self.worker_grace_s = float(spec.get("worker_grace_s") or DEFAULT_WORKER_GRACE_S)
         self.task_path: str | None = spec.get("task")
+        #: the range a valid `accuracy` lies in (the task's declared range, default [0, 1])
+        self.accuracy_range = parse_accuracy_range(spec.get("accuracy_range"))
         sampler = make_sampler(
             spec.get("sampler") or DEFAULT_SAMPLER,
             seed=worker_seed(spec.get("seed"), worker),
@@ -190,9 +198,9 @@ class Study:
         config: Config | None = None
         if ft.params:
             try:
-                config = self.space.from_params(ft.params)
+                config = self.space.from_params(ft.params, allow_forbidden=ft.state == OptunaState.PRUNED)
             except (ConfigError, InvalidConfigError):
-                config = None  # a half-made trial (interrupted ask) or a forbidden proposal
+                config = None  # a half-made trial (interrupted ask)
         metrics = dict(attrs.get("metrics") or {})
         duplicate_of = attrs.get("duplicate_of")
         if ft.state == OptunaState.COMPLETE and duplicate_of is not None:
@@ -332,7 +340,7 @@ class Study:
             config = self.space.suggest(ot)
         except InvalidConfigError as exc:
             ot.set_user_attr("invalid_reason", str(exc))
-            self._optuna.tell(ot, state=OptunaState.PRUNED)
+            self._tell_optuna(ot, None, OptunaState.PRUNED)
             log.debug("trial %d invalid: %s", ot.number, exc)
             self._optuna.enqueue_trial(
                 self.space.to_params(self._untried_sample()), user_attrs={"replaces_invalid": ot.number}
@@ -430,13 +438,13 @@ class Study:
 
     def tell_invalid(self, pending: PendingTrial, reason: str) -> Trial:
         pending._optuna_trial.set_user_attr("invalid_reason", reason)
-        self._optuna.tell(pending._optuna_trial, state=OptunaState.PRUNED)
+        self._tell_optuna(pending._optuna_trial, None, OptunaState.PRUNED)
         return Trial(pending.number, TrialState.INVALID, pending.config, reason=reason,
                      is_baseline=pending.is_baseline)
 
     def tell_failure(self, pending: PendingTrial, reason: str) -> Trial:
         pending._optuna_trial.set_user_attr("fail_reason", reason)
-        self._optuna.tell(pending._optuna_trial, state=OptunaState.FAIL)
+        self._tell_optuna(pending._optuna_trial, None, OptunaState.FAIL)
         log.info("trial %d FAIL: %s", pending.number, reason)
         return Trial(pending.number, TrialState.FAIL, pending.config, reason=reason,
                      is_baseline=pending.is_baseline)
@@ -456,15 +464,15 @@ class Study:
         if bad:
             return self.tell_failure(pending, bad)
         metrics = {k: float(v) for k, v in metrics.items()}
+        bad = out_of_domain(metrics, self.accuracy_range)
+        if bad:
+            return self.tell_failure(pending, bad)
         derived_reason = self._derive(pending, metrics, baseline_wait_s)
         needed = list(self.objectives) + [c.metric for c in self.constraints]
         missing = [m for m in needed if m not in metrics]
         if missing:
             got = sorted(k for k in metrics if k not in HELPER_METRICS)
-            reason = (
-                f"the evaluator did not return {missing} (needed by the objectives/constraints); "
-                f"it returned {got}"
-            )
+            reason = f"{MISSING_PREFIX} {missing} (needed by the objectives/constraints); it returned {got}"
             if derived_reason and set(missing) <= {"accuracy_drop", "speedup"}:
                 trial = self.tell_failure(pending, derived_reason)
                 if self._baseline_state() == TrialState.WAITING:
@@ -472,9 +480,16 @@ class Study:
                     self._optuna.enqueue_trial(self.space.to_params(pending.config),
                                                user_attrs={"retry_of": pending.number})
                 return trial
-            self.tell_failure(pending, reason)
-            self.store.stop_study(self.name, reason)
-            raise StudyError(f"study {self.name!r} stopped: {reason}")
+            trial = self.tell_failure(pending, reason)
+            never = self._never_returned(missing)
+            if never:
+                stop = (
+                    f"the evaluator did not return {never} (needed by the objectives/constraints) in "
+                    f"any of its first {MISSING_METRIC_STOP_AFTER} evaluations; the last returned {got}"
+                )
+                self.store.stop_study(self.name, stop)
+                raise StudyError(f"study {self.name!r} stopped: {stop}")
+            return trial
         self.store.record_measurement(
             self.name, pending.number, pending.config.hash, pending.config.to_json(),
             metrics, dict(details or {}),
@@ -495,6 +510,16 @@ class Study:
         return Trial(pending.number, TrialState.COMPLETE, pending.config, metrics,
                      feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline)
 
+    def _never_returned(self, missing: Sequence[str]) -> list[str]:
+        """The metrics of ``missing`` that no completed trial has, once MISSING_METRIC_STOP_AFTER
+        evaluations lacked them ([] before that: one bad trial is only that trial's FAIL)."""
+        trials = self._optuna.get_trials(deepcopy=False, states=(OptunaState.COMPLETE, OptunaState.FAIL))
+        had = set().union(*(ft.user_attrs.get("metrics") or {} for ft in trials if ft.state == OptunaState.COMPLETE))
+        lacking = sum(1 for ft in trials if str(ft.user_attrs.get("fail_reason", "")).startswith(MISSING_PREFIX))
+        if lacking < MISSING_METRIC_STOP_AFTER:
+            return []
+        return [m for m in missing if m not in had]
+
     def _tell_metrics(self, ot: optuna.trial.Trial, metrics: dict[str, float]) -> None:
         """Store the metrics on the Optuna trial, set its constraint values, tell objectives."""
         ot.set_user_attr("metrics", metrics)
@@ -502,9 +527,12 @@ class Study:
             ot.set_constraint(str(c), c.violation(metrics[c.metric]))
         self._tell_optuna(ot, [metrics[m] for m in self.objectives])
 
-    def _tell_optuna(self, ot: optuna.trial.Trial, values: list[float]) -> None:
+    def _tell_optuna(
+        self, ot: optuna.trial.Trial, values: list[float] | None, state: OptunaState | None = None
+    ) -> None:
+        """Optuna's tell, surviving the grid sampler's end of the space (any state)."""
         try:
-            self._optuna.tell(ot, values)
+            self._optuna.tell(ot, values, state=state)
         except RuntimeError as exc:
             # BruteForceSampler (our "grid") calls Study.stop() once the space is exhausted,
             # which Optuna only allows inside optimize(); the trial's state is stored anyway.
@@ -691,6 +719,7 @@ def build_spec(
     worker_grace_s: float | None = None,
     duplicates: str | None = None,
     warm_start: str | None = None,
+    accuracy_range: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Validate the pieces of a study and return the spec stored with it (JSON-able)."""
     if not isinstance(space, SearchSpace):
@@ -700,7 +729,19 @@ def build_spec(
             "space: a PerLayer dimension has layers='auto' but no task to take the layers from; "
             "pass task=... or bind the space with space.bind(layers)"
         )
+    try:
+        space.baseline()
+    except InvalidConfigError as exc:
+        raise ConfigError(
+            f"space: the baseline (every dimension at its default) is forbidden ({exc}); change a "
+            "default or the `forbidden` rules, since every study measures the baseline first"
+        ) from None
+    if isinstance(extra_metrics, (str, bytes)) or not isinstance(extra_metrics, (list, tuple)) or not all(
+        isinstance(m, str) and m for m in extra_metrics
+    ):
+        raise ConfigError(f"extra_metrics must be a list of metric names (strings), got {extra_metrics!r}")
     extra = list(extra_metrics)
+    acc_range = parse_accuracy_range(accuracy_range)
     objs = parse_objectives(objectives, extra)
     cons = parse_constraints(constraints, extra)
     name = sampler.get("name") if isinstance(sampler, Mapping) else sampler
@@ -734,6 +775,8 @@ def build_spec(
         "worker_grace_s": worker_grace_s,
         "duplicates": duplicates,
         "warm_start": warm_start,
+        # stored only when it differs from [0, 1], so the specs of older studies still match
+        **({"accuracy_range": list(acc_range)} if accuracy_range is not None else {}),
     }
 
 
@@ -756,12 +799,14 @@ def warm_start_configs(space: SearchSpace) -> list[Config]:
         combos = [{**c, name: v} for c in combos for name, v in axis]
     baseline = space.baseline()
     out: list[Config] = []
+    seen = {baseline.hash}  # a set: a Choice of 20,000 engines must stay linear
     for values in combos:
         try:
             config = space.config(values, fill_defaults=True)
         except (ConfigError, InvalidConfigError):
             continue  # forbidden (an engine that cannot build that precision)
-        if config != baseline and config not in out:
+        if config.hash not in seen:
+            seen.add(config.hash)
             out.append(config)
     return out
 
@@ -778,41 +823,55 @@ def create_study_from_spec(
     An existing study with the same spec is reopened. One with a different spec is an error
     unless ``load_if_exists`` asks to load it as it is (its stored spec wins).
     """
-    if not isinstance(name, str) or not name.strip() or len(name) > 512:
-        raise ConfigError(f"study name must be a non-empty string of at most 512 characters, got {name!r}")
+    check_study_name(name)
     existing = store.load_spec(name)
-    if existing is not None:
-        diff = _spec_diff(existing, spec)
-        if diff and not load_if_exists:
-            raise StudyError(
-                f"study {name!r} already exists in {store.masked_url} with a different spec "
-                f"(differs in: {', '.join(diff)}); use another name, or load_if_exists=True "
-                f"(CLI: --load-if-exists) to continue the stored one"
-            )
-        if diff:
-            log.warning("study %r exists; loading its stored spec (differs in %s)", name, ", ".join(diff))
-        study = Study(name, store, existing)
-        study.enqueue_baseline()
-        return study
-    objectives = parse_objectives(spec["objectives"], spec.get("extra_metrics") or [])
-    directions = [
-        optuna.study.StudyDirection.MINIMIZE if d == "min" else optuna.study.StudyDirection.MAXIMIZE
-        for d in objectives.values()
-    ]
-    ostudy = optuna.create_study(
-        study_name=name, storage=store.optuna_storage(), directions=directions, load_if_exists=True
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ostudy.set_metric_names(list(objectives))
-    store.save_spec(name, spec)
-    study = Study(name, store, spec)
+    if existing is None:
+        objectives = parse_objectives(spec["objectives"], spec.get("extra_metrics") or [])
+        directions = [
+            optuna.study.StudyDirection.MINIMIZE if d == "min" else optuna.study.StudyDirection.MAXIMIZE
+            for d in objectives.values()
+        ]
+        ostudy = optuna.create_study(
+            study_name=name, storage=store.optuna_storage(), directions=directions, load_if_exists=True
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ostudy.set_metric_names(list(objectives))
+        if store.save_spec(name, spec):
+            study = Study(name, store, spec)
+            study.enqueue_baseline()
+            study.enqueue_warm_start()
+            return study
+        # another process created the same study a moment ago: join it like a second run would
+        existing = store.load_spec(name)
+        if existing is None:  # pragma: no cover - the row cannot vanish: rows are never deleted
+            raise StudyError(f"study {name!r}: its row in {store.masked_url} disappeared while creating it")
+    diff = _spec_diff(existing, spec)
+    if diff and not load_if_exists:
+        raise StudyError(
+            f"study {name!r} already exists in {store.masked_url} with a different spec "
+            f"(differs in: {', '.join(diff)}); use another name, or load_if_exists=True "
+            f"(CLI: --load-if-exists) to continue the stored one"
+        )
+    if diff:
+        log.warning("study %r exists; loading its stored spec (differs in %s)", name, ", ".join(diff))
+    study = Study(name, store, existing)
     study.enqueue_baseline()
-    study.enqueue_warm_start()
     return study
 
 
+def check_study_name(name: Any) -> str:
+    """A study name is 1 to 512 printable characters (PostgreSQL refuses NUL in text)."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 512 or not name.isprintable():
+        raise ConfigError(
+            f"study name must be a non-empty string of at most 512 printable characters (no NUL, "
+            f"newline or other control character), got {name!r}"
+        )
+    return name
+
+
 def load_study_from_store(name: str, store: StudyStore, *, worker: str = "main") -> Study:
+    check_study_name(name)
     spec = store.load_spec(name)
     if spec is None:
         known = store.study_names()

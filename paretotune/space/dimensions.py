@@ -486,7 +486,10 @@ def dimension_from_dict(name: str, data: Any) -> Dimension:
     if isinstance(data, Dimension):
         return data
     if isinstance(data, list):
-        return Choice(data)
+        try:
+            return Choice(data)
+        except ConfigError as exc:
+            raise ConfigError(f"space.{name}: {exc}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"space.{name}: a dimension must be a mapping with `type` "

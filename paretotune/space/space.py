@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from paretotune import yamlsafe
 from paretotune.errors import ConfigError, InvalidConfigError
 from paretotune.space.config import Config
 from paretotune.space.dimensions import (
@@ -141,7 +142,7 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, text: str) -> SearchSpace:
-        return cls.from_dict(yaml.safe_load(text))
+        return cls.from_dict(yamlsafe.load(text))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SearchSpace) and self.to_dict() == other.to_dict()
@@ -178,11 +179,14 @@ class SearchSpace:
                 return f"forbidden combination: {_rule_text(rule)}"
         return None
 
-    def config(self, values: Mapping[str, Any], *, fill_defaults: bool = False) -> Config:
+    def config(
+        self, values: Mapping[str, Any], *, fill_defaults: bool = False, allow_forbidden: bool = False
+    ) -> Config:
         """Validate a user-given point and resolve it into a Config.
 
         Unknown names and values of inactive dimensions are errors, never dropped.
-        A forbidden combination raises InvalidConfigError with its reason.
+        A forbidden combination raises InvalidConfigError with its reason (unless
+        ``allow_forbidden``: how an INVALID trial shows the combination that was refused).
         """
         if not isinstance(values, Mapping):
             raise ConfigError(f"config must be a mapping of dimension name to value, got {values!r}")
@@ -205,7 +209,7 @@ class SearchSpace:
             else:
                 raise ConfigError(f"config: active dimension `{name}` has no value")
         reason = self.violation(out)
-        if reason:
+        if reason and not allow_forbidden:
             raise InvalidConfigError(reason)
         return Config({n: out[n] for n in self.dimensions if n in out})
 
@@ -242,7 +246,7 @@ class SearchSpace:
                 params[name] = value
         return params
 
-    def from_params(self, params: Mapping[str, Any]) -> Config:
+    def from_params(self, params: Mapping[str, Any], *, allow_forbidden: bool = False) -> Config:
         """The Config behind Optuna's flat params (the inverse of ``to_params``)."""
         values: dict[str, Any] = {}
         for name, dim in self.dimensions.items():
@@ -258,7 +262,7 @@ class SearchSpace:
                     }
             elif name in params:
                 values[name] = params[name]
-        return self.config(values)
+        return self.config(values, allow_forbidden=allow_forbidden)
 
     def sample(self, rng: random.Random | int | None = None, *, max_tries: int = 1000) -> Config:
         """A random valid config (rejection sampling over the forbidden rules)."""
@@ -304,6 +308,42 @@ class SearchSpace:
                 if self.to_params(out) != base:
                     return out
         raise ConfigError(f"space: no valid neighbour of {dict(config)} in {max_tries} draws")
+
+    def size(self, at_most: int = 10**9) -> int | None:
+        """How many valid configs the space holds (None when a dimension is continuous);
+        counting stops once it passes ``at_most``, so a huge space costs little. PerLayer
+        dimensions (which no condition or rule names) count as choices ** groups."""
+        dims = self.dimensions
+        if any(d.values() is None for d in dims.values() if not isinstance(d, PerLayer)):
+            return None
+        scalar = [n for n in self._order if not isinstance(dims[n], PerLayer)]
+        layered = [d for d in dims.values() if isinstance(d, PerLayer)]
+        total = 0
+
+        def rec(i: int, acc: dict[str, Any]) -> None:
+            nonlocal total
+            if total > at_most:
+                return
+            if i == len(scalar):
+                if self.violation(acc) is None:
+                    n = 1
+                    for layer_dim in layered:
+                        if layer_dim.is_active(acc):
+                            n *= len(layer_dim.choices) ** len(layer_dim.groups())
+                    total += n
+                return
+            name = scalar[i]
+            dim = dims[name]
+            if not dim.is_active(acc):
+                rec(i + 1, acc)
+                return
+            for v in dim.values() or ():
+                acc[name] = v
+                rec(i + 1, acc)
+            acc.pop(name, None)
+
+        rec(0, {})
+        return total
 
     def grid(self) -> Iterator[Config]:
         """Every valid config of a finite space, in a deterministic order."""

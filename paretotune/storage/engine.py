@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -28,9 +29,34 @@ POOL_SIZE = 1
 MAX_OVERFLOW = 1
 MAX_CONNECTIONS_PER_PROCESS = 2 * (POOL_SIZE + MAX_OVERFLOW)
 
-_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
+#: fallback for URLs this process never parsed: the password runs to the token's last "@"
+_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S+)(?P<tail>@)")
 _PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+#: passwords of every URL this process parsed, in every spelling (as written, decoded), so a
+#: driver's message that echoes one is masked too; shorter ones would mask ordinary text
+_SECRETS: set[str] = set()
+MIN_SECRET_LEN = 4
 SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2")
+
+
+def _written_password(url: str) -> str | None:
+    """The password as written in ``url``: from the user's ':' to the last '@' of the URL."""
+    _, sep, rest = url.partition("://")
+    userinfo = rest[: rest.rfind("@")] if sep and "@" in rest else ""
+    return userinfo.split(":", 1)[1] or None if ":" in userinfo else None
+
+
+def remember_secrets(url: str) -> None:
+    """Note the password of ``url`` so that ``mask`` hides it wherever it appears."""
+    found = {_written_password(url)}
+    try:
+        found.add(make_url(url).password)  # type: ignore[arg-type]
+    except ArgumentError:
+        pass
+    for secret in list(found):
+        if secret:
+            found |= {unquote(secret), unquote_plus(secret), quote(secret, safe=""), quote_plus(secret)}
+    _SECRETS.update(s for s in found if s and len(s) >= MIN_SECRET_LEN)
 
 
 def resolve_url(url: str | None) -> str:
@@ -39,6 +65,13 @@ def resolve_url(url: str | None) -> str:
         return DEFAULT_URL
     if not isinstance(url, str) or not url.strip():
         raise StorageError(f"storage: expected a database URL such as {DEFAULT_URL!r}, got {url!r}")
+    remember_secrets(url)
+    written = _written_password(url)
+    if written is not None and "@" in written:
+        raise StorageError(
+            f"storage: the password in {mask(url)!r} contains '@'; URL-encode it (%40), since an "
+            "'@' there ends the password"
+        )
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -60,8 +93,20 @@ def driver_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def mask_url(url: str) -> str:
+    """A URL as it may be shown: SQLAlchemy renders it with the password hidden."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        shown = url
+    return mask(shown)
+
+
 def mask(text: str) -> str:
-    """Replace every password in ``text`` (URLs and ``password=...`` pairs) with ``***``."""
+    """Replace every password in ``text`` with ``***``: those of the URLs this process has
+    parsed (in any spelling), then any URL userinfo and ``password=...`` pair left."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
     text = _PASSWORD_RE.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     return _PASSWORD_KV_RE.sub(lambda m: f"{m.group(1)}***", text)
 

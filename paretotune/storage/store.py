@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +30,7 @@ from paretotune.storage.engine import (
     engine_kwargs,
     is_sqlite,
     mask,
+    mask_url,
     resolve_url,
     serialize_sqlite_writes,
 )
@@ -100,22 +103,54 @@ def _wrap(exc: Exception, what: str) -> StorageError:
     return StorageError(f"{what}: {mask(str(exc).splitlines()[0])}")
 
 
+def _check_sqlite_path(url: str, create: bool) -> None:
+    """One clear line for the SQLite paths that would otherwise fail deep in the driver."""
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.is_dir():
+        raise StorageError(f"storage: {url!r} names a directory, not an SQLite database file")
+    if not path.exists():
+        if not create:
+            raise StorageError(
+                f"no study store at {url!r}: the SQLite file {str(path)!r} does not exist "
+                "(this command reads a store and never creates one; check the path or --storage)"
+            )
+        if not path.parent.is_dir():
+            raise StorageError(f"storage: the directory of {url!r} ({str(path.parent)!r}) does not exist")
+    if create and path.exists() and not os.access(path, os.W_OK):
+        raise StorageError(f"storage: the SQLite file {str(path)!r} is read-only")
+    if create and not os.access(path.parent, os.W_OK):
+        raise StorageError(
+            f"storage: the directory {str(path.parent)!r} is read-only (SQLite writes its journal "
+            "beside the database file)"
+        )
+
+
 class StudyStore:
     """One study store, addressed by URL (``None`` = ``sqlite:///paretotune.db``)."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        """``create=False`` (loading a study, read-only commands) never creates a store: a
+        missing SQLite file or a database without paretotune's tables is an error."""
         self.url = resolve_url(url)
+        if is_sqlite(self.url):
+            _check_sqlite_path(self.url, create)
         self.engine = create_engine(self.url)
         check_reachable(self.engine, self.url)
+        if not create and not sa.inspect(self.engine).has_table(studies_table.name):
+            self.engine.dispose()
+            raise StorageError(f"{self.masked_url} holds no paretotune studies (no table {studies_table.name})")
         try:
-            metadata.create_all(self.engine)
+            metadata.create_all(self.engine)  # only adds tables a newer version introduced
         except sa.exc.SQLAlchemyError as exc:
             raise _wrap(exc, f"cannot create tables in {self.masked_url}") from None
         self._optuna: Any = None
 
     @property
     def masked_url(self) -> str:
-        return mask(self.url)
+        return mask_url(self.url)
 
     def __repr__(self) -> str:
         return f"StudyStore({self.masked_url!r})"
@@ -141,13 +176,18 @@ class StudyStore:
             self._optuna.engine.dispose()
 
     # -- study specs ----------------------------------------------------------------------------
-    def save_spec(self, name: str, spec: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                studies_table.insert().values(
-                    name=name, spec=json.dumps(spec, sort_keys=True), created_at=time.time()
+    def save_spec(self, name: str, spec: dict[str, Any]) -> bool:
+        """Store a new study's spec; False when another process stored that study first."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    studies_table.insert().values(
+                        name=name, spec=json.dumps(spec, sort_keys=True), created_at=time.time()
+                    )
                 )
-            )
+        except sa.exc.IntegrityError:
+            return False
+        return True
 
     def load_spec(self, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -278,6 +318,14 @@ class StudyStore:
                     claims_table.c.state == ACTIVE,
                     claims_table.c.heartbeat_at < cutoff,
                 )
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def active_claims(self, study: str) -> list[dict[str, Any]]:
+        """Every active claim of ``study`` (worker, trial number, heartbeat)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(claims_table).where(claims_table.c.study == study, claims_table.c.state == ACTIVE)
             ).mappings()
             return [dict(r) for r in rows]
 

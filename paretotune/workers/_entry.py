@@ -42,6 +42,7 @@ def trial_process(fd: int) -> None:
     ``__main__``) that receives the pickled evaluator, then one config per message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = Connection(fd)
+    load_error: str | None = None
     try:
         # loading imports the task's libraries (torch): work, not to run beside a timed window
         from paretotune.evaluators.slot import timing_slot
@@ -49,8 +50,8 @@ def trial_process(fd: int) -> None:
         with timing_slot().shared():
             evaluator = cloudpickle.loads(conn.recv_bytes())
     except Exception as exc:
-        conn.send(("error", f"cannot load the evaluator in the trial process: {type(exc).__name__}: {exc}"))
-        return
+        # answer every config with the reason (exiting at once would read as "exited with code 0")
+        load_error = f"cannot load the evaluator in the trial process: {type(exc).__name__}: {exc}"
     while True:
         try:
             msg = conn.recv()
@@ -58,6 +59,9 @@ def trial_process(fd: int) -> None:
             return
         if msg is None:
             return
+        if load_error is not None:
+            conn.send(("error", load_error))
+            continue
         try:
             metrics, details = _normalize(evaluator(Config.from_json(msg)))
             conn.send(("ok", metrics, details))
@@ -71,8 +75,9 @@ def trial_process(fd: int) -> None:
 
 def pool_worker() -> None:
     """A local-pool worker: its arguments arrive pickled on stdin."""
-    from paretotune.workers.loop import run_worker, worker_id
+    from paretotune.workers.loop import raise_on_sigterm, run_worker, worker_id
 
+    raise_on_sigterm()
     args = pickle.loads(sys.stdin.buffer.read())
     evaluator = cloudpickle.loads(args.pop("evaluator"))
     try:
@@ -80,6 +85,8 @@ def pool_worker() -> None:
     except StudyError as exc:
         log.error("%s", exc)
         sys.exit(3)
+    except KeyboardInterrupt:  # Ctrl-C or the pool's SIGTERM: the running trial is recorded
+        sys.exit(130)
 
 
 def watch_parent(interval_s: float = 1.0) -> None:

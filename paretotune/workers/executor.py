@@ -46,7 +46,7 @@ def _signal_reason(code: int) -> str:
             name = f"signal {-code}"
         hint = " (likely out of memory)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
-    return f"trial process exited with code {code}"
+    return f"trial process exited with code {code} before returning a result"
 
 
 class TrialExecutor:

@@ -106,6 +106,33 @@ def deliver_spool(study: Study, window_s: float) -> int:
     return delivered
 
 
+class Interrupted(KeyboardInterrupt):
+    """A worker stopped by a signal other than SIGINT (the pool's SIGTERM on Ctrl-C)."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+def raise_on_sigterm() -> None:
+    """In a worker process: SIGTERM unwinds like Ctrl-C, so the running trial is recorded."""
+    import signal
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _fail_interrupted(study: Study, pending: PendingTrial, signame: str) -> None:
+    """Record the trial a signal interrupted as FAIL on the way out, so nothing stays RUNNING
+    (one try: the user is waiting for the process to end)."""
+    try:
+        study.tell_failure(pending, f"interrupted ({signame})")
+    except Exception as exc:  # already finished, or the store is gone: the reaper settles it
+        log.debug("could not record trial %d as interrupted: %s", pending.number, exc)
+
+
 def _ask(study: Study) -> PendingTrial:
     """The sampler's work (TPE/GP model fitting: CPU-heavy) waits while another worker times:
     it holds the machine's timing slot shared (`evaluators.slot`). Only the ask: a tell may
@@ -192,6 +219,7 @@ def run_worker(
                 continue
             heartbeat.set(claim)
             completed = False
+            pending: PendingTrial | None = None
             try:
                 pending = retry(_ask, study, what="ask", window_s=w)
                 retry(store.bind_claim, claim, pending.number, what="claim", window_s=w)
@@ -208,6 +236,10 @@ def run_worker(
                     stats.completed += 1
                 else:
                     stats.failed += 1
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from the pool (Interrupted)
+                if pending is not None and not completed:
+                    _fail_interrupted(study, pending, getattr(exc, "signame", "SIGINT"))
+                raise
             finally:
                 heartbeat.set(None)
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -50,10 +51,37 @@ def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
     return as_evaluator(study_task(study, evaluator))
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+        maximum is not None and value > maximum
+    ):
+        allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{name} must be an integer {allowed}, got {value!r}")
     return value
+
+
+#: local worker processes per core at most (trials mostly wait on the timing slot and on builds,
+#: so a few per core still make progress; thousands would only exhaust the machine)
+WORKERS_PER_CORE = 4
+#: the cap never drops below this, so small machines can still run the test-sized fleets
+MIN_WORKER_CAP = 8
+
+
+def max_local_workers() -> int:
+    """The most local worker processes one study may start: 4 per core, at least 8."""
+    return max(MIN_WORKER_CAP, WORKERS_PER_CORE * (os.cpu_count() or 1))
+
+
+def check_budget(
+    n_trials: Any, n_workers: Any, backend: str = "local", *,
+    trials_field: str = "n_trials", workers_field: str = "n_workers",
+) -> None:
+    """Refuse a budget before anything is stored or started (field, value and allowed range).
+    Local workers are processes on this machine, so their number is capped (max_local_workers)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    _check_int(trials_field, n_trials, 1)
+    _check_int(workers_field, n_workers, 1, max_local_workers() if backend == "local" else None)
 
 
 class Progress:
@@ -90,6 +118,25 @@ class Progress:
 
 
 MAX_RESPAWNS = 10
+#: seconds the pool gives its workers to record their trials after Ctrl-C, before SIGTERM
+INTERRUPT_GRACE_S = 5.0
+
+
+def _settle_interrupted(study: Study, pids: list[int], signame: str) -> None:
+    """FAIL the trials our stopped workers still held (a worker killed mid-tell), so that no
+    trial stays RUNNING after Ctrl-C, and give their claims back."""
+    prefixes = tuple(f"pool-{socket.gethostname()}-{pid}-" for pid in pids)
+    try:
+        for claim in study.store.active_claims(study.name):
+            if not str(claim["worker"]).startswith(prefixes):
+                continue
+            completed = False
+            number = claim["trial_number"]
+            if number is not None and not study.tell_failure_by_number(number, f"interrupted ({signame})"):
+                completed = study.trial(number).state == TrialState.COMPLETE  # it finished first
+            study.store.finish_claim_forced(claim["id"], completed=completed)
+    except Exception as exc:  # the store is gone: the reaper settles them on the next run
+        log.debug("could not settle interrupted trials: %s", exc)
 
 
 def _spawn_worker(args: bytes, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -167,14 +214,25 @@ def run_local(
                                     p.pid, -p.returncode)
                         procs[i] = _spawn_worker(args, env)
                         respawns += 1
-        except BaseException:
+        except BaseException as exc:
+            # Ctrl-C reached the workers too (one process group): let them record their trials
+            # as interrupted before the rest are stopped; then settle what they left RUNNING.
+            deadline = time.monotonic() + INTERRUPT_GRACE_S
+            while isinstance(exc, KeyboardInterrupt) and time.monotonic() < deadline and any(
+                p.poll() is None for p in procs
+            ):
+                time.sleep(0.05)
             for p in procs:
-                p.terminate()
+                if p.poll() is None:
+                    p.terminate()
             for p in procs:
                 try:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+                    p.wait()
+            if isinstance(exc, KeyboardInterrupt):
+                _settle_interrupted(study, [p.pid for p in procs], "SIGINT")
             raise
         for p in procs:
             if p.returncode != 0:
@@ -196,10 +254,7 @@ def run_study(
     **backend_options: Any,
 ) -> None:
     """Drive ``study`` until it holds ``n_trials`` completed trials (baseline included)."""
-    _check_int("n_trials", n_trials, 1)
-    _check_int("n_workers", n_workers, 1)
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    check_budget(n_trials, n_workers, backend)
     evaluator = resolve_evaluator(study, evaluator)
     study.store.clear_stop(study.name)
     study.store.set_target(study.name, n_trials)
