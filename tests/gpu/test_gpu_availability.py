@@ -34,13 +34,34 @@ def _machine(
     monkeypatch.setattr(availability, "ort_providers", lambda: list(providers))
 
 
-def test_this_cpu_machine_offers_only_cpu_engines_and_says_why(task: Task) -> None:
+CPU_BOX = {"packages": {"torch", "onnx", "onnxruntime"}, "devices": 0,
+           "providers": ("CPUExecutionProvider",)}
+
+
+def test_this_machine_offers_what_its_probes_find_and_says_why(task: Task) -> None:
+    """On either kind of machine: every engine is offered or has a reason, and what is offered
+    follows the real probes (a CUDA machine offers torch_cuda, a CPU one says why not)."""
     problems = task.unavailable_engines()
     available = task.available_engines()
     assert set(available) | set(problems) == set(availability.ENGINES)
     assert not set(available) & set(problems)
-    # this CI machine: CPU torch and CPU onnxruntime, no TensorRT, no CUDA
-    assert available == ["torch", "onnxruntime"]
+    assert available[:2] == ["torch", "onnxruntime"]
+    if availability.torch_cuda_available():
+        assert "torch_cuda" in available
+    else:
+        assert problems["torch_cuda"] == "no CUDA device: torch.cuda.is_available() is False"
+    if not availability.importable("tensorrt"):
+        assert problems["tensorrt"] == "tensorrt not importable"
+    if "CUDAExecutionProvider" not in availability.ort_providers():
+        assert "no CUDAExecutionProvider" in problems["onnxruntime_cuda"]
+
+
+def test_a_cpu_box_offers_only_cpu_engines_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, task: Task
+) -> None:
+    _machine(monkeypatch, **CPU_BOX)
+    assert task.available_engines() == ["torch", "onnxruntime"]
+    problems = task.unavailable_engines()
     assert problems["tensorrt"] == "tensorrt not importable"
     assert problems["torch_cuda"] == "no CUDA device: torch.cuda.is_available() is False"
     assert "no CUDAExecutionProvider" in problems["onnxruntime_cuda"]
@@ -103,8 +124,9 @@ def test_cuda_visible_devices_empty_means_no_device(monkeypatch: pytest.MonkeyPa
 
 
 def test_standard_space_leaves_out_what_cannot_run_and_logs_why(
-    task: Task, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, task: Task, caplog: pytest.LogCaptureFixture
 ) -> None:
+    _machine(monkeypatch, **CPU_BOX)
     with caplog.at_level(logging.INFO, logger="paretotune.space.standard"):
         space = standard_space(task)
     assert list(space.dimensions["engine"].choices) == ["torch", "onnxruntime"]
@@ -132,9 +154,10 @@ def test_standard_space_on_a_gpu_box_searches_the_gpu_options(
     assert reason is not None and "torch_cuda" in reason
 
 
-def test_a_gpu_engine_on_this_machine_is_invalid_with_its_reason_never_built(
-    task: Task, tmp_path
+def test_a_gpu_engine_on_a_cpu_box_is_invalid_with_its_reason_never_built(
+    monkeypatch: pytest.MonkeyPatch, task: Task, tmp_path
 ) -> None:
+    _machine(monkeypatch, **CPU_BOX)
     evaluator = TaskEvaluator(task, cache_dir=tmp_path, timing=FAST)
     with pytest.raises(InvalidConfigError, match=r"engine='tensorrt' .*tensorrt not importable"):
         evaluator({"engine": "tensorrt", "bit_width": 16})

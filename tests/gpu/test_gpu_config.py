@@ -95,7 +95,13 @@ def test_tensorrt_int8_source_decides_quantization() -> None:
         ({"engine": "onnxruntime_cuda", "bit_width": 8, "precision": {"fc1": "fp16"}}, "engine='onnxruntime_cuda'"),
     ],
 )
-def test_unbuildable_gpu_combinations_are_invalid(config: dict, message: str) -> None:
+def test_unbuildable_gpu_combinations_are_invalid(
+    monkeypatch: pytest.MonkeyPatch, config: dict, message: str
+) -> None:
+    from paretotune.evaluators import hardware
+
+    # the same answer on any CPU: the torch/fp16 case must not depend on this CPU's bf16 ISA
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
     with pytest.raises(InvalidConfigError, match=message):
         resolve_config(config, LAYERS)
 

@@ -74,8 +74,10 @@ def _check(measurement, min_fidelity: float) -> None:
 def test_torch_cuda(task: Task, tmp_path, config: dict, fidelity: float) -> None:
     import torch
 
-    if config.get("half") == "bf16" and not torch.cuda.is_bf16_supported():
-        pytest.skip(f"needs bf16: {torch.cuda.get_device_name()} has none")
+    from paretotune.evaluators.torch_cuda_engine import bf16_native
+
+    if config.get("half") == "bf16" and not bf16_native():
+        pytest.skip(f"needs native bf16: {torch.cuda.get_device_name()} has none")
     evaluator = TaskEvaluator(task, cache_dir=tmp_path, timing=FAST)
     measurement = evaluator({"engine": "torch_cuda", "batch_size": 8, **config})
     _check(measurement, fidelity)
@@ -104,12 +106,24 @@ def test_torch_cuda_compiled(task: Task, tmp_path) -> None:
     ],
 )
 def test_tensorrt(task: Task, tmp_path, config: dict, fidelity: float) -> None:
+    import tensorrt
+
+    from paretotune.errors import InvalidConfigError
+    from paretotune.evaluators.tensorrt_engine import strongly_typed
+
     evaluator = TaskEvaluator(task, cache_dir=tmp_path, timing=FAST)
+    strong = strongly_typed(tensorrt)
+    if strong and config.get("bit_width") == 8 and config.get("int8_source") != "qdq":
+        with pytest.raises(InvalidConfigError, match="removed the int8 calibrators"):
+            evaluator({"engine": "tensorrt", "batch_size": 8, **config})
+        return
     measurement = evaluator({"engine": "tensorrt", "batch_size": 8, **config})
     _check(measurement, fidelity)
     build = measurement.details["build_details"]
     assert build["engine_cache_key"]
-    if "precision" in config:
+    if "precision" in config and strong:
+        assert build["graph_casts"]["half_nodes"]  # fc1 computes in fp16 through its casts
+    elif "precision" in config:
         assert "OBEY_PRECISION_CONSTRAINTS" in build["layer_precision"]["flags"]
 
 
