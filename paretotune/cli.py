@@ -159,10 +159,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = create_study(spec.name, storage, load_if_exists=args.load_if_exists, **spec.study_args)
     print(f"study {study.name!r} in {study.store.masked_url}: budget {n_trials} completed trials, "
           f"{n_workers} worker(s), backend {args.backend}", file=sys.stderr)
-    size = study.space.size()
-    if size is not None and n_trials > size:
-        print(f"note: the space holds {size} configs, fewer than the budget of {n_trials}; configs "
-              "will be measured again once every one has been tried", file=sys.stderr)
     study.optimize(
         None, n_trials=n_trials, n_workers=n_workers, backend=args.backend,
         show_progress=not args.no_progress, **options,

@@ -27,7 +27,7 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys."""
 
 
-def _construct_mapping(loader: SafeConstructor, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(loader: _StrictLoader, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == _MERGE_TAG:  # `<<: *base` merges are meant to be overridden

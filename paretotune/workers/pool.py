@@ -92,10 +92,14 @@ class Progress:
         self.total = total
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._bar: Any = None
+        size = study.space.size(at_most=total)
+        #: a budget larger than a finite space re-measures configs: the bar says so
+        self.beyond_space = size is not None and size < total
         if self.enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=study.name, unit="trial", dynamic_ncols=True, file=sys.stderr)
+            desc = f"{study.name} (space of {size} configs: re-measuring)" if self.beyond_space else study.name
+            self._bar = tqdm(total=total, desc=desc, unit="trial", dynamic_ncols=True, file=sys.stderr)
 
     def update(self) -> None:
         if self._bar is None:
@@ -265,6 +269,10 @@ def run_study(
     if done_before >= n_trials:
         log.info("study %r already holds %d completed trials (budget %d)", study.name, done_before, n_trials)
         return
+    size = study.space.size(at_most=n_trials)
+    if size is not None and size < n_trials:
+        log.warning("study %r: the space holds %d configs, fewer than the budget of %d; configs are "
+                    "measured again once every one has been tried", study.name, size, n_trials)
     if backend == "ray":
         from paretotune.workers.ray_backend import run_ray
 
