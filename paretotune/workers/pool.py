@@ -204,6 +204,7 @@ def run_local(
         env.setdefault(
             "PARETOTUNE_LOG_LEVEL", logging.getLevelName(logging.getLogger("paretotune").getEffectiveLevel())
         )
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's GPU numbers = NVML's (telemetry)
         procs = [_spawn_worker(args, env) for _ in range(n_workers)]
         respawns = 0
         try:
