@@ -1,0 +1,219 @@
+"""The harness against queueing theory: a fake engine with a known service time behind LoadGen.
+
+The fake engine waits a + b*n ms (`FakeEngine(busy=False)`: a spin gets preempted on these
+shared 2-core machines, which would make its service time unknown). Its effective service time
+as LoadGen sees it (engine plus our per-batch cost) is measured in an Offline run and given to
+the models. The models then predict the Server scenario, which the harness measures on its own.
+"""
+
+from __future__ import annotations
+
+import re
+
+import _queueing as q
+import numpy as np
+import pytest
+
+from paretotune.errors import EvaluationError
+from paretotune.evaluators.serving import (
+    BatcherConfig,
+    Offline,
+    Server,
+    ServingResult,
+    measure_serving,
+)
+from paretotune.evaluators.serving.fake import FakeEngine
+
+pytestmark = pytest.mark.usefixtures("loadgen")
+
+INPUTS = {"x": np.zeros((128, 4), dtype=np.float32)}
+A_MS, B_MS = 1.5, 0.5  # M/D/1 engine: 2 ms a request
+BOUND_MS = 15.0  # ~7 service times: steep tail, so the critical QPS is well defined
+RUN_S = 2.0
+TOLERANCE = 0.15  # the issue's
+
+
+def _engine(a: float, b: float):
+    return lambda: FakeEngine(a, b, busy=False)
+
+
+def _offline_ms_per_batch(a: float, b: float, batcher: BatcherConfig) -> tuple[float, float]:
+    """(ms per batch at saturation as LoadGen measures it, mean formed batch size)."""
+    result = measure_serving(_engine(a, b), INPUTS, Offline(budget_s=3.0), batcher)
+    mean = result.details["mean_batch_size"]
+    assert result.offline_qps is not None
+    return 1000.0 * mean / result.offline_qps, mean
+
+
+def _unit_schedule(result: ServingResult) -> list[float]:
+    """LoadGen's seeded Poisson schedule at unit rate: arrival times x target QPS."""
+    server_runs = [r for r in result.runs if r.scenario == "server" and r.arrivals_s]
+    longest = max(server_runs, key=lambda r: len(r.arrivals_s or ()))
+    return [t * longest.target_qps for t in longest.arrivals_s or ()]
+
+
+def _spread(model: q.Sojourns, bound: float, lo: float, hi: float, n: int) -> list[float]:
+    """The critical QPS over fresh Poisson realizations: its 5%, 50% and 95% quantiles."""
+    values = [
+        q.critical_qps(
+            model,
+            q.poisson_unit(n, seed),
+            bound,
+            min_duration=RUN_S,
+            min_queries=500,
+            lo=lo,
+            hi=hi,
+        )
+        for seed in range(40)
+    ]
+    return q.quantiles(values, (0.05, 0.5, 0.95))
+
+
+@pytest.fixture(scope="module")
+def md1_measured() -> tuple[ServingResult, float]:
+    """The M/D/1 case measured once: (the peak search's result, effective ms per request)."""
+    d_ms, _ = _offline_ms_per_batch(A_MS, B_MS, BatcherConfig())
+    result = measure_serving(
+        _engine(A_MS, B_MS),
+        INPUTS,
+        Server(p99_ms=BOUND_MS, budget_s=40.0),
+        BatcherConfig(),
+        run_s=RUN_S,
+        keep_arrivals=True,
+    )
+    return result, d_ms
+
+
+def test_md1_model_matches_erlang_exact_distribution() -> None:
+    """The Lindley simulation used below is M/D/1: its tail matches Erlang's exact formula."""
+    d, lam, bound = 0.002, 300.0, 0.010
+    exact = 1 - q.md1_wait_cdf(bound - d, lam, d)
+    unit = q.poisson_unit(200_000, seed=7)
+    sojourns = q.md1(d)(unit, lam)
+    simulated = sum(s > bound for s in sojourns) / len(sojourns)
+    assert simulated == pytest.approx(exact, rel=0.1), (simulated, exact)
+    assert q.early_stopping_h(0) == 459  # LoadGen: "would need at least 67 more" after 392
+
+
+def test_server_qps_matches_md1(md1_measured) -> None:
+    result, d_ms = md1_measured
+    assert d_ms >= A_MS + B_MS  # the engine cannot be faster than its service time
+    assert result.details["mean_batch_size"] == 1.0
+    model = q.md1(d_ms / 1000)
+    bound = BOUND_MS / 1000
+    cap = 1000 / d_ms
+    same_schedule = q.critical_qps(
+        model, _unit_schedule(result), bound, min_duration=RUN_S, min_queries=500, lo=1.0, hi=cap
+    )
+    low, median, high = _spread(model, bound, 1.0, cap, n=int(cap * RUN_S * 1.5))
+    report = (
+        f"server_qps {result.server_qps:.1f}; M/D/1 (D = {d_ms:.3f} ms, LoadGen's rule) on the "
+        f"same schedule {same_schedule:.1f}, over fresh schedules 5/50/95% "
+        f"{low:.1f}/{median:.1f}/{high:.1f}; exact M/D/1 p99 = bound at "
+        f"{q.md1_qps_at_p99(bound, d_ms / 1000):.1f}; runs {result.details['runs']}"
+    )
+    assert result.server_qps == pytest.approx(same_schedule, rel=TOLERANCE), report
+    assert low * (1 - TOLERANCE) <= result.server_qps <= high * (1 + TOLERANCE), report
+
+
+def test_server_qps_with_batching_matches_simulation() -> None:
+    a, b = 3.0, 0.5
+    config = BatcherConfig(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
+    bound_ms = 25.0
+    one_ms, _ = _offline_ms_per_batch(a, b, BatcherConfig())
+    full_ms, mean = _offline_ms_per_batch(
+        a, b, BatcherConfig(max_batch_size=8, preferred_batch_sizes=(8,))
+    )
+    assert mean == pytest.approx(8.0, abs=0.1)
+
+    def service(n: int) -> float:  # measured at 1 and 8, linear between: a + b*n plus our cost
+        return (one_ms + (full_ms - one_ms) * (n - 1) / 7) / 1000
+
+    result = measure_serving(
+        _engine(a, b),
+        INPUTS,
+        Server(p99_ms=bound_ms, budget_s=40.0),
+        config,
+        run_s=RUN_S,
+        keep_arrivals=True,
+    )
+    model = q.batcher(service, 8, (4, 8), 0.002)
+    cap = 8 / service(8)
+    same_schedule = q.critical_qps(
+        model,
+        _unit_schedule(result),
+        bound_ms / 1000,
+        min_duration=RUN_S,
+        min_queries=500,
+        lo=1.0,
+        hi=cap,
+    )
+    report = (
+        f"server_qps {result.server_qps:.1f}, simulated on the same schedule "
+        f"{same_schedule:.1f} (service {one_ms:.2f} ms at 1, {full_ms:.2f} ms at 8); "
+        f"mean batch {result.details['mean_batch_size']}; runs {result.details['runs']}"
+    )
+    assert result.server_qps == pytest.approx(same_schedule, rel=TOLERANCE), report
+    assert result.details["mean_batch_size"] > 1.5, report  # batching happened under load
+    assert 0 < result.details["queue_share"] < 1
+
+
+@pytest.fixture(scope="module")
+def fast_measured() -> ServingResult:
+    """A 1 ms engine at the same bound: quick to search (it needs 500 queries a run)."""
+    return measure_serving(
+        _engine(0.5, 0.5),
+        INPUTS,
+        Server(p99_ms=BOUND_MS, budget_s=12.0, tolerance=0.1),
+        run_s=0.5,
+    )
+
+
+def test_slower_engine_serves_fewer_queries(md1_measured, fast_measured) -> None:
+    slower, _ = md1_measured  # 2 ms a request against 1 ms
+    assert fast_measured.server_qps is not None and slower.server_qps is not None
+    assert slower.server_qps < fast_measured.server_qps / 1.3, (
+        slower.server_qps,
+        fast_measured.server_qps,
+    )
+
+
+def test_looser_bound_serves_more_queries(fast_measured) -> None:
+    looser = measure_serving(
+        _engine(0.5, 0.5),
+        INPUTS,
+        Server(p99_ms=3 * BOUND_MS, budget_s=12.0, tolerance=0.1),
+        run_s=0.5,
+    )
+    assert looser.server_qps is not None and fast_measured.server_qps is not None
+    assert looser.server_qps > 1.1 * fast_measured.server_qps, (
+        looser.server_qps,
+        fast_measured.server_qps,
+    )
+    assert looser.server_p99_ms is not None and looser.server_p99_ms <= 3 * BOUND_MS
+
+
+def test_no_delay_and_preferred_size_one_forms_batches_of_one() -> None:
+    ones = BatcherConfig(max_batch_size=8, preferred_batch_sizes=(1,), max_queue_delay_us=0)
+    eights = BatcherConfig(max_batch_size=8, preferred_batch_sizes=(8,), max_queue_delay_us=0)
+    result = measure_serving(_engine(0.3, 0.1), INPUTS, Offline(budget_s=1.0), ones)
+    contrast = measure_serving(_engine(0.3, 0.1), INPUTS, Offline(budget_s=1.0), eights)
+    # Offline queues every sample at once: the strongest pull towards big batches
+    runs = [r for r in result.runs]
+    assert all(r.batcher["max_batch_size_formed"] == 1 for r in runs)
+    assert all(r.batcher["batches"] == r.batcher["requests"] for r in runs)
+    assert result.details["mean_batch_size"] == 1.0
+    assert contrast.details["mean_batch_size"] > 4
+    assert result.offline_qps is not None and contrast.offline_qps is not None
+    assert contrast.offline_qps > result.offline_qps  # batching pays: 0.3 ms a batch saved
+
+
+def test_invalid_at_every_qps_names_the_lowest_tried() -> None:
+    with pytest.raises(EvaluationError, match="INVALID") as info:
+        # the engine alone takes 2 ms: no QPS meets a 1 ms p99
+        measure_serving(_engine(A_MS, B_MS), INPUTS, Server(p99_ms=1.0, budget_s=4.0), run_s=0.5)
+    message = str(info.value)
+    match = re.search(r"the lowest, ([0-9.]+) QPS, had p99 ([0-9.]+) ms", message)
+    assert match, message
+    assert float(match.group(1)) > 0 and float(match.group(2)) > 1.0
+    assert "p99 <= 1 ms" in message
