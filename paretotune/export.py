@@ -496,8 +496,9 @@ def _torchscript(built: BuiltArtifact, task: Task) -> tuple[str, bytes, dict[str
     import torch
 
     from paretotune.evaluators import torch_engine
+    from paretotune.evaluators.evaluator import load_torch_module
 
-    module = torch_engine.deserialize(built.data)
+    module = load_torch_module(task, built.spec, built.data)  # weights only: no unpickling
     cast = torch.bfloat16 if built.spec.bit_width == 16 else None
     wrapper = _io_wrapper(module, cast).eval()
     args = torch_engine.to_tensors(task.example_inputs, task.input_names)

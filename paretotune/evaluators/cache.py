@@ -4,6 +4,10 @@ Each entry is two files, `<key>.bin` (the artifact) and `<key>.json` (its metada
 written to a temporary file and moved into place with `os.replace`, the metadata last, so a
 reader sees a whole entry or none. The cache is bounded; the least recently used entries
 (by modification time, refreshed on a hit) are evicted first.
+
+The directory is created private (mode 0700), and the metadata holds the sha256 of the data: an
+entry whose data does not match it is a miss (logged), so a truncated or swapped file is built
+again rather than used. Readers never unpickle what they find here.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class ArtifactCache:
             root = os.environ.get(CACHE_DIR_ENV) or Path.cwd() / DEFAULT_CACHE_DIR
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self._mode_checked = False
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         if not key or not all(c in "0123456789abcdef" for c in key):
@@ -66,13 +71,29 @@ class ArtifactCache:
         return self.root / f"{key}.bin", self.root / f"{key}.json"
 
     def get(self, key: str) -> CacheEntry | None:
-        """The entry for `key`, or None. A hit refreshes the entry's age."""
+        """The entry for `key`, or None (also when its data fails its hash). A hit refreshes the
+        entry's age."""
         data_path, meta_path = self._paths(key)
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"metadata is a {type(meta).__name__}, not an object")
             data = data_path.read_bytes() if meta.get("has_data") else None
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as exc:
+            logger.warning("artifact cache entry %s in %s is unreadable (%s); treated as a miss",
+                           key, self.root, exc)
+            return None
+        if data is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            if meta.get("sha256") != digest:
+                logger.warning(
+                    "artifact cache entry %s in %s: its data has sha256 %s, its metadata records "
+                    "%r; not used (treated as a miss, it will be built again)",
+                    key, self.root, digest, meta.get("sha256"),
+                )
+                return None
         now = time.time()
         for path in (meta_path, data_path):
             try:
@@ -80,17 +101,45 @@ class ArtifactCache:
             except OSError:
                 pass
         meta.pop("has_data", None)
+        meta.pop("sha256", None)
         return CacheEntry(data=data, meta=meta)
 
     def put(self, key: str, meta: dict[str, Any], data: bytes | None = None) -> None:
         """Store an entry atomically, then evict the oldest entries above `max_bytes`."""
         data_path, meta_path = self._paths(key)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure_root()
+        payload = dict(meta, has_data=data is not None)
         if data is not None:
             self._write_atomic(data_path, data)
-        payload = dict(meta, has_data=data is not None)
+            payload["sha256"] = hashlib.sha256(data).hexdigest()
         self._write_atomic(meta_path, json.dumps(payload, sort_keys=True).encode())
         self.evict()
+
+    def ensure_root(self) -> Path:
+        """The cache directory, created with mode 0700 when absent (an existing one keeps its
+        mode; one that others may write to is logged once)."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            if not self._mode_checked:
+                self._mode_checked = True
+                try:
+                    mode = self.root.stat().st_mode
+                except OSError:
+                    mode = 0
+                if mode & 0o022:
+                    logger.warning(
+                        "artifact cache %s can be written by other users (mode %o); anyone who "
+                        "can write there can change what is measured and exported: chmod 700 it",
+                        self.root, mode & 0o777,
+                    )
+        return self.root
+
+    def subdir(self, name: str) -> Path:
+        """A private (0700) directory inside the cache, for engines' own caches."""
+        path = self.ensure_root() / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=path.suffix)

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
-CACHE_FORMAT = 1  # bump when the artifact layout changes
+CACHE_FORMAT = 2  # bump when the artifact layout changes (2: torch artifacts are state_dicts)
+TORCH_ENGINES = ("torch", "torch_cuda")
 
 
 @dataclass
@@ -56,8 +57,9 @@ class _Built:
 class BuiltArtifact:
     """One configuration built for deployment (`TaskEvaluator.build_artifact`).
 
-    `data` is the ONNX model (engine "onnxruntime") or the pickled torch module (engine
-    "torch"); `accuracy` is the task metric measured when it was built; `source` says where it
+    `data` is the ONNX model (engine "onnxruntime"), the TensorRT plan, or for the torch engines
+    the fp32 module's weights (`torch_engine.serialize`; `load_torch_module` gives the engine's
+    module); `accuracy` is the task metric measured when it was built; `source` says where it
     came from: "memory", "disk" (the artifact cache) or "built" (built just now).
     """
 
@@ -259,19 +261,9 @@ class TaskEvaluator:
         if key in self._built:
             self._built.move_to_end(key)
             return self._built[key], "memory", time.perf_counter() - started
-        entry = self.cache.get(key)
-        if entry is not None and entry.data is not None:
-            meta = entry.meta
-            built = _Built(
-                spec,
-                entry.data,
-                meta["accuracy"],
-                meta["model_bytes"],
-                meta["build_s"],
-                meta["details"],
-            )
-            hit: str | bool = "disk"
-        else:
+        built = self._from_disk(spec, key)
+        hit: str | bool = "disk"
+        if built is None:
             try:
                 built = self._build(spec)
             except ParetotuneError:
@@ -294,14 +286,47 @@ class TaskEvaluator:
             self._built.popitem(last=False)
         return built, hit, time.perf_counter() - started
 
+    def _from_disk(self, spec: BuildSpec, key: str) -> _Built | None:
+        """The artifact cache's entry for `key`, or None when it has none that is usable; a torch
+        artifact is restored here (an entry that does not restore is rebuilt, not a failure)."""
+        entry = self.cache.get(key)
+        if entry is None or entry.data is None:
+            return None
+        meta = entry.meta
+        try:
+            built = _Built(
+                spec,
+                entry.data,
+                float(meta["accuracy"]),
+                int(meta["model_bytes"]),
+                float(meta["build_s"]),
+                dict(meta["details"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("artifact cache entry %s has bad metadata (%r); building it again", key, exc)
+            return None
+        if spec.engine in TORCH_ENGINES:
+            from paretotune.evaluators import torch_engine
+
+            try:
+                module = torch_engine.restore(entry.data, self.task.fresh_module())
+            except EvaluationError as exc:
+                logger.warning("artifact cache entry %s: %s; building it again", key, exc)
+                return None
+            built.runners[spec.threads] = self._torch_runner(
+                spec, engine_module(self.task, spec, module)
+            )
+        return built
+
     def _build(self, spec: BuildSpec) -> _Built:
         started = time.perf_counter()
         task = self.task
         details: dict[str, Any] = {}
         module: torch.nn.Module | None = None
+        runner: Any = None
         if not task.is_onnx:
             module = self._transformed_module(spec, details)
-        if spec.engine in ("torch", "torch_cuda"):
+        if spec.engine in TORCH_ENGINES:
             from paretotune.evaluators import torch_engine
 
             if module is None:  # _resolve offers torch only to tasks with a module factory
@@ -309,17 +334,14 @@ class TaskEvaluator:
                     f"engine={spec.engine!r} needs a PyTorch model, and task {task.name!r} is an "
                     ".onnx file"
                 )
-            if spec.engine == "torch_cuda":
-                from paretotune.evaluators.torch_cuda_engine import build_torch_cuda
-
-                module = build_torch_cuda(module, spec.bit_width, spec.option("half"))
-            else:
-                quantize = [n for n in task.layers if n not in spec.excluded_layers]
-                module = torch_engine.build_torch(
-                    module, spec.bit_width, spec.per_channel, quantize
-                )
+            # the artifact is the fp32 module; measure what a cache hit will restore from it
             artifact = torch_engine.serialize(module)
-            model_bytes = torch_engine.module_bytes(module)
+            restored = torch_engine.restore(artifact, task.fresh_module())
+            if spec.prune_ratio > 0:
+                _check_restored(module, restored, task)
+            built_module = engine_module(task, spec, restored)
+            model_bytes = torch_engine.module_bytes(built_module)
+            runner = self._torch_runner(spec, built_module)
         elif spec.engine == "tensorrt":
             artifact = self._build_tensorrt(spec, module, details)
             model_bytes = len(artifact)
@@ -344,6 +366,8 @@ class TaskEvaluator:
             )
             model_bytes = int(max(model_bytes - saved, 0))
         built = _Built(spec, artifact, float("nan"), model_bytes, 0.0, details)
+        if runner is not None:
+            built.runners[1] = runner
         runner = self._runner(built, 1)
         if spec.torch_compile:  # compiling happens on the first call: part of the build
             runner.run(self.task.example_inputs)
@@ -439,15 +463,8 @@ class TaskEvaluator:
         elif built.spec.engine == "torch":
             runner = next(iter(built.runners.values()), None)  # thread count is process-wide
             if runner is None:
-                import torch
-
-                from paretotune.evaluators import torch_engine
-
-                module = torch_engine.deserialize(built.artifact)
-                if built.spec.torch_compile:
-                    module = torch_engine.compile_module(module)
-                dtype = torch.bfloat16 if built.spec.bit_width == 16 else None
-                runner = torch_engine.TorchRunner(module, self.task.input_names, dtype)
+                module = load_torch_module(self.task, built.spec, built.artifact)
+                runner = self._torch_runner(built.spec, module)
         else:
             from paretotune.evaluators.onnxruntime_engine import OrtRunner
 
@@ -459,25 +476,36 @@ class TaskEvaluator:
         """A runner for a GPU engine (threads do not apply: one runner serves every count)."""
         spec = built.spec
         if spec.engine == "torch_cuda":
-            from paretotune.evaluators import torch_engine
-            from paretotune.evaluators.torch_cuda_engine import TorchCudaRunner, compute_dtype
-
-            return TorchCudaRunner(
-                torch_engine.deserialize(built.artifact),
-                self.task.input_names,
-                compute_dtype(spec.bit_width, spec.option("half")),
-                cuda_graphs=spec.option("cuda_graphs"),
-                compile=spec.torch_compile,
-            )
+            return self._torch_runner(spec, load_torch_module(self.task, spec, built.artifact))
         if spec.engine == "tensorrt":
             from paretotune.evaluators.tensorrt_engine import TensorRTRunner
 
             return TensorRTRunner(built.artifact, self.task.input_names)
         from paretotune.evaluators.onnxruntime_engine import OrtGpuRunner
 
-        engine_cache = self.cache.root / "ort-tensorrt-engines"
-        engine_cache.mkdir(parents=True, exist_ok=True)
+        engine_cache = self.cache.subdir("ort-tensorrt-engines")
         return OrtGpuRunner(built.artifact, spec, str(engine_cache))
+
+    def _torch_runner(self, spec: BuildSpec, module: torch.nn.Module) -> Any:
+        """The runner of an engine module (`engine_module`): torch on the CPU, or torch_cuda."""
+        if spec.engine == "torch_cuda":
+            from paretotune.evaluators.torch_cuda_engine import TorchCudaRunner, compute_dtype
+
+            return TorchCudaRunner(
+                module,
+                self.task.input_names,
+                compute_dtype(spec.bit_width, spec.option("half")),
+                cuda_graphs=spec.option("cuda_graphs"),
+                compile=spec.torch_compile,
+            )
+        import torch
+
+        from paretotune.evaluators import torch_engine
+
+        if spec.torch_compile:
+            module = torch_engine.compile_module(module)
+        dtype = torch.bfloat16 if spec.bit_width == 16 else None
+        return torch_engine.TorchRunner(module, self.task.input_names, dtype)
 
     def _set_threads(self, threads: int) -> None:
         import sys
@@ -556,6 +584,45 @@ class TaskEvaluator:
     def _batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """Fixed timing inputs at `batch_size`, the same for every engine (`Task.timing_batch`)."""
         return self.task.timing_batch(batch_size)
+
+
+def engine_module(task: Task, spec: BuildSpec, module: torch.nn.Module) -> torch.nn.Module:
+    """The torch / torch_cuda engine's module for `spec`, from the fp32 (pruned) `module`:
+    cast or dynamically quantized, deterministically (the same weights give the same module)."""
+    if spec.engine == "torch_cuda":
+        from paretotune.evaluators.torch_cuda_engine import build_torch_cuda
+
+        return build_torch_cuda(module, spec.bit_width, spec.option("half"))
+    if spec.engine != "torch":
+        raise InvalidConfigError(
+            f"engine={spec.engine!r} has no torch module; allowed: {list(TORCH_ENGINES)}"
+        )
+    from paretotune.evaluators.torch_engine import build_torch
+
+    quantize = [n for n in task.layers if n not in spec.excluded_layers]
+    return build_torch(module, spec.bit_width, spec.per_channel, quantize)
+
+
+def load_torch_module(task: Task, spec: BuildSpec, data: bytes) -> torch.nn.Module:
+    """The engine's module of a torch artifact (`BuiltArtifact.data`): its fp32 weights restored
+    on a fresh copy of the task's model (no unpickling), then built for `spec`."""
+    from paretotune.evaluators.torch_engine import restore
+
+    return engine_module(task, spec, restore(data, task.fresh_module()))
+
+
+def _check_restored(module: torch.nn.Module, restored: torch.nn.Module, task: Task) -> None:
+    """A pruned module must come back from its artifact whole: same outputs on the examples.
+    A model keeping shapes in something other than tensors and plain attributes fails here."""
+    from paretotune.evaluators.torch_engine import TorchRunner
+
+    expected = TorchRunner(module, task.input_names).run(task.example_inputs)
+    got = TorchRunner(restored, task.input_names).run(task.example_inputs)
+    if expected.shape != got.shape or not np.allclose(expected, got, rtol=1e-4, atol=1e-5):
+        raise EvaluationError(
+            "the pruned model does not round-trip through its torch artifact (a state_dict and "
+            "plain attributes): it keeps shape-dependent state elsewhere, so it cannot be cached"
+        )
 
 
 def _gpu_timing_details(engine: str, compute: TimingResult) -> dict[str, Any]:

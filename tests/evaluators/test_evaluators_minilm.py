@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from paretotune.evaluators import Task, TaskEvaluator
+from paretotune.evaluators.evaluator import load_torch_module
 from paretotune.evaluators.onnxruntime_engine import LOSSLESS_OPS
 from paretotune.evaluators.pruning import prune_structured
 from paretotune.evaluators.torch_engine import to_tensors
@@ -50,6 +51,23 @@ def test_head_pruning_removes_whole_heads_and_still_runs(minilm: Task) -> None:
     assert model.bert.encoder.layer[0].intermediate.dense.out_features == 768
     with torch.no_grad():
         assert model(*args).shape == (8, 384)
+
+
+def test_pruned_minilm_comes_back_from_the_cache_identical(
+    minilm: Task, evaluator: TaskEvaluator
+) -> None:
+    config = {"engine": "torch", "prune_ratio": 0.5, "bit_width": 8, "per_channel": False}
+    batch = minilm.validation[0][0]
+    built = evaluator.build_artifact(config)
+    expected = evaluator._runner(evaluator._built[built.cache_key], 1).run(batch)
+    other = TaskEvaluator(minilm, cache_dir=evaluator.cache.root, timing=FAST)  # memory empty
+    again = other.build_artifact(config)
+    assert again.source == "disk" and other.builds == 0
+    got = other._runner(other._built[again.cache_key], 1).run(batch)
+    np.testing.assert_array_equal(got, expected)
+    attention = load_torch_module(minilm, again.spec, again.data).bert.encoder.layer[0].attention
+    assert attention.self.num_attention_heads == 6 and attention.self.all_head_size == 192
+    assert attention.output.dense.in_features == 192  # a quantized Linear, rebuilt smaller
 
 
 def test_dynamic_int8_per_channel_keeps_fidelity(

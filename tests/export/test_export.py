@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 import yaml
 from _triton_schema import parse_model_config
 from conftest import CONFIGS, Recorded, record_study
@@ -18,10 +21,33 @@ import paretotune as pt
 from examples.digits import load_data
 from paretotune.cli import main
 from paretotune.evaluators import TaskEvaluator, load_task
-from paretotune.evaluators.torch_engine import TorchRunner, deserialize
+from paretotune.evaluators.evaluator import load_torch_module
+from paretotune.evaluators.torch_engine import TorchRunner
 from paretotune.export import BUNDLE_MARKER, ExportedModel, VerificationError, parse_pick
 
 ORT_TRIAL, TORCH_TRIAL = 1, 2
+
+
+class _Planted:
+    """Unpickled, it creates `marker` (`open(marker, "w")`): code a planted cache file runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.marker, "w"))
+
+
+def plant_pickle(cache: Path, key: str, marker: Path) -> None:
+    """Replace the data of cache entry `key` by that pickle, its hash recorded to match (what a
+    local user who can write the cache directory could do)."""
+    buffer = io.BytesIO()
+    torch.save(_Planted(marker), buffer)
+    data = buffer.getvalue()
+    (cache / f"{key}.bin").write_bytes(data)
+    meta = json.loads((cache / f"{key}.json").read_text())
+    meta["sha256"] = hashlib.sha256(data).hexdigest()
+    (cache / f"{key}.json").write_text(json.dumps(meta))
 
 
 def _accuracy(model: ExportedModel) -> float:
@@ -90,9 +116,10 @@ def test_torch_trial_is_rebuilt_without_the_cache_and_loads_back(digits_study: R
     model = pt.load_exported(bundle.path)
     assert abs(_accuracy(model) - trial.metrics["accuracy"]) <= 0.005
     # the same outputs as the engine's own module, at a batch size never traced
-    built = TaskEvaluator(load_task("examples.digits:task"), cache_dir=tmp_path / "empty-cache").build_artifact(trial.config)
+    task = load_task("examples.digits:task")
+    built = TaskEvaluator(task, cache_dir=tmp_path / "empty-cache").build_artifact(trial.config)
     batch = {"image": load_data().val_x[:5]}
-    expected = TorchRunner(deserialize(built.data), ["image"]).run(batch)
+    expected = TorchRunner(load_torch_module(task, built.spec, built.data), ["image"]).run(batch)
     np.testing.assert_allclose(model(batch)["logits"], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -126,12 +153,34 @@ def test_verification_catches_a_corrupted_cached_artifact(digits_study: Recorded
             init.CopyFrom(onnx.numpy_helper.from_array(noise.astype(array.dtype), init.name))
             scrambled += 1
     assert scrambled == 1
-    blob.write_bytes(model.SerializeToString())
+    data = model.SerializeToString()
+    blob.write_bytes(data)
+    # the entry's recorded hash no longer matches: it is not used, the artifact is rebuilt
+    rebuilt = pt.export(study, ORT_TRIAL, tmp_path / "rebuilt", cache_dir=cache)
+    assert rebuilt.artifact_source == "built"
 
+    blob.write_bytes(data)  # scrambled again, now with a matching hash (a wrong build, a planted file)
+    meta_path = cache / f"{key}.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "sha256": hashlib.sha256(data).hexdigest()}))
     with pytest.raises(VerificationError, match=r"recorded 0\.9\d+ \(difference .* > tolerance 0\.005\)"):
         pt.export(study, ORT_TRIAL, tmp_path / "bundle", cache_dir=cache)
     assert not (tmp_path / "bundle").exists()
     assert not any(p.name.startswith(".bundle.tmp") for p in tmp_path.iterdir())
+
+
+def test_a_planted_pickle_in_the_cache_is_not_run_at_export(digits_study: Recorded, tmp_path: Path) -> None:
+    study = digits_study.study
+    cache = tmp_path / "cache"
+    shutil.copytree(digits_study.cache_dir, cache)
+    key = TaskEvaluator(load_task("examples.digits:task"), cache_dir=cache).build_artifact(
+        study.trial(TORCH_TRIAL).config
+    ).cache_key
+    marker = tmp_path / "planted-code-ran"
+    plant_pickle(cache, key, marker)
+    bundle = pt.export(study, TORCH_TRIAL, tmp_path / "bundle", cache_dir=cache)
+    assert not marker.exists()
+    assert bundle.artifact_source == "built"  # the planted entry is not an artifact: rebuilt
+    assert abs(bundle.measured_accuracy - study.trial(TORCH_TRIAL).metrics["accuracy"]) <= 0.005
 
 
 def test_verification_catches_a_tampered_record(digits_study: Recorded, tmp_path: Path) -> None:

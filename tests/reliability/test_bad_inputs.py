@@ -5,12 +5,17 @@ One section per group of items; each test fails on the code before its fix.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 import paretotune as pt
 from paretotune.cli import main
+from paretotune.evaluators.cache import ArtifactCache, cache_key
 from paretotune.export import BUNDLE_MARKER, _check_out_dir
 
 # == Items 1 and 2: export never removes what it did not write; the artifact cache runs no code ==
@@ -107,3 +112,47 @@ def test_cli_export_overwrite_refuses_home_cwd_and_ancestors(
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing removed, nothing written
     assert (places["home"] / "keep.txt").read_text() == "home"
     assert (places["cwd"] / "keep.txt").read_text() == "cwd"
+
+
+def test_cache_directory_is_created_private(tmp_path: Path) -> None:
+    root = tmp_path / "parent" / "cache"
+    cache = ArtifactCache(root)
+    cache.put(cache_key("entry"), {"kind": "test"}, b"data")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cache.subdir("ort-tensorrt-engines").stat().st_mode) == 0o700
+
+
+def test_an_existing_cache_directory_keeps_its_mode_and_a_shared_one_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o700)
+    ArtifactCache(private).put(cache_key("a"), {}, b"x")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700  # never loosened
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with caplog.at_level(logging.WARNING, logger="paretotune.evaluators.cache"):
+        ArtifactCache(shared).put(cache_key("a"), {}, b"x")
+    assert any("can be written by other users (mode 777)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_cache_entry_whose_data_fails_its_hash_is_a_miss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    key = cache_key("entry")
+    cache.put(key, {"accuracy": 0.9}, b"the artifact")
+    entry = cache.get(key)
+    assert entry is not None and entry.data == b"the artifact" and entry.meta == {"accuracy": 0.9}
+    (tmp_path / "cache" / f"{key}.bin").write_bytes(b"something else")
+    with caplog.at_level(logging.WARNING, logger="paretotune.evaluators.cache"):
+        assert cache.get(key) is None
+    assert any(key in r.getMessage() and "treated as a miss" in r.getMessage() for r in caplog.records)
+    # an entry with no recorded hash (written before hashes, or by hand) is not trusted either
+    meta_path = tmp_path / "cache" / f"{key}.json"
+    meta_path.write_text(json.dumps({"accuracy": 0.9, "has_data": True}))
+    assert cache.get(key) is None
+    cache.put(key, {"accuracy": 0.9}, b"the artifact")  # built again: a hit once more
+    assert cache.get(key) is not None
