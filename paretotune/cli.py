@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest accuracy difference allowed between the recorded and re-measured value")
     ex.add_argument("--cache-dir", help="artifact cache to look in first (default: $PARETOTUNE_CACHE_DIR or ./.paretotune-cache)")
     ex.add_argument("--model-name", help="Triton model name (default: STUDY_trialN)")
-    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    ex.add_argument("--overwrite", action="store_true", help="replace a previous bundle (a directory holding .paretotune-bundle)")
     ex.set_defaults(func=cmd_export)
 
     cf = sub.add_parser("confirm", help="re-measure trials (default: the front) in fresh processes; median and spread")

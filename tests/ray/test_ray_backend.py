@@ -53,7 +53,7 @@ def test_trials_land_in_the_store_with_the_local_pools_states(
     # the same reasons, word for word, as the local pool records (tests/workers/test_local_pool.py)
     by_x = {t.config["x"]: t for t in study.trials if t.config is not None and t.config["x"] in helpers_eval.FAILURES}
     assert by_x[0.01].state == pt.TrialState.FAIL and by_x[0.01].reason == "ValueError: bad weights in layer 3"
-    assert by_x[0.02].state == pt.TrialState.FAIL and by_x[0.02].reason == "trial process exited with code 3"
+    assert by_x[0.02].state == pt.TrialState.FAIL and by_x[0.02].reason == "trial process exited with code 3 before returning a result"
     assert by_x[0.03].state == pt.TrialState.FAIL and by_x[0.03].reason == "timeout after 4 s"
     assert by_x[0.04].state == pt.TrialState.FAIL and by_x[0.04].reason == "metric 'accuracy' is nan"
     assert all(not t.metrics for t in study.trials if t.state == pt.TrialState.FAIL)

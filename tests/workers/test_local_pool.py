@@ -18,7 +18,7 @@ def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path
     study.optimize(helpers_eval.misbehaving, n_trials=10, n_workers=2, timeout_s=4)
     by_x = {t.config["x"]: t for t in study.trials if t.config is not None and t.config["x"] in helpers_eval.FAILURES}
     assert by_x[0.01].state == pt.TrialState.FAIL and by_x[0.01].reason == "ValueError: bad weights in layer 3"
-    assert by_x[0.02].state == pt.TrialState.FAIL and by_x[0.02].reason == "trial process exited with code 3"
+    assert by_x[0.02].state == pt.TrialState.FAIL and by_x[0.02].reason == "trial process exited with code 3 before returning a result"
     assert by_x[0.03].state == pt.TrialState.FAIL and by_x[0.03].reason == "timeout after 4 s"
     assert by_x[0.04].state == pt.TrialState.FAIL and by_x[0.04].reason == "metric 'accuracy' is nan"
     counts = study.counts()
