@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from paretotune.errors import ConfigError, EvaluationError
+from paretotune.errors import ConfigError, EvaluationError, ParetotuneError
 from paretotune.evaluators.serving.batcher import BatcherConfig, DynamicBatcher, Runner
 from paretotune.evaluators.serving.scenario import Scenario, SingleStream
 
@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 INSTALL_LINE = "pip install 'paretotune[serving]'"
 MLPERF_MIN_DURATION_S = 600.0  # MLPerf Inference's minimum run duration for a result
 PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
-_LOCK = threading.Lock()  # LoadGen keeps process-wide state (its logger): one test at a time
+# LoadGen keeps process-wide state (its logger): one session at a time in a process (not
+# reentrant: don't open a session inside another)
+_LOCK = threading.Lock()
 
 
 def loadgen_problem() -> str | None:
@@ -266,7 +268,12 @@ class LoadGenSession:
     def __enter__(self) -> LoadGenSession:
         _LOCK.acquire()
         try:
-            self.batcher.warm_up()
+            try:
+                self.batcher.warm_up()
+            except ParetotuneError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the engine's own error, kept as the cause
+                raise EvaluationError(f"the engine raised while warming up: {exc!r}") from exc
             if self._log_root is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="paretotune-loadgen-")
                 self._log_root = Path(self._tmp.name)

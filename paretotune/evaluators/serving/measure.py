@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from paretotune.errors import ConfigError, EvaluationError
+from paretotune.errors import ConfigError, EvaluationError, ParetotuneError
 from paretotune.evaluators.serving.batcher import BatcherConfig, Runner
 from paretotune.evaluators.serving.harness import (
     MLPERF_MIN_DURATION_S,
@@ -294,7 +294,14 @@ def measure_serving(
         raise ConfigError(
             f"measure_serving min_queries must be an integer >= 1, got {min_queries!r}"
         )
-    runners = [runner_factory() for _ in range(config.instances)]
+    runners = []
+    for i in range(config.instances):
+        try:
+            runners.append(runner_factory())
+        except ParetotuneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine's own error, kept as the cause
+            raise EvaluationError(f"building engine instance {i} failed: {exc!r}") from exc
     session = LoadGenSession(
         runners,
         inputs,

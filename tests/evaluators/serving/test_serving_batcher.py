@@ -191,3 +191,13 @@ def test_a_log_without_the_verdict_is_an_error(tmp_path) -> None:
             wall_s=0.0,
             batcher={},
         )
+
+
+def test_an_engine_that_cannot_be_built_or_warmed_is_an_evaluation_error(loadgen) -> None:
+    def broken():
+        raise RuntimeError("no such provider")
+
+    with pytest.raises(EvaluationError, match="building engine instance 0 failed"):
+        measure_serving(broken, _tokens(), Offline())
+    with pytest.raises(EvaluationError, match="warming up: RuntimeError"):
+        measure_serving(lambda: Failing(after=0), _tokens(), Offline())
