@@ -8,6 +8,7 @@ relative metrics `accuracy_drop` and `speedup` have a reference.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -170,6 +171,9 @@ class Study:
         #: set when a step off found no untried config: from then on, proposals of measured
         #: configs are measured again at once (a budget larger than a finite space)
         self._covered = False
+        #: the number of the trial the last ask() handed out (a worker interrupted before it
+        #: took the pending trial still knows what to record as interrupted)
+        self.last_asked: int | None = None
         #: the task object given at creation, used when optimize() gets no evaluator
         self.task: Any = None
         #: called while a tell waits for the baseline (workers reap lost trials there, so a
@@ -317,6 +321,10 @@ class Study:
             ot = self._optuna.ask()
             try:
                 pending = self._resolve_proposal(ot)
+            except KeyboardInterrupt as exc:  # Ctrl-C mid-proposal: no claim holds it, record it
+                with contextlib.suppress(Exception):
+                    self.tell_failure_by_number(ot.number, f"interrupted ({getattr(exc, 'signame', 'SIGINT')})")
+                raise
             except Exception as exc:
                 if is_transient(exc):
                     # The store failed halfway through this proposal (sampling, answering a
@@ -327,6 +335,7 @@ class Study:
                           what="record the interrupted ask")
                 raise
             if pending is not None:
+                self.last_asked = pending.number
                 return pending
         raise StudyError(
             f"the sampler proposed {MAX_INVALID_STREAK} forbidden configs in a row; "

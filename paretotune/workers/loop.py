@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -114,9 +115,13 @@ class Interrupted(KeyboardInterrupt):
         self.signame = signame
 
 
+def _hold_signals() -> set[int | signal.Signals]:
+    """Block SIGINT and SIGTERM (they stay pending); returns the mask to restore."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def raise_on_sigterm() -> None:
     """In a worker process: SIGTERM unwinds like Ctrl-C, so the running trial is recorded."""
-    import signal
 
     def handler(signum: int, _frame: Any) -> None:
         raise Interrupted(signal.Signals(signum).name)
@@ -124,13 +129,13 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _fail_interrupted(study: Study, pending: PendingTrial, signame: str) -> None:
+def _fail_interrupted(study: Study, number: int, signame: str) -> None:
     """Record the trial a signal interrupted as FAIL on the way out, so nothing stays RUNNING
     (one try: the user is waiting for the process to end)."""
     try:
-        study.tell_failure(pending, f"interrupted ({signame})")
+        study.tell_failure_by_number(number, f"interrupted ({signame})")
     except Exception as exc:  # already finished, or the store is gone: the reaper settles it
-        log.debug("could not record trial %d as interrupted: %s", pending.number, exc)
+        log.debug("could not record trial %d as interrupted: %s", number, exc)
 
 
 def _ask(study: Study) -> PendingTrial:
@@ -219,7 +224,9 @@ def run_worker(
                 continue
             heartbeat.set(claim)
             completed = False
+            masked: set[int | signal.Signals] | None = None
             pending: PendingTrial | None = None
+            study.last_asked = None
             try:
                 pending = retry(_ask, study, what="ask", window_s=w)
                 retry(store.bind_claim, claim, pending.number, what="claim", window_s=w)
@@ -237,8 +244,12 @@ def run_worker(
                 else:
                     stats.failed += 1
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from the pool (Interrupted)
-                if pending is not None and not completed:
-                    _fail_interrupted(study, pending, getattr(exc, "signame", "SIGINT"))
+                # a second signal (the pool's SIGTERM) must not cut this record short: hold
+                # them until the claim is settled below
+                masked = _hold_signals()
+                number = pending.number if pending is not None else study.last_asked
+                if number is not None and not completed:
+                    _fail_interrupted(study, number, getattr(exc, "signame", "SIGINT"))
                 raise
             finally:
                 heartbeat.set(None)
@@ -246,6 +257,9 @@ def run_worker(
                     retry(store.finish_claim, claim, completed=completed, what="claim", window_s=w)
                 except Exception as exc:  # the reaper will release it
                     log.warning("could not finish claim %d: %s", claim, exc)
+                finally:
+                    if masked is not None:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
             if on_trial is not None:
                 on_trial(trial)
             if trial.state == TrialState.FAIL:
