@@ -18,6 +18,7 @@ import contextlib
 import functools
 import io
 import logging
+import re
 import struct
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -248,11 +249,20 @@ def unpack_ir(artifact: bytes) -> tuple[bytes, bytes]:
 
 
 def serialize_model(model: ov.Model) -> bytes:
-    """The model as a packed IR, weights kept in their own precision (no fp16 compression)."""
+    """The model as a packed IR, weights kept in their own precision (no fp16 compression).
+
+    Ops named by a process-wide counter (`Constant_96`, by OpenVINO or NNCF) are renamed by
+    their place in the graph first, so the same build gives the same bytes in every process.
+    Weight ops keep their names: per-layer precision finds them by name.
+    """
     import tempfile
 
     import openvino as ov
 
+    for index, op in enumerate(model.get_ordered_ops()):
+        kind = op.get_type_name()
+        if kind not in WEIGHT_OP_TYPES and re.fullmatch(rf"{kind}_\d+", op.get_friendly_name()):
+            op.set_friendly_name(f"{kind}_pt{index}")
     with tempfile.TemporaryDirectory() as tmp:
         xml, weights = Path(tmp, IR_FILES[0]), Path(tmp, IR_FILES[1])
         ov.serialize(model, str(xml), str(weights))
