@@ -31,7 +31,17 @@ from paretotune.search import (
     register_sampler,
     sampler_names,
 )
-from paretotune.space import Choice, Config, Float, Int, PerLayer, SearchSpace
+from paretotune.space import (
+    Choice,
+    Config,
+    Float,
+    Int,
+    Offline,
+    PerLayer,
+    SearchSpace,
+    Server,
+    SingleStream,
+)
 
 __version__ = "0.1.0"
 
@@ -52,9 +62,12 @@ __all__ = [
     "Int",
     "InvalidConfigError",
     "Measurement",
+    "Offline",
     "ParetotuneError",
     "PerLayer",
     "SearchSpace",
+    "Server",
+    "SingleStream",
     "StorageError",
     "Study",
     "StudyError",

@@ -8,7 +8,7 @@ from typing import Any
 
 from paretotune.errors import ConfigError
 from paretotune.search import Study, build_spec, create_study_from_spec, load_study_from_store
-from paretotune.space import SearchSpace
+from paretotune.space import Scenario, SearchSpace, SingleStream, scenario_from_dict
 from paretotune.storage import StudyStore
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def resolve_task(task: Any) -> tuple[Any, str | None]:
     return task, path
 
 
-def _resolve_space(space: Any, task: Any) -> SearchSpace:
+def _resolve_space(space: Any, task: Any, scenario: Any = None) -> SearchSpace:
     """None or "standard" (optionally ``{"standard": {options}}``): the task's standard
     space; a mapping: a space in its dict form."""
     if space is None or space == "standard" or (isinstance(space, Mapping) and set(space) == {"standard"}):
@@ -44,9 +44,11 @@ def _resolve_space(space: Any, task: Any) -> SearchSpace:
                 "space: the standard space needs a pt.Task (with layers); give `space` explicitly "
                 "for any other evaluator"
             )
-        options = space["standard"] if isinstance(space, Mapping) else {}
+        options = dict(space["standard"] or {}) if isinstance(space, Mapping) else {}
+        if scenario is not None:
+            options.setdefault("scenario", scenario)
         try:
-            return SearchSpace.standard(task, **(options or {}))
+            return SearchSpace.standard(task, **options)
         except TypeError as exc:
             raise ConfigError(f"space.standard: bad option ({exc})") from None
     if isinstance(space, SearchSpace):
@@ -73,6 +75,7 @@ def create_study(
     duplicates: str | None = None,
     warm_start: str | None = None,
     accuracy_range: Sequence[float] | None = None,
+    scenario: Scenario | Mapping[str, Any] | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
@@ -86,14 +89,22 @@ def create_study(
     baseline, one config per engine x bit width with every layer at that precision (the
     textbook recipes); "none" leaves the start to the sampler. ``accuracy_range``: the
     values a valid `accuracy` lies in (default: the task's ``accuracy_range``, else [0, 1]);
-    a trial reporting one outside it is FAIL.
+    a trial reporting one outside it is FAIL. ``scenario``: how trials are timed:
+    ``pt.SingleStream()`` (default: a closed loop of batches), ``pt.Server(p99_ms=25)`` (the
+    highest QPS whose p99 meets the bound, by MLPerf LoadGen, with the dynamic batcher's
+    settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.
     """
+    chosen = scenario_from_dict(scenario)
+    if not isinstance(chosen, SingleStream):
+        from paretotune.evaluators.serving import require_loadgen
+
+        require_loadgen(chosen)  # refused now, with the install line, not in every trial
     task_obj, task_path = resolve_task(task)
     if accuracy_range is None:
         declared = getattr(task_obj, "accuracy_range", None)
         if declared is not None and tuple(declared) != (0.0, 1.0):
             accuracy_range = tuple(declared)
-    space = _resolve_space(space, task_obj)
+    space = _resolve_space(space, task_obj, chosen)
     if isinstance(space, SearchSpace) and not space.is_bound and task_obj is not None and hasattr(task_obj, "layers"):
         space = space.bind(task_obj.layers)
     spec = build_spec(
@@ -110,6 +121,7 @@ def create_study(
         duplicates=duplicates,
         warm_start=warm_start,
         accuracy_range=accuracy_range,
+        scenario=chosen,
     )
     study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
     study.task = task_obj

@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from paretotune import yamlsafe
 from paretotune.errors import ConfigError, EvaluationError
 from paretotune.search.objectives import METRICS, OPERATORS, known_metrics
+from paretotune.space import SingleStream
 from paretotune.storage import mask
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
     from paretotune.evaluators import Task
     from paretotune.evaluators.evaluator import BuiltArtifact
+    from paretotune.evaluators.serving import BatcherConfig
     from paretotune.search import Study, Trial
 
 log = logging.getLogger(__name__)
@@ -251,12 +254,14 @@ def export(
         artifact_name, data, io_spec = _artifact(built, task_obj)
         (staging / artifact_name).write_bytes(data)
         batching = io_spec.pop("batching")
-        max_batch = int(built.spec.batch_size) if batching else 0
+        # a server / offline study measured its batcher: that is what the repository serves
+        batcher = None if isinstance(study.scenario, SingleStream) else built.spec.batcher
+        max_batch = (int(built.spec.batch_size) if batcher is None else batcher.max_batch_size) if batching else 0
         repo = staging / REPOSITORY_DIR / name
         (repo / "1").mkdir(parents=True)
         (repo / "1" / artifact_name).write_bytes(data)
         (repo / "config.pbtxt").write_text(
-            triton_config(name, engine, artifact_name, io_spec, max_batch, built.spec.threads),
+            triton_config(name, engine, artifact_name, io_spec, max_batch, built.spec.threads, batcher),
             encoding="utf-8",
         )
         measurements = _measurements(study, chosen)
@@ -577,11 +582,13 @@ def triton_config(
     io_spec: Mapping[str, Any],
     max_batch_size: int,
     threads: int,
+    batcher: BatcherConfig | None = None,
 ) -> str:
     """A Triton `config.pbtxt` (protobuf text format of inference.ModelConfig).
 
-    With batching (`max_batch_size` > 0) dims leave out the batch dimension, and the dynamic
-    batcher prefers the trial's batch size.
+    With batching (`max_batch_size` > 0) dims leave out the batch dimension. The dynamic
+    batcher is the one a server or offline study measured (`batcher`: preferred sizes, queue
+    delay, instance count); a single-stream study's prefers the trial's batch size.
     """
     _, platform, backend, kind = ENGINE_LAYOUT[engine]
 
@@ -610,14 +617,17 @@ def triton_config(
         "input [\n" + ",\n".join(tensor(s) for s in io_spec["inputs"]) + "\n]",
         "output [\n" + ",\n".join(tensor(s) for s in io_spec["outputs"]) + "\n]",
     ]
+    preferred = [int(max_batch_size)] if batcher is None else list(batcher.targets)
+    delay = MAX_QUEUE_DELAY_US if batcher is None else batcher.max_queue_delay_us
     if max_batch_size > 0:
         lines.append(
             "dynamic_batching {\n"
-            f"  preferred_batch_size: [ {int(max_batch_size)} ]\n"
-            f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n"
+            f"  preferred_batch_size: [ {', '.join(str(p) for p in preferred)} ]\n"
+            f"  max_queue_delay_microseconds: {int(delay)}\n"
             "}"
         )
-    lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]")
+    count = 1 if batcher is None else batcher.instances
+    lines.append(f"instance_group [\n  {{\n    count: {int(count)}\n    kind: {kind}\n  }}\n]")
     thread_key = {"onnxruntime": "intra_op_thread_count", "torch": "INTRA_OP_THREAD_COUNT"}.get(engine)
     if thread_key is not None:
         lines.append(
@@ -705,7 +715,16 @@ def _bundle_config(
             "model_name": model_name,
             "max_batch_size": max_batch,
             "preferred_batch_size": spec.batch_size if max_batch else None,
+            **(
+                {
+                    "preferred_batch_size": list(spec.batcher.targets) if max_batch else None,
+                    "max_queue_delay_microseconds": spec.batcher.max_queue_delay_us,
+                    "instance_count": spec.batcher.instances,
+                }
+                if not isinstance(study.scenario, SingleStream) else {}
+            ),
         },
+        "scenario": study.scenario.to_dict(),
         "hardware": details.get("hardware"),
         "versions": {
             "measured_with": (details.get("hardware") or {}).get("versions"),
@@ -902,7 +921,7 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
     root = Path(path)
     config_path = root / CONFIG_FILE
     try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        config = yamlsafe.load(config_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{str(root)!r} is not an exported bundle: cannot read {CONFIG_FILE} ({exc.strerror})") from None
     except yaml.YAMLError as exc:

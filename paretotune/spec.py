@@ -9,6 +9,7 @@
     sampler: tpe
     seed: 0
     budget: {n_trials: 30, n_workers: 2, confirm: 3}   # confirm: re-measure the front after
+    scenario: {kind: server, p99_ms: 25}    # optional; default single_stream (see create_study)
 
 The task import path runs the user's code on every machine that loads the spec: only run
 specs you trust.
@@ -29,7 +30,7 @@ from paretotune.errors import ConfigError
 SPEC_KEYS = {
     "name", "storage", "task", "space", "objectives", "constraints", "sampler", "seed",
     "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
-    "warm_start", "accuracy_range", "budget",
+    "warm_start", "accuracy_range", "scenario", "budget",
 }
 REQUIRED = ("name", "objectives")
 BUDGET_KEYS = {"n_trials", "n_workers", "confirm"}
@@ -84,7 +85,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
     args: dict[str, Any] = {
         k: data[k]
         for k in ("task", "objectives", "constraints", "sampler", "seed", "extra_metrics", "trial_timeout_s",
-                  "max_failures", "worker_grace_s", "duplicates", "warm_start", "accuracy_range")
+                  "max_failures", "worker_grace_s", "duplicates", "warm_start", "accuracy_range", "scenario")
         if k in data and data[k] is not None
     }
     if isinstance(args.get("constraints"), Mapping):

@@ -85,3 +85,11 @@ def fails_at_x_2(config: Any) -> dict[str, float]:
     if config["x"] == 2:
         raise RuntimeError("the last grid point breaks")
     return {"latency_p50_ms": 1.0 + config["x"], "accuracy": 0.9}
+
+
+def fake_server(config: Any) -> dict[str, float]:
+    """A server-scenario evaluator without an engine: bigger batches and more instances
+    sustain more QPS, a longer queue delay costs p99."""
+    qps = 100.0 * config.get("max_batch_size", 1) ** 0.5 * config.get("instances", 1)
+    return {"server_qps": qps, "server_p99_ms": 1.0 + config.get("max_queue_delay_us", 0) / 1000,
+            "accuracy": 0.9}

@@ -9,6 +9,7 @@ from typing import Any
 
 from paretotune.errors import ConfigError, InvalidConfigError
 from paretotune.evaluators.availability import ENGINES, GPU_ENGINES
+from paretotune.evaluators.serving.batcher import BatcherConfig
 
 BIT_WIDTHS = (4, 8, 16, 32)
 QUANT_MODES = ("dynamic", "static")
@@ -40,7 +41,14 @@ DEFAULTS: dict[str, Any] = {
     "workspace_mb": 0,
     "int8_source": "calibration",
     "cudnn_conv_algo_search": "EXHAUSTIVE",
+    # the dynamic batcher, read under a server or offline scenario (evaluators.serving): they
+    # decide how the built engine is served, never the build, so they are not in its cache key
+    "max_batch_size": 1,
+    "preferred_batch_sizes": [],
+    "max_queue_delay_us": 0,
+    "instances": 1,
 }
+BATCHER_KEYS = ("max_batch_size", "preferred_batch_sizes", "max_queue_delay_us", "instances")
 #: GPU engine -> the engine options it reads. `half` only counts at bit_width=16 and
 #: `int8_source` only at bit_width=8; `workspace_mb=0` leaves TensorRT's own limit.
 GPU_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -74,6 +82,8 @@ class BuildSpec:
     options: tuple[tuple[str, Any], ...] = ()
     #: engine 'tensorrt' only: per-layer precision (layer, int8|fp16|bf16|fp32), sorted
     layer_precisions: tuple[tuple[str, str], ...] = ()
+    #: the dynamic batcher's settings (serving scenarios only); not part of the build
+    batcher: BatcherConfig = BatcherConfig()
 
     @property
     def quantized(self) -> bool:
@@ -89,7 +99,7 @@ class BuildSpec:
 
     def build_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["batch_size"], out["threads"], out["ignored"]
+        del out["batch_size"], out["threads"], out["ignored"], out["batcher"]
         out["excluded_layers"] = list(self.excluded_layers)
         # CPU specs keep their old shape, so their cache keys do not change
         for key in ("options", "layer_precisions"):
@@ -225,6 +235,7 @@ def resolve_config(config: Mapping[str, Any], layers: Mapping[str, str]) -> Buil
         ignored=tuple(ignored),
         options=options,
         layer_precisions=tuple(sorted(per_layer.items())),
+        batcher=_batcher(config),
     )
     _check_buildable(spec)
     if spec.on_gpu:
@@ -235,6 +246,22 @@ def resolve_config(config: Mapping[str, Any], layers: Mapping[str, str]) -> Buil
             "type is bf16; allowed there: 'bf16' (fp16 runs on engine='torch_cuda')"
         )
     return spec
+
+
+def _batcher(config: Mapping[str, Any]) -> BatcherConfig:
+    """The batcher keys of `config` (each checked, with its name) as a BatcherConfig."""
+    values = {k: config.get(k, DEFAULTS[k]) for k in BATCHER_KEYS}
+    preferred = values["preferred_batch_sizes"]
+    if preferred is None:
+        preferred = []
+    if isinstance(preferred, (str, bytes)) or not isinstance(preferred, (list, tuple)):
+        raise ConfigError(f"preferred_batch_sizes must be a list of integers, got {preferred!r}")
+    return BatcherConfig(
+        max_batch_size=values["max_batch_size"],
+        preferred_batch_sizes=tuple(preferred),
+        max_queue_delay_us=values["max_queue_delay_us"],
+        instances=values["instances"],
+    )
 
 
 def _gpu_options(

@@ -31,6 +31,7 @@ from paretotune.evaluators.measurement import Measurement
 from paretotune.evaluators.slot import TimingSlot, slot_name, timing_slot
 from paretotune.evaluators.task import Task
 from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable, time_samples
+from paretotune.space.scenario import Scenario, SingleStream, scenario_from_dict
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
 CACHE_FORMAT = 2  # bump when the artifact layout changes (2: torch artifacts are state_dicts)
 TORCH_ENGINES = ("torch", "torch_cuda")
+#: the query sample library of a serving measurement holds at least this many samples (the
+#: task's example rows, cycled), one per LoadGen query sample
+QSL_MIN_SAMPLES = 64
 
 
 @dataclass
@@ -99,10 +103,14 @@ class TaskEvaluator:
         max_cache_bytes: int = DEFAULT_MAX_BYTES,
         memory_slots: int = 4,
         exclusive_timing: bool = True,
+        scenario: Scenario | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(task, Task):
             raise TypeError(f"TaskEvaluator needs a paretotune Task, got {type(task).__name__}")
         self.task = task
+        #: single_stream times a closed loop of batches; server / offline run MLPerf LoadGen
+        #: against the engine behind the dynamic batcher (`evaluators.serving`)
+        self.scenario: Scenario = scenario_from_dict(scenario)
         self.cache = ArtifactCache(cache_dir, max_bytes=max_cache_bytes)
         self.timing = timing or TimingPolicy()
         self.memory_slots = memory_slots
@@ -128,6 +136,8 @@ class TaskEvaluator:
         return timing_slot(slot_name(on_gpu))
 
     def _evaluate(self, spec: BuildSpec, slot: TimingSlot, started: float) -> Measurement:
+        if not isinstance(self.scenario, SingleStream):
+            return self._evaluate_serving(spec, slot, started)
         key = self._build_key(spec)
         built, cache_hit, phase_build = self._get_built(spec, key)
         self._set_threads(spec.threads)
@@ -191,6 +201,59 @@ class TaskEvaluator:
             details["ignored_keys"] = list(spec.ignored)
         if compute is not None:
             details.update(_gpu_timing_details(spec.engine, compute))
+        return Measurement(metrics=metrics, details=details)
+
+    def _evaluate_serving(self, spec: BuildSpec, slot: TimingSlot, started: float) -> Measurement:
+        """The server or offline scenario: LoadGen drives the built engine behind the dynamic
+        batcher (one runner per instance), holding the machine's slot exclusively throughout
+        (every core is in use). A config differing only in its batcher reuses the built engine
+        and its accuracy (the batcher is not part of the build key)."""
+        from paretotune.evaluators.serving import measure_serving
+
+        key = self._build_key(spec)
+        built, cache_hit, phase_build = self._get_built(spec, key)
+        self._set_threads(spec.threads)
+        samples = max(QSL_MIN_SAMPLES, next(iter(self.task.example_inputs.values())).shape[0])
+        inputs = self.task.timing_batch(samples)
+        first = self._runner(built, spec.threads)
+        made = [first]
+
+        def runner_factory() -> Any:  # the first instance reuses the cached runner
+            return made.pop() if made else self._instance_runner(built, spec.threads)
+
+        reset = reset_peak_rss()
+        measured = time.perf_counter()
+        with slot.exclusive():
+            result = measure_serving(
+                runner_factory, inputs, self.scenario, spec.batcher, padding_mask=self.task.padding_mask
+            )
+        metrics = {
+            **result.metrics(),
+            "accuracy": built.accuracy,
+            "model_bytes": float(built.model_bytes),
+            "peak_memory_bytes": float(peak_rss_bytes()),
+            "build_s": built.build_s,
+        }
+        details: dict[str, Any] = {
+            "scenario": self.scenario.to_dict(),
+            "serving": result.to_dict(),
+            "batcher": spec.batcher.to_dict(),
+            "cache_hit": cache_hit,
+            "engine": spec.engine,
+            "build": spec.build_dict(),
+            "threads": spec.threads,
+            "build_details": built.details,
+            "peak_memory": "process VmHWM during serving" if reset else "process lifetime peak RSS",
+            "timing_slot": {"path": slot.path, "wait_s": round(slot.last_wait_s, 4)} if slot.enabled else None,
+            "hardware": hardware_fingerprint(spec.threads),
+            "phases_s": {
+                "build": round(phase_build, 4),
+                "measure": round(time.perf_counter() - measured, 4),
+                "total": round(time.perf_counter() - started, 4),
+            },
+        }
+        if spec.ignored:
+            details["ignored_keys"] = list(spec.ignored)
         return Measurement(metrics=metrics, details=details)
 
     def build_artifact(self, config: Mapping[str, Any]) -> BuiltArtifact:
@@ -463,14 +526,26 @@ class TaskEvaluator:
         elif built.spec.engine == "torch":
             runner = next(iter(built.runners.values()), None)  # thread count is process-wide
             if runner is None:
-                module = load_torch_module(self.task, built.spec, built.artifact)
-                runner = self._torch_runner(built.spec, module)
+                runner = self._instance_runner(built, threads)
         else:
-            from paretotune.evaluators.onnxruntime_engine import OrtRunner
-
-            runner = OrtRunner(built.artifact, threads)
+            runner = self._instance_runner(built, threads)
         built.runners[threads] = runner
         return runner
+
+    def _instance_runner(self, built: _Built, threads: int) -> Any:
+        """A new runner of the built engine: one engine instance behind the dynamic batcher
+        (its own ONNX Runtime session; the torch module itself is shared, since torch's
+        thread pool is the process's anyway and inference does not change the module)."""
+        if built.spec.engine == "torch":
+            module = next((r.module for r in built.runners.values() if hasattr(r, "module")), None)
+            if module is None:
+                module = load_torch_module(self.task, built.spec, built.artifact)
+            return self._torch_runner(built.spec, module)
+        if built.spec.on_gpu:
+            return self._gpu_runner(built)
+        from paretotune.evaluators.onnxruntime_engine import OrtRunner
+
+        return OrtRunner(built.artifact, threads)
 
     def _gpu_runner(self, built: _Built) -> Any:
         """A runner for a GPU engine (threads do not apply: one runner serves every count)."""

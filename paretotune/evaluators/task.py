@@ -464,13 +464,14 @@ def load_task(path: str) -> Any:
 
 
 def as_evaluator(
-    obj: Any, cache_dir: str | os.PathLike[str] | None = None
+    obj: Any, cache_dir: str | os.PathLike[str] | None = None, *, scenario: Any = None
 ) -> Callable[[Mapping[str, Any]], Any]:
-    """A Task becomes a `TaskEvaluator`; any other callable(config) is used as it is."""
+    """A Task becomes a `TaskEvaluator` timing under `scenario` (the study's); any other
+    callable(config) is used as it is."""
     if isinstance(obj, Task):
         from paretotune.evaluators.evaluator import TaskEvaluator
 
-        return TaskEvaluator(obj, cache_dir=cache_dir)
+        return TaskEvaluator(obj, cache_dir=cache_dir, scenario=scenario)
     if callable(obj):
         return obj
     raise ConfigError(

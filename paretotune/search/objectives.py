@@ -24,6 +24,16 @@ METRICS: dict[str, tuple[str, str]] = {
     "gpu_memory_bytes": ("min", "GPU memory used while measuring"),
     "gpu_util": ("max", "GPU utilization while measuring, percent"),
     "power_w": ("min", "GPU power draw while measuring, watts"),
+    "server_qps": ("max", "server scenario: the highest LoadGen-VALID QPS at the p99 bound"),
+    "server_p99_ms": ("min", "server scenario: LoadGen's p99 latency at server_qps"),
+    "offline_qps": ("max", "offline scenario: LoadGen's samples per second, every query queued"),
+}
+#: metrics only one kind of scenario measures: a closed loop of batches (single_stream) or
+#: LoadGen's scenarios; naming one under another scenario is refused at creation
+SCENARIO_METRICS: dict[str, tuple[str, ...]] = {
+    "single_stream": ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup"),
+    "server": ("server_qps", "server_p99_ms"),
+    "offline": ("offline_qps",),
 }
 #: returned by evaluators for the controller's derived metrics; not an objective by itself
 HELPER_METRICS = ("baseline_latency_p50_ms",)
@@ -34,6 +44,7 @@ METRIC_DOMAINS: dict[str, tuple[float, float]] = {
     **{m: (0.0, math.inf) for m in (
         "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "model_bytes",
         "peak_memory_bytes", "build_s", "gpu_memory_bytes", "power_w", "baseline_latency_p50_ms",
+        "server_qps", "server_p99_ms", "offline_qps",
     )},
     "gpu_util": (0.0, 100.0),
 }
@@ -52,6 +63,19 @@ def parse_accuracy_range(value: Any) -> tuple[float, float]:
     if not ok:
         raise ConfigError(f"accuracy_range must be [low, high] with finite numbers low < high, got {value!r}")
     return float(value[0]), float(value[1])
+
+
+def check_scenario_metrics(kind: str, names: Iterable[str]) -> None:
+    """Refuse objectives and constraints the scenario `kind` never measures."""
+    for name in names:
+        for other, metrics in SCENARIO_METRICS.items():
+            if other != kind and name in metrics:
+                raise ConfigError(
+                    f"objective/constraint {name!r} is measured only under a {other} scenario, and "
+                    f"this study's scenario is {kind}; under {kind} the scenario metrics are "
+                    f"{list(SCENARIO_METRICS.get(kind, ()))} (give scenario={{kind: {other}, ...}} "
+                    "to measure it)"
+                )
 
 
 def out_of_domain(metrics: Mapping[str, float], accuracy_range: tuple[float, float]) -> str | None:

@@ -29,6 +29,7 @@ from paretotune.errors import ConfigError, InvalidConfigError, StudyError
 from paretotune.search.objectives import (
     HELPER_METRICS,
     Constraint,
+    check_scenario_metrics,
     out_of_domain,
     parse_accuracy_range,
     parse_constraints,
@@ -43,7 +44,7 @@ from paretotune.search.pareto import (
     to_loss,
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, sampler_names
-from paretotune.space import Config, SearchSpace
+from paretotune.space import Config, Scenario, SearchSpace, SingleStream, scenario_from_dict
 from paretotune.storage import StudyStore, is_transient, retry
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ SPEC_VERSION = 1
 SPEC_KEYS = {
     "version", "space", "objectives", "constraints", "sampler", "seed", "task",
     "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
-    "warm_start", "accuracy_range",
+    "warm_start", "accuracy_range", "scenario",
 }
 #: seconds a trial waits at tell-time for the baseline to finish (derived metrics need it)
 BASELINE_WAIT_S = 3600.0
@@ -150,6 +151,8 @@ class Study:
         self.task_path: str | None = spec.get("task")
         #: the range a valid `accuracy` lies in (the task's declared range, default [0, 1])
         self.accuracy_range = parse_accuracy_range(spec.get("accuracy_range"))
+        #: how each trial is timed: single_stream (closed loop), or LoadGen's server / offline
+        self.scenario: Scenario = scenario_from_dict(spec.get("scenario"))
         sampler = make_sampler(
             spec.get("sampler") or DEFAULT_SAMPLER,
             seed=worker_seed(spec.get("seed"), worker),
@@ -729,6 +732,7 @@ def build_spec(
     duplicates: str | None = None,
     warm_start: str | None = None,
     accuracy_range: Sequence[float] | None = None,
+    scenario: Scenario | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate the pieces of a study and return the spec stored with it (JSON-able)."""
     if not isinstance(space, SearchSpace):
@@ -753,6 +757,8 @@ def build_spec(
     acc_range = parse_accuracy_range(accuracy_range)
     objs = parse_objectives(objectives, extra)
     cons = parse_constraints(constraints, extra)
+    chosen = scenario_from_dict(scenario)
+    check_scenario_metrics(chosen.kind, [*objs, *(c.metric for c in cons)])
     name = sampler.get("name") if isinstance(sampler, Mapping) else sampler
     if name not in sampler_names():
         raise ConfigError(f"sampler: unknown name {name!r}; valid samplers: {sampler_names()}")
@@ -786,6 +792,8 @@ def build_spec(
         "warm_start": warm_start,
         # stored only when it differs from [0, 1], so the specs of older studies still match
         **({"accuracy_range": list(acc_range)} if accuracy_range is not None else {}),
+        # stored only for the LoadGen scenarios, so single-stream specs keep their old form
+        **({"scenario": chosen.to_dict()} if not isinstance(chosen, SingleStream) else {}),
     }
 
 

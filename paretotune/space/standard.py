@@ -8,11 +8,13 @@ never sampled and never wastes a trial.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from paretotune.errors import ConfigError
 from paretotune.space.dimensions import Choice, Dimension, Float, PerLayer
+from paretotune.space.scenario import Offline, Scenario, Server, scenario_from_dict
 from paretotune.space.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,10 @@ log = logging.getLogger(__name__)
 BIT_WIDTHS = (32, 16, 8, 4)
 #: prune ratios searched (step 0.1) for a task with a finetune hook
 DEFAULT_MAX_PRUNE_RATIO = 0.5
+#: the dynamic batcher's settings searched under a server or offline scenario
+DEFAULT_MAX_BATCH_SIZES = (1, 4, 8, 16, 32)
+DEFAULT_QUEUE_DELAYS_US = (0, 500, 2000, 5000)
+DEFAULT_INSTANCES = (1, 2)
 
 #: (engine, bit_width) pairs no engine of that name can build.
 UNBUILDABLE: tuple[dict[str, Any], ...] = (
@@ -44,6 +50,10 @@ def standard_space(
     max_prune_ratio: float | None = None,
     granularity: str = "layer",
     bit_widths: Sequence[int] = BIT_WIDTHS,
+    scenario: Scenario | Mapping[str, Any] | None = None,
+    max_batch_sizes: Sequence[int] = DEFAULT_MAX_BATCH_SIZES,
+    queue_delays_us: Sequence[int] = DEFAULT_QUEUE_DELAYS_US,
+    instances: Sequence[int] = DEFAULT_INSTANCES,
 ) -> SearchSpace:
     """Prune ratio, bit width, quantization mode, per-layer precision, batch size, engine and
     intra-op threads, bound to ``task.layers`` and to the engines available where we run.
@@ -52,7 +62,12 @@ def standard_space(
     and leaves pruning out when it has none: structured pruning without recovery training
     costs a pretrained model most of its accuracy (all-MiniLM-L6-v2 keeps 0.91 fidelity after
     removing 5% of its heads and neurons), so those trials would be wasted. Give a ratio to
-    search pruning anyway; 0 leaves it out."""
+    search pruning anyway; 0 leaves it out.
+
+    Under a server or offline ``scenario`` the dynamic batcher is searched in place of a fixed
+    batch size: ``max_batch_size``, ``max_queue_delay_us`` (server only, where batches can
+    form) and ``instances`` (engine instances, each with ``threads`` intra-op threads; a
+    combination with instances x threads above this machine's cores is forbidden)."""
     layers: Mapping[str, str] = getattr(task, "layers", None) or {}
     if engines is None:
         available = getattr(task, "available_engines", None)
@@ -74,13 +89,16 @@ def standard_space(
     prune = _prune_range(task, max_prune_ratio)
     if prune:
         dims["prune_ratio"] = Float(0.0, prune, step=0.1)
-    dims.update(
-        {
-            "bit_width": Choice(list(bit_widths), default=32 if 32 in bit_widths else None),
-            "batch_size": Choice(list(batch_sizes)),
-            "threads": Choice(list(threads)),
-        }
-    )
+    dims["bit_width"] = Choice(list(bit_widths), default=32 if 32 in bit_widths else None)
+    serving = scenario_from_dict(scenario)
+    batcher_forbidden: list[dict[str, Any]] = []
+    if isinstance(serving, (Server, Offline)):
+        batcher_forbidden = _batcher_dimensions(
+            dims, serving, max_batch_sizes, queue_delays_us, instances, threads
+        )
+    else:
+        dims["batch_size"] = Choice(list(batch_sizes))
+    dims["threads"] = Choice(list(threads))
     ort_engines = [e for e in ("onnxruntime", "onnxruntime_cuda") if e in engines]
     if ort_engines and 8 in bit_widths:
         ort_int8 = {"engine": ort_engines, "bit_width": 8}
@@ -100,7 +118,38 @@ def standard_space(
         for rule in UNBUILDABLE
         if rule["engine"] in engines and rule["bit_width"] in bit_widths
     ]
-    return SearchSpace(dims, forbidden=forbidden)
+    return SearchSpace(dims, forbidden=forbidden + batcher_forbidden)
+
+
+def _batcher_dimensions(
+    dims: dict[str, Dimension],
+    scenario: Server | Offline,
+    max_batch_sizes: Sequence[int],
+    queue_delays_us: Sequence[int],
+    instances: Sequence[int],
+    threads: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Add the batcher's dimensions; returns the rules that keep instances x threads within
+    the cores (engine instances each run their own intra-op threads)."""
+    for field, values in (("max_batch_sizes", max_batch_sizes), ("queue_delays_us", queue_delays_us),
+                          ("instances", instances)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ConfigError(f"standard space: {field} must be a non-empty list of integers, got {values!r}")
+    dims["max_batch_size"] = Choice(list(max_batch_sizes))
+    batching = [b for b in max_batch_sizes if b > 1]
+    if isinstance(scenario, Server) and batching:
+        dims["max_queue_delay_us"] = Choice(list(queue_delays_us), when={"max_batch_size": batching})
+    dims["instances"] = Choice(list(instances))
+    cores = os.cpu_count() or 1
+    rules = [
+        {"instances": i, "threads": t} for i in instances for t in threads if i * t > cores
+    ]
+    if len(rules) == len(instances) * len(threads):
+        raise ConfigError(
+            f"standard space: every instances x threads combination ({list(instances)} x "
+            f"{list(threads)}) exceeds this machine's {cores} cores"
+        )
+    return rules
 
 
 def _prune_range(task: Any, max_prune_ratio: float | None) -> float:

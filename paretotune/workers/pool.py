@@ -48,7 +48,7 @@ def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
     """A ``pt.Task``, an import path, any callable, or None (the task stored with the study)."""
     from paretotune.evaluators import as_evaluator
 
-    return as_evaluator(study_task(study, evaluator))
+    return as_evaluator(study_task(study, evaluator), scenario=study.scenario)
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:

@@ -30,3 +30,13 @@ def digits_task() -> Task:
 @pytest.fixture
 def tiny_evaluator(tiny_task: Task, tmp_path) -> TaskEvaluator:
     return TaskEvaluator(tiny_task, cache_dir=tmp_path / "cache", timing=FAST)
+
+
+@pytest.fixture(scope="session")
+def loadgen() -> None:
+    """Fail, not skip, without MLPerf LoadGen: `make test` installs it (`paretotune[serving]`)."""
+    from paretotune.evaluators.serving import loadgen_problem
+
+    problem = loadgen_problem()
+    if problem is not None:
+        pytest.fail(f"the serving tests need MLPerf LoadGen: {problem}", pytrace=False)

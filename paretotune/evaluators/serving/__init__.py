@@ -23,7 +23,7 @@ from paretotune.evaluators.serving.harness import (
 )
 from paretotune.evaluators.serving.measure import ServingResult, measure_serving
 from paretotune.evaluators.serving.overhead import loadgen_overhead
-from paretotune.evaluators.serving.scenario import (
+from paretotune.space.scenario import (
     SCENARIO_KINDS,
     Offline,
     Scenario,

@@ -27,7 +27,7 @@ import numpy as np
 
 from paretotune.errors import ConfigError, EvaluationError, ParetotuneError
 from paretotune.evaluators.serving.batcher import BatcherConfig, DynamicBatcher, Runner
-from paretotune.evaluators.serving.scenario import Scenario, SingleStream
+from paretotune.space.scenario import Scenario, SingleStream
 
 logger = logging.getLogger(__name__)
 

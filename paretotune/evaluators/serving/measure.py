@@ -31,7 +31,7 @@ from paretotune.evaluators.serving.harness import (
     LoadGenSession,
     loadgen_version,
 )
-from paretotune.evaluators.serving.scenario import Offline, Scenario, Server, scenario_from_dict
+from paretotune.space.scenario import Offline, Scenario, Server, scenario_from_dict
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from paretotune.evaluators.serving.batcher import BatcherConfig
 from paretotune.evaluators.serving.fake import NoOpRunner
 from paretotune.evaluators.serving.harness import LoadGenSession, loadgen_version
 from paretotune.evaluators.serving.measure import MIN_QUERIES, measure_serving
-from paretotune.evaluators.serving.scenario import Server
+from paretotune.space.scenario import Server
 
 logger = logging.getLogger(__name__)
 
