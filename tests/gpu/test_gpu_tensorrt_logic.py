@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from _fake_trt import FakeLayer10 as FakeLayer
 from onnx import TensorProto, helper
 
 from paretotune.errors import EvaluationError, InvalidConfigError
@@ -41,23 +42,6 @@ class FakeTensor:
     def __init__(self, dtype: str = "FLOAT", is_network_output: bool = False) -> None:
         self.dtype = dtype
         self.is_network_output = is_network_output
-
-
-class FakeLayer:
-    def __init__(self, name: str, type: str, outputs: list[FakeTensor]) -> None:
-        self.name, self.type, self._outputs = name, type, outputs
-        self.precision = None
-        self.output_types: dict[int, Any] = {}
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self._outputs)
-
-    def get_output(self, i: int) -> FakeTensor:
-        return self._outputs[i]
-
-    def set_output_type(self, i: int, dtype: Any) -> None:
-        self.output_types[i] = dtype
 
 
 class FakeNetwork:
