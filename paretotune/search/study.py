@@ -803,7 +803,8 @@ def warm_start_configs(space: SearchSpace) -> list[Config]:
     puts every layer at its default choice (int8 in the standard space) and an engine's
     options at their defaults. The baseline and forbidden combinations are left out. These are
     the textbook recipes (the whole model in each precision on each engine) that a search
-    should not have to stumble on; a space with neither dimension has none."""
+    should not have to stumble on; a space with neither dimension has none. Under a server
+    scenario they are served with dynamic batching on (`_batching_recipe`)."""
     axes = [
         [(name, v) for v in dim.values() or ()]
         for name in ("engine", "bit_width")
@@ -817,7 +818,9 @@ def warm_start_configs(space: SearchSpace) -> list[Config]:
     baseline = space.baseline()
     out: list[Config] = []
     seen = {baseline.hash}  # a set: a Choice of 20,000 engines must stay linear
+    batching = _batching_recipe(space)
     for values in combos:
+        values = {**batching, **values}
         try:
             config = space.config(values, fill_defaults=True)
         except (ConfigError, InvalidConfigError):
@@ -826,6 +829,22 @@ def warm_start_configs(space: SearchSpace) -> list[Config]:
             seen.add(config.hash)
             out.append(config)
     return out
+
+
+def _batching_recipe(space: SearchSpace) -> dict[str, Any]:
+    """Under a server scenario's batcher dimensions, the textbook start is dynamic batching
+    on: the middle max_batch_size and the shortest non-zero queue delay (Triton's advice),
+    not the baseline's batch of 1, which the baseline itself already measures."""
+    dim = space.dimensions.get("max_batch_size")
+    sizes = sorted(v for v in (dim.values() or []) if isinstance(v, int)) if dim is not None and not dim.when else []
+    if len(sizes) < 2:
+        return {}
+    recipe: dict[str, Any] = {"max_batch_size": sizes[len(sizes) // 2]}
+    delay = space.dimensions.get("max_queue_delay_us")
+    delays = sorted(v for v in (delay.values() or []) if isinstance(v, int) and v > 0) if delay is not None else []
+    if delays and delay is not None and delay.is_active(recipe):
+        recipe["max_queue_delay_us"] = delays[0]
+    return recipe
 
 
 def _spec_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

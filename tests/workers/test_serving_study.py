@@ -127,3 +127,14 @@ def tiny_task_for_serving() -> pt.Task:
 
     x = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
     return pt.Task(model, {"x": x}, validation=[({"x": x}, None)], name="tiny-serving")
+
+
+def test_a_server_studys_warm_start_serves_with_dynamic_batching(tiny_task_for_serving: pt.Task) -> None:
+    from paretotune.search.study import warm_start_configs
+
+    space = pt.SearchSpace.standard(tiny_task_for_serving, scenario=SERVER)
+    corners = warm_start_configs(space)
+    assert corners and all(c["max_batch_size"] == 8 and c["max_queue_delay_us"] == 500 for c in corners)
+    assert space.baseline()["max_batch_size"] == 1  # the baseline stays the unbatched server
+    single = warm_start_configs(pt.SearchSpace.standard(tiny_task_for_serving))
+    assert single and all("max_batch_size" not in c for c in single)
