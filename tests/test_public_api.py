@@ -4,7 +4,8 @@ import paretotune as pt
 
 EXPECTED = {
     "METRICS", "Choice", "Config", "ConfigError", "EvaluationError", "Float", "Front", "Int",
-    "InvalidConfigError", "Measurement", "ParetotuneError", "PerLayer", "SearchSpace",
+    "InvalidConfigError", "Measurement", "Offline", "ParetotuneError", "PerLayer", "SearchSpace", "Server",
+    "SingleStream",
     "StorageError", "Study", "StudyError", "Task", "TaskError", "Trial", "TrialState",
     "__version__", "create_study", "export", "load_exported", "load_study", "register_sampler", "sampler_names",
 }
