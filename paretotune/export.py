@@ -20,7 +20,6 @@ silent export.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -29,8 +28,7 @@ import re
 import shutil
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,9 +43,9 @@ from paretotune.space import SingleStream
 from paretotune.storage import mask
 
 if TYPE_CHECKING:
-    import torch
 
     from paretotune.evaluators import Task
+    from paretotune.evaluators.config import BuildSpec
     from paretotune.evaluators.evaluator import BuiltArtifact
     from paretotune.evaluators.serving import BatcherConfig
     from paretotune.search import Study, Trial
@@ -66,12 +64,6 @@ _MARKER_TEXT = (
     "that hold this file.\n"
 )
 REPOSITORY_DIR = "model_repository"
-#: engine -> (artifact file, Triton platform, Triton backend, instance kind)
-ENGINE_LAYOUT: dict[str, tuple[str, str, str, str]] = {
-    "onnxruntime": ("model.onnx", "onnxruntime_onnx", "onnxruntime", "KIND_CPU"),
-    "torch": ("model.pt", "pytorch_libtorch", "pytorch", "KIND_CPU"),
-    "tensorrt": ("model.plan", "tensorrt_plan", "tensorrt", "KIND_GPU"),
-}
 #: numpy dtype name -> Triton data type
 TRITON_TYPES = {
     "bool": "TYPE_BOOL",
@@ -226,11 +218,13 @@ def export(
             "export verifies the rebuilt artifact against it"
         )
     config = chosen.config.to_dict()
+    from paretotune.evaluators import engines
+
     engine = config.get("engine", "torch")
-    if engine == "tensorrt":
-        _check_tensorrt_here()
-    if engine not in ENGINE_LAYOUT:
-        raise ConfigError(f"engine={engine!r} cannot be exported; allowed: {sorted(ENGINE_LAYOUT)}")
+    exportable = [e.name for e in engines.registered() if e.exportable()]
+    if not engines.get(engine).exportable():
+        raise ConfigError(f"engine={engine!r} cannot be exported; allowed: {exportable}")
+    engines.get(engine).require_here()
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     name = _model_name(model_name or f"{study.name}_trial{chosen.number}")
@@ -251,21 +245,27 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        artifact_name, data, io_spec = _artifact(built, task_obj)
-        (staging / artifact_name).write_bytes(data)
+        exported = engines.get(engine).export(built.data, built.spec, task_obj)
+        artifact_name, io_spec = exported.artifact, dict(exported.io)
+        for file_name, data in exported.files.items():
+            (staging / file_name).write_bytes(data)
         batching = io_spec.pop("batching")
         # a server / offline study measured its batcher: that is what the repository serves
         batcher = None if isinstance(study.scenario, SingleStream) else built.spec.batcher
         max_batch = (int(built.spec.batch_size) if batcher is None else batcher.max_batch_size) if batching else 0
         repo = staging / REPOSITORY_DIR / name
         (repo / "1").mkdir(parents=True)
-        (repo / "1" / artifact_name).write_bytes(data)
+        for file_name, data in exported.files.items():
+            (repo / "1" / file_name).write_bytes(data)
         (repo / "config.pbtxt").write_text(
-            triton_config(name, engine, artifact_name, io_spec, max_batch, built.spec.threads, batcher),
+            triton_config(name, engine, artifact_name, io_spec, max_batch, built.spec.threads, batcher,
+                          spec=built.spec),
             encoding="utf-8",
         )
         measurements = _measurements(study, chosen)
         bundle_config = _bundle_config(study, chosen, built, artifact_name, name, io_spec, max_batch, measurements)
+        bundle_config["files"] = sorted(exported.files)
+        bundle_config["note"] = exported.note
         _write_yaml(staging / CONFIG_FILE, bundle_config)
         _write_text(staging / MEASUREMENTS_FILE, json.dumps(measurements, indent=2, sort_keys=True, default=str))
 
@@ -311,19 +311,6 @@ def export(
         measured_accuracy=measured,
         artifact_source=built.source,
     )
-
-
-def _check_tensorrt_here() -> None:
-    """A TensorRT plan is built for (and only runs on) a GPU model: export needs one here."""
-    from paretotune.evaluators.availability import engine_problems
-
-    why = engine_problems(has_module=True, is_onnx=False).get("tensorrt")
-    if why:
-        raise EvaluationError(
-            f"engine='tensorrt': building a TensorRT engine.plan is not available on this machine "
-            f"({why}); export on a machine with the GPU model it was measured on and "
-            "paretotune[gpu], or export a trial on 'onnxruntime' or 'torch'"
-        )
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -430,148 +417,6 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(mask(text), encoding="utf-8")
 
 
-# -- the artifact and its I/O ---------------------------------------------------------------------
-
-
-def _artifact(built: BuiltArtifact, task: Task) -> tuple[str, bytes, dict[str, Any]]:
-    """(file name, bytes, io spec) of the deployable artifact for the built engine."""
-    if built.engine == "onnxruntime":
-        return ENGINE_LAYOUT["onnxruntime"][0], built.data, _onnx_io(built.data, task)
-    if built.engine == "tensorrt":
-        return ENGINE_LAYOUT["tensorrt"][0], built.data, _plan_io(built.data)
-    return _torchscript(built, task)
-
-
-def _plan_io(data: bytes) -> dict[str, Any]:
-    """I/O of a TensorRT plan; it batches when every input's first dim is dynamic."""
-    from paretotune.evaluators.tensorrt_engine import plan_io
-
-    io_spec = plan_io(data)
-    io_spec["batching"] = bool(io_spec["inputs"]) and all(
-        s["shape"] and s["shape"][0] == -1 for s in io_spec["inputs"]
-    )
-    return io_spec
-
-
-def _onnx_io(data: bytes, task: Task) -> dict[str, Any]:
-    import onnx
-    from onnx import helper
-
-    model = onnx.load_from_string(data)
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    shapes = _runtime_shapes(data, task)
-
-    def describe(value: Any, observed: tuple[int, ...] | None) -> dict[str, Any]:
-        tensor = value.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-        dims: list[int] = []
-        for i, dim in enumerate(tensor.shape.dim):
-            if dim.HasField("dim_value"):
-                dims.append(int(dim.dim_value))
-            elif dim.HasField("dim_param"):
-                dims.append(-1)
-            else:  # unknown: take what the model produced on the example batch
-                dims.append(observed[i] if observed is not None and i < len(observed) else -1)
-        if not tensor.HasField("shape") and observed is not None:
-            dims = list(observed)
-        return {"name": value.name, "dtype": dtype, "shape": dims}
-
-    described_in = [describe(v, tuple(task.example_inputs[v.name].shape) if v.name in task.example_inputs else None) for v in inputs]
-    described_out = [describe(v, shapes.get(v.name)) for v in model.graph.output]
-    batching = all(d["shape"] and d["shape"][0] == -1 for d in described_in)
-    return {"inputs": described_in, "outputs": described_out, "batching": batching}
-
-
-def _runtime_shapes(data: bytes, task: Task) -> dict[str, tuple[int, ...]]:
-    """Output shapes on the example batch, for dims the graph leaves unknown."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    feeds = {i.name: task.example_inputs[i.name] for i in session.get_inputs() if i.name in task.example_inputs}
-    outputs = session.run(None, feeds)
-    return {o.name: tuple(np.asarray(v).shape) for o, v in zip(session.get_outputs(), outputs, strict=True)}
-
-
-def _torchscript(built: BuiltArtifact, task: Task) -> tuple[str, bytes, dict[str, Any]]:
-    """Trace the built torch module (fp32 I/O around bf16 or int8 internals) to TorchScript,
-    the format Triton's libtorch backend loads."""
-    import torch
-
-    from paretotune.evaluators import torch_engine
-    from paretotune.evaluators.evaluator import load_torch_module
-
-    module = load_torch_module(task, built.spec, built.data)  # weights only: no unpickling
-    cast = torch.bfloat16 if built.spec.bit_width == 16 else None
-    wrapper = _io_wrapper(module, cast).eval()
-    args = torch_engine.to_tensors(task.example_inputs, task.input_names)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(wrapper, args, check_trace=False)
-            outputs = traced(*args)
-    except Exception as exc:  # noqa: BLE001 - tracing raises many types
-        raise EvaluationError(
-            f"tracing the torch model to TorchScript failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated, and still what Triton loads
-        torch.jit.save(traced, buffer)
-    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    out_names = list(task.output_names)[: len(outputs)]
-    out_names += [f"output_{i}" for i in range(len(out_names), len(outputs))]
-    axes = task.dynamic_axes
-
-    def dims(name: str, shape: Sequence[int]) -> list[int]:
-        dynamic = axes.get(name, {})
-        return [-1 if i in dynamic else int(n) for i, n in enumerate(shape)]
-
-    inputs = [
-        {"name": n, "dtype": task.example_inputs[n].dtype.name, "shape": dims(n, task.example_inputs[n].shape)}
-        for n in task.input_names
-    ]
-    outs = [
-        {"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": dims(n, tuple(t.shape))}
-        for n, t in zip(out_names, outputs, strict=True)
-    ]
-    for i, spec in enumerate(inputs):
-        spec["triton_name"] = f"{spec['name']}__{i}"
-    for i, spec in enumerate(outs):
-        spec["triton_name"] = f"{spec['name']}__{i}"
-    batching = all(0 in axes.get(n, {}) for n in task.input_names)
-    return ENGINE_LAYOUT["torch"][0], buffer.getvalue(), {"inputs": inputs, "outputs": outs, "batching": batching}
-
-
-def _make_wrapper() -> type:
-    import torch
-
-    from paretotune.evaluators.torch_engine import first_tensor
-
-    class IOWrapper(torch.nn.Module):
-        """fp32 in and out around the engine's module (bf16 inside, or int8 dynamic)."""
-
-        def __init__(self, module: torch.nn.Module, cast: torch.dtype | None) -> None:
-            super().__init__()
-            self.module = module
-            self.cast = cast
-
-        def forward(self, *args: torch.Tensor) -> torch.Tensor:
-            if self.cast is not None:
-                args = tuple(a.to(self.cast) if a.is_floating_point() else a for a in args)
-            out = first_tensor(self.module(*args))
-            return out.float() if out.is_floating_point() else out
-
-    return IOWrapper
-
-
-def _io_wrapper(module: torch.nn.Module, cast: torch.dtype | None) -> torch.nn.Module:
-    wrapper: torch.nn.Module = _make_wrapper()(module, cast)
-    return wrapper
-
-
 # -- Triton ---------------------------------------------------------------------------------------
 
 
@@ -583,14 +428,20 @@ def triton_config(
     max_batch_size: int,
     threads: int,
     batcher: BatcherConfig | None = None,
+    *,
+    spec: BuildSpec | None = None,
 ) -> str:
     """A Triton `config.pbtxt` (protobuf text format of inference.ModelConfig).
 
     With batching (`max_batch_size` > 0) dims leave out the batch dimension. The dynamic
     batcher is the one a server or offline study measured (`batcher`: preferred sizes, queue
-    delay, instance count); a single-stream study's prefers the trial's batch size.
+    delay, instance count); a single-stream study's prefers the trial's batch size. The
+    backend or platform and its parameters are the engine's (`Engine.triton_layout`; `spec`:
+    the trial's, for engines whose parameters follow its options).
     """
-    _, platform, backend, kind = ENGINE_LAYOUT[engine]
+    from paretotune.evaluators import engines
+
+    layout = engines.get(engine).triton_layout(threads, spec)
 
     def tensor(spec: Mapping[str, Any]) -> str:
         dtype = TRITON_TYPES.get(spec["dtype"])
@@ -610,8 +461,8 @@ def triton_config(
 
     lines = [
         f"name: {_quote(name)}",
-        f"platform: {_quote(platform)}",
-        f"backend: {_quote(backend)}",
+        *([f"platform: {_quote(layout.platform)}"] if layout.platform else []),
+        f"backend: {_quote(layout.backend)}",
         f"max_batch_size: {int(max_batch_size)}",
         f"default_model_filename: {_quote(artifact)}",
         "input [\n" + ",\n".join(tensor(s) for s in io_spec["inputs"]) + "\n]",
@@ -627,13 +478,12 @@ def triton_config(
             "}"
         )
     count = 1 if batcher is None else batcher.instances
-    lines.append(f"instance_group [\n  {{\n    count: {int(count)}\n    kind: {kind}\n  }}\n]")
-    thread_key = {"onnxruntime": "intra_op_thread_count", "torch": "INTRA_OP_THREAD_COUNT"}.get(engine)
-    if thread_key is not None:
+    lines.append(f"instance_group [\n  {{\n    count: {int(count)}\n    kind: {layout.kind}\n  }}\n]")
+    for key, value in layout.parameters.items():
         lines.append(
             "parameters {\n"
-            f"  key: {_quote(thread_key)}\n"
-            f"  value: {{ string_value: {_quote(str(int(threads)))} }}\n"
+            f"  key: {_quote(key)}\n"
+            f"  value: {{ string_value: {_quote(str(value))} }}\n"
             "}"
         )
     return "\n".join(lines) + "\n"
@@ -707,7 +557,12 @@ def _bundle_config(
         "engine": spec.engine,
         "artifact": artifact,
         "config": trial.config.to_dict() if trial.config is not None else None,
-        "resolved": {**spec.build_dict(), "batch_size": spec.batch_size, "threads": spec.threads},
+        "resolved": {
+            **spec.build_dict(),
+            **dict(spec.options + spec.runtime_options),  # every engine option, defaults too
+            "batch_size": spec.batch_size,
+            "threads": spec.threads,
+        },
         "metrics": dict(trial.metrics),
         "io": {"inputs": list(io_spec["inputs"]), "outputs": list(io_spec["outputs"])},
         "triton": {
@@ -761,12 +616,7 @@ def _readme(config: Mapping[str, Any], measurements: Mapping[str, Any]) -> str:
     engine = config["engine"]
     inputs = ", ".join(f"`{i['name']}` {i['dtype']} {i['shape']}" for i in config["io"]["inputs"])
     outputs = ", ".join(f"`{o['name']}` {o['dtype']} {o['shape']}" for o in config["io"]["outputs"])
-    torch_note = (
-        "\nThe artifact is TorchScript (what Triton's libtorch backend loads); Triton names its "
-        "tensors `<name>__<index>` (see `triton_name` in config.yaml).\n"
-        if engine == "torch"
-        else ""
-    )
+    torch_note = f"\n{config['note']}\n" if config.get("note") else ""
     return f"""# {triton['model_name']}: trial {config['trial']} of study `{config['study']}`
 
 Exported by paretotune {config['paretotune']} from `{config['storage']}`.
@@ -838,16 +688,15 @@ class ExportedModel:
         artifact = path / config["artifact"]
         if not artifact.is_file():
             raise ConfigError(f"bundle {str(path)!r}: artifact {config['artifact']!r} is missing")
-        self._run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
-        if self.engine == "onnxruntime":
-            self._run = _ort_runner(artifact.read_bytes(), threads, self.output_names)
-        elif self.engine == "torch":
-            self._run = _torchscript_runner(artifact.read_bytes(), self.input_names)
-        elif self.engine == "tensorrt":
-            _check_tensorrt_here()
-            self._run = _tensorrt_runner(artifact.read_bytes(), self.input_names, self.output_names)
-        else:
-            raise ConfigError(f"bundle {str(path)!r}: engine {self.engine!r} cannot be loaded here; allowed: onnxruntime, torch, tensorrt")
+        from paretotune.evaluators import engines
+
+        loadable = [e.name for e in engines.registered() if e.exportable()]
+        if self.engine not in loadable:
+            raise ConfigError(f"bundle {str(path)!r}: engine {self.engine!r} cannot be loaded here; allowed: {loadable}")
+        missing = [f for f in config.get("files") or [] if not (path / f).is_file()]
+        if missing:
+            raise ConfigError(f"bundle {str(path)!r}: files {missing} are missing")
+        self._run = engines.get(self.engine).load_exported(path, {**config, "resolved": {**(config.get("resolved") or {}), "threads": threads}})
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, engine={self.engine!r})"
@@ -867,53 +716,6 @@ class ExportedModel:
             for s in self.input_specs
         }
         return dict(zip(self.output_names, self._run(feeds), strict=True))
-
-
-def _ort_runner(data: bytes, threads: int, names: list[str]) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(v) for v in session.run(names, feeds)]
-
-    return run
-
-
-def _torchscript_runner(data: bytes, input_names: list[str]) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
-
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = [torch.from_numpy(feeds[n]) for n in input_names]
-        with torch.inference_mode():
-            out = module(*args)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.detach().cpu().numpy() for o in outs]
-
-    return run
-
-
-def _tensorrt_runner(
-    data: bytes, input_names: list[str], output_names: list[str]
-) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    from paretotune.evaluators.tensorrt_engine import TensorRTRunner
-
-    runner = TensorRTRunner(data, input_names)
-    order = [runner.outputs.index(n) for n in output_names]
-
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        outs = runner.run_all(feeds)
-        return [outs[i] for i in order]
-
-    return run
 
 
 def load_exported(path: str | os.PathLike[str]) -> ExportedModel:

@@ -15,11 +15,18 @@ import os
 
 logger = logging.getLogger(__name__)
 
-CPU_ENGINES = ("torch", "onnxruntime")
-#: torch_cuda: PyTorch on CUDA; onnxruntime_cuda / onnxruntime_tensorrt: ONNX Runtime's
-#: CUDA and TensorRT execution providers (onnxruntime-gpu); tensorrt: TensorRT's builder API
-GPU_ENGINES = ("torch_cuda", "onnxruntime_cuda", "onnxruntime_tensorrt", "tensorrt")
-ENGINES = CPU_ENGINES + GPU_ENGINES
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """ENGINES, CPU_ENGINES and GPU_ENGINES: the registry's names (CPU engines first)."""
+    from paretotune.evaluators import engines
+
+    if name == "ENGINES":
+        return tuple(engines.names())
+    if name in ("CPU_ENGINES", "GPU_ENGINES"):
+        gpu = name == "GPU_ENGINES"
+        return tuple(e.name for e in engines.registered() if e.on_gpu is gpu)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def importable(name: str) -> bool:
@@ -69,74 +76,34 @@ def ort_providers() -> list[str]:
     return list(_ort_providers())
 
 
-def _no_device() -> str | None:
+def no_device() -> str | None:
+    """Why a GPU engine has no device here, or None."""
     if cuda_device_count() == 0:
         return "no CUDA device (NVML finds none, or CUDA_VISIBLE_DEVICES hides them)"
     return None
 
 
 def engine_problems(*, has_module: bool, is_onnx: bool) -> dict[str, str]:
-    """engine -> why it cannot run a task here, for every engine that cannot.
+    """engine -> why it cannot run a task here, for every registered engine that cannot.
 
     has_module: the task has a PyTorch model factory; is_onnx: the task is an .onnx file.
     """
+    from paretotune.evaluators import engines
+
     problems: dict[str, str] = {}
-    torch_ok = importable("torch")
-    ort_ok = importable("onnxruntime")
-    # -- CPU ---------------------------------------------------------------------------------
-    if not has_module:
-        problems["torch"] = "the task is an .onnx file, and engine 'torch' needs a PyTorch model"
-    elif not torch_ok:
-        problems["torch"] = "torch not importable"
-    if not ort_ok:
-        problems["onnxruntime"] = "onnxruntime not importable (install paretotune[cpu])"
-    elif not is_onnx and not importable("onnx"):
-        problems["onnxruntime"] = "onnx not importable (needed to export the PyTorch model)"
-    # -- PyTorch on CUDA ---------------------------------------------------------------------
-    if not has_module:
-        problems["torch_cuda"] = (
-            "the task is an .onnx file, and engine 'torch_cuda' needs a PyTorch model"
-        )
-    elif not torch_ok:
-        problems["torch_cuda"] = "torch not importable"
-    elif not torch_cuda_available():
-        problems["torch_cuda"] = "no CUDA device: torch.cuda.is_available() is False"
-    # -- ONNX Runtime's GPU providers --------------------------------------------------------
-    for engine, provider in (
-        ("onnxruntime_cuda", "CUDAExecutionProvider"),
-        ("onnxruntime_tensorrt", "TensorrtExecutionProvider"),
-    ):
-        if "onnxruntime" in problems:
-            problems[engine] = problems["onnxruntime"]
-        elif provider not in ort_providers():
-            problems[engine] = (
-                f"onnxruntime has no {provider} (the CPU onnxruntime package is installed; "
-                "uninstall it and install paretotune[gpu] for onnxruntime-gpu)"
-            )
-        elif engine == "onnxruntime_tensorrt" and not importable("tensorrt"):
-            problems[engine] = "tensorrt not importable (the TensorRT provider needs its libraries)"
-        else:
-            reason = _no_device()
-            if reason:
-                problems[engine] = reason
-    # -- TensorRT's builder API --------------------------------------------------------------
-    if not importable("tensorrt"):
-        problems["tensorrt"] = "tensorrt not importable"
-    elif not importable("pycuda"):
-        problems["tensorrt"] = "pycuda not importable (TensorRT I/O uses pycuda buffers)"
-    elif not is_onnx and not importable("onnx"):
-        problems["tensorrt"] = "onnx not importable (needed to export the PyTorch model)"
-    else:
-        reason = _no_device()
-        if reason:
-            problems["tensorrt"] = reason
+    for engine in engines.registered():
+        reason = engine.problem(has_module=has_module, is_onnx=is_onnx)
+        if reason is not None:
+            problems[engine.name] = reason
     return problems
 
 
 def available_engines(*, has_module: bool, is_onnx: bool) -> list[str]:
-    """The engines that can run such a task here, CPU engines first."""
+    """The engines that can run such a task here, in the registry's order (CPU engines first)."""
+    from paretotune.evaluators import engines
+
     problems = engine_problems(has_module=has_module, is_onnx=is_onnx)
-    return [engine for engine in ENGINES if engine not in problems]
+    return [name for name in engines.names() if name not in problems]
 
 
 GPU_PACKAGES = ("tensorrt", "onnxruntime-gpu", "pycuda", "torch")

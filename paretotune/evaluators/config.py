@@ -1,30 +1,30 @@
-"""Reading a configuration: defaults, checks, and which combinations an engine can build."""
+"""Reading a configuration: defaults, checks, and which combinations an engine can build.
+
+What an engine can build is its declared `Capabilities` (`evaluators.engines`); this module
+reads them for every engine alike, and leaves the rules that are not data to `Engine.check`.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from paretotune.errors import ConfigError, InvalidConfigError
-from paretotune.evaluators.availability import ENGINES, GPU_ENGINES
+from paretotune.evaluators import engines
+from paretotune.evaluators.engines.base import looks_like_transformer
 from paretotune.evaluators.serving.batcher import BatcherConfig
 
 BIT_WIDTHS = (4, 8, 16, 32)
 QUANT_MODES = ("dynamic", "static")
-LAYER_PRECISIONS = ("int8", "fp32")
-#: per-layer precisions TensorRT can obey (layer.precision + output types)
-TRT_LAYER_PRECISIONS = ("int8", "fp16", "bf16", "fp32")
-HALF_TYPES = ("fp16", "bf16")
-#: where TensorRT's int8 scales come from: IInt8EntropyCalibrator2 over the task's calibration
-#: batches, or the explicit Q/DQ nodes of the ONNX Runtime static-int8 model
-INT8_SOURCES = ("calibration", "qdq")
-CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+#: every precision a layer may be given on some engine (per engine: `layer_precisions`)
+LAYER_PRECISIONS = ("int8", "int4", "fp16", "bf16", "fp32")
 MAX_PRUNE_RATIO = 0.9
 
-#: Every key a configuration may hold, with its default. Keys starting with "x_" are the user's.
-DEFAULTS: dict[str, Any] = {
+#: The keys every configuration may hold, with their defaults. Engine options (each engine's
+#: `capabilities.options`) are keys too, see `known_keys`. Keys starting with "x_" are the user's.
+COMMON_DEFAULTS: dict[str, Any] = {
     "prune_ratio": 0.0,
     "engine": "torch",
     "bit_width": 32,
@@ -35,12 +35,6 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "torch_compile": False,
     "sparsity": 0.0,
-    # GPU engine options (see GPU_OPTIONS for which engine reads which)
-    "half": "fp16",
-    "cuda_graphs": False,
-    "workspace_mb": 0,
-    "int8_source": "calibration",
-    "cudnn_conv_algo_search": "EXHAUSTIVE",
     # the dynamic batcher, read under a server or offline scenario (evaluators.serving): they
     # decide how the built engine is served, never the build, so they are not in its cache key
     "max_batch_size": 1,
@@ -49,15 +43,24 @@ DEFAULTS: dict[str, Any] = {
     "instances": 1,
 }
 BATCHER_KEYS = ("max_batch_size", "preferred_batch_sizes", "max_queue_delay_us", "instances")
-#: GPU engine -> the engine options it reads. `half` only counts at bit_width=16 and
-#: `int8_source` only at bit_width=8; `workspace_mb=0` leaves TensorRT's own limit.
-GPU_OPTIONS: dict[str, tuple[str, ...]] = {
-    "torch_cuda": ("half", "cuda_graphs"),
-    "onnxruntime_cuda": ("cuda_graphs", "cudnn_conv_algo_search"),
-    "onnxruntime_tensorrt": ("half", "cuda_graphs", "workspace_mb", "cudnn_conv_algo_search"),
-    "tensorrt": ("half", "workspace_mb", "int8_source"),
-}
 USER_KEY_PREFIX = "x_"
+
+
+def option_default(key: str, engine: str | None = None) -> Any:
+    """The default of engine option `key` on `engine` (or on the first engine declaring it)."""
+    declaring = [e for e in engines.registered() if e.capabilities.option(key) is not None]
+    for candidate in sorted(declaring, key=lambda e: e.name != engine):
+        option = candidate.capabilities.option(key)
+        if option is not None:
+            return option.default
+    raise ConfigError(f"unknown engine option {key!r}; options: {engines.option_names()}")
+
+
+#: Every key a configuration may hold, with its default (an option's: its first engine's).
+DEFAULTS: dict[str, Any] = {
+    **COMMON_DEFAULTS,
+    **{key: option_default(key) for key in engines.option_names()},
+}
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,11 @@ class BuildSpec:
     batch_size: int
     threads: int
     ignored: tuple[str, ...] = ()  # keys given that do not apply to this combination
-    #: GPU engines only: the engine options that apply (sorted (key, value) pairs)
+    #: the engine's build options that apply (sorted (key, value) pairs): in the artifact
     options: tuple[tuple[str, Any], ...] = ()
-    #: engine 'tensorrt' only: per-layer precision (layer, int8|fp16|bf16|fp32), sorted
+    #: the engine's runtime options that apply (session / compile options): not in the build
+    runtime_options: tuple[tuple[str, Any], ...] = ()
+    #: engines honouring every layer's precision (`layer_types`): (layer, precision), sorted
     layer_precisions: tuple[tuple[str, str], ...] = ()
     #: the dynamic batcher's settings (serving scenarios only); not part of the build
     batcher: BatcherConfig = BatcherConfig()
@@ -91,24 +96,30 @@ class BuildSpec:
 
     @property
     def on_gpu(self) -> bool:
-        return self.engine in GPU_ENGINES
+        return engines.get(self.engine).on_gpu
 
     def option(self, key: str) -> Any:
         """An engine option's value (its default when it does not apply to this engine)."""
-        return dict(self.options).get(key, DEFAULTS[key])
+        given = dict(self.options + self.runtime_options)
+        return given[key] if key in given else option_default(key, self.engine)
 
     def build_dict(self) -> dict[str, Any]:
+        """What decides the artifact (its cache key): no batch size, threads, batcher or
+        runtime option; build options only where they differ from the engine's default, so a
+        spec's key does not change when an engine declares a new option."""
         out = asdict(self)
-        del out["batch_size"], out["threads"], out["ignored"], out["batcher"]
+        for key in ("batch_size", "threads", "ignored", "batcher", "runtime_options"):
+            del out[key]
         out["excluded_layers"] = list(self.excluded_layers)
-        # CPU specs keep their old shape, so their cache keys do not change
+        out["options"] = [
+            [key, value] for key, value in self.options if value != option_default(key, self.engine)
+        ]
+        out["layer_precisions"] = [list(pair) for pair in self.layer_precisions]
         for key in ("options", "layer_precisions"):
-            if out[key]:
-                out[key] = [list(pair) for pair in out[key]]
-            else:
+            if not out[key]:
                 del out[key]
-        if self.engine == "tensorrt":  # the optimization profile is built for the batch size
-            out["profile_batch_size"] = self.batch_size
+        if getattr(engines.get(self.engine), "build_keys_batch_size", False):
+            out["profile_batch_size"] = self.batch_size  # a profile is built for the batch size
         return out
 
 
@@ -142,110 +153,156 @@ def _choice(config: Mapping[str, Any], key: str, allowed: tuple[Any, ...]) -> An
     return value
 
 
-def resolve_config(config: Mapping[str, Any], layers: Mapping[str, str]) -> BuildSpec:
-    """Check `config` against the known keys and `layers`, and fill in defaults.
+def known_keys() -> list[str]:
+    return [*COMMON_DEFAULTS, *engines.option_names()]
 
-    Raises ConfigError for a malformed value or an unknown key, and InvalidConfigError for a
-    well-formed combination the engine cannot build (int4 on torch, bf16 on onnxruntime...).
+
+def resolve_config(config: Mapping[str, Any], layers: Mapping[str, str]) -> BuildSpec:
+    """Check `config` against the known keys, the engine's capabilities and `layers`, and fill
+    in defaults.
+
+    Raises ConfigError for a malformed value or an unknown key (or engine), and
+    InvalidConfigError for a well-formed combination the engine cannot build (int4 on torch,
+    bf16 on onnxruntime...).
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    known = known_keys()
     for key in config:
-        if not isinstance(key, str) or (
-            key not in DEFAULTS and not key.startswith(USER_KEY_PREFIX)
-        ):
+        if not isinstance(key, str) or (key not in known and not key.startswith(USER_KEY_PREFIX)):
             raise ConfigError(
-                f"unknown config key {key!r}; known keys are {sorted(DEFAULTS)} "
+                f"unknown config key {key!r}; known keys are {sorted(known)} "
                 f"(keys starting with {USER_KEY_PREFIX!r} are left to the user)"
             )
-    engine = _choice(config, "engine", ENGINES)
+    engine = engines.get(config.get("engine", COMMON_DEFAULTS["engine"]))
+    caps = engine.capabilities
     bit_width = _choice(config, "bit_width", BIT_WIDTHS)
+    if bit_width not in caps.bit_widths:
+        raise InvalidConfigError(
+            f"bit_width={bit_width} is not buildable on engine={engine.name!r}; allowed bit "
+            f"widths there are {sorted(caps.bit_widths)}"
+        )
+    problem = engine.bit_width_problem(bit_width)
+    if problem is not None:
+        raise InvalidConfigError(problem)
+    ignored: list[str] = []
+    excluded, per_layer = _precision(config, layers, engine.name, bit_width, ignored)
     quant_mode = _choice(config, "quant_mode", QUANT_MODES)
     per_channel = _flag(config, "per_channel")
-    precision = config.get("precision", DEFAULTS["precision"])
+    if bit_width != 8:
+        ignored += [k for k in ("quant_mode", "per_channel") if k in config]
+    else:
+        if not caps.int8_modes:
+            ignored += ["quant_mode"] if "quant_mode" in config else []
+        elif "quant_mode" not in config:
+            quant_mode = caps.int8_modes[0]
+        elif quant_mode not in caps.int8_modes:
+            raise InvalidConfigError(
+                f"quant_mode={quant_mode!r} is not buildable on engine={engine.name!r}; allowed "
+                f"there: {list(caps.int8_modes)}"
+            )
+        if not caps.per_channel:
+            ignored += ["per_channel"] if "per_channel" in config else []
+    torch_compile = _flag(config, "torch_compile")
+    if torch_compile and not caps.torch_compile:
+        ignored.append("torch_compile")
+    build, runtime = _options(config, engine.name, bit_width, layers, ignored)
+    spec = BuildSpec(
+        prune_ratio=_number(config, "prune_ratio", 0.0, MAX_PRUNE_RATIO),
+        sparsity=_number(config, "sparsity", 0.0, MAX_PRUNE_RATIO),
+        engine=engine.name,
+        bit_width=bit_width,
+        quant_mode=quant_mode if bit_width == 8 and caps.int8_modes else None,
+        per_channel=per_channel if bit_width == 8 and caps.per_channel else False,
+        excluded_layers=tuple(sorted(excluded)),
+        torch_compile=torch_compile and caps.torch_compile,
+        batch_size=_positive_int(config, "batch_size"),
+        threads=_positive_int(config, "threads"),
+        options=build,
+        runtime_options=runtime,
+        layer_precisions=tuple(sorted(per_layer.items())),
+        batcher=_batcher(config),
+    )
+    spec = engine.check(spec, config, layers, ignored)
+    return replace(spec, ignored=tuple(ignored))
+
+
+def _precision(
+    config: Mapping[str, Any], layers: Mapping[str, str], engine: str, bit_width: int, ignored: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    """(layers kept in fp32, every layer's precision where the engine honours them all)."""
+    precision = config.get("precision", COMMON_DEFAULTS["precision"])
     if precision is None:
         precision = {}
     if not isinstance(precision, Mapping):
         raise ConfigError(
             f"precision must be a mapping of layer name to precision, got {precision!r}"
         )
-    excluded = []
-    per_layer: dict[str, str] = {}
     for layer, value in precision.items():
         if layer not in layers:
             raise ConfigError(
                 f"precision names unknown layer {layer!r}; the model's layers are {list(layers)}"
             )
-        if engine == "tensorrt":
-            if value not in TRT_LAYER_PRECISIONS:
-                raise ConfigError(
-                    f"precision[{layer!r}] must be one of {list(TRT_LAYER_PRECISIONS)} on "
-                    f"engine='tensorrt', got {value!r}"
-                )
-            per_layer[layer] = value
-            if value == "fp32":
-                excluded.append(layer)
-            continue
         if value not in LAYER_PRECISIONS:
-            if value in ("fp16", "bf16", "int4"):
-                raise InvalidConfigError(
-                    f"precision[{layer!r}]={value!r} cannot be built per layer on "
-                    f"engine={engine!r}; allowed per-layer precisions there are "
-                    f"{list(LAYER_PRECISIONS)} ({list(TRT_LAYER_PRECISIONS)} on engine='tensorrt')"
-                )
             raise ConfigError(
                 f"precision[{layer!r}] must be one of {list(LAYER_PRECISIONS)}, got {value!r}"
             )
-        if value == "fp32":
-            excluded.append(layer)
+    caps = engines.get(engine).capabilities
+    allowed = caps.layer_precisions.get(bit_width, ())
+    if not allowed:
+        if precision:
+            ignored.append("precision")
+        return [], {}
+    refused: dict[str, list[str]] = {}
+    for layer, value in precision.items():
+        if value not in allowed:
+            refused.setdefault(value, []).append(layer)
+    for value, names in refused.items():
+        elsewhere = sorted(b for b, ok in caps.layer_precisions.items() if value in ok)
+        needs = f"needs bit_width={'/'.join(map(str, elsewhere))}" if elsewhere else "cannot be built per layer"
+        raise InvalidConfigError(
+            f"precision {names} = {value!r} on engine={engine!r} {needs}, got bit_width="
+            f"{bit_width}; allowed per layer at bit_width={bit_width}: {list(allowed)}"
+        )
+    # fp32 exclusions matter only when the rest is quantized
+    excluded = [layer for layer, value in precision.items() if value == "fp32" and bit_width in (4, 8)]
+    return excluded, dict(precision) if caps.layer_types else {}
 
-    ignored = [k for k in ("quant_mode", "per_channel") if k in config and bit_width != 8]
-    if engine == "onnxruntime_tensorrt" and bit_width == 8 and "quant_mode" not in config:
-        quant_mode = "static"  # its int8 is the Q/DQ model: static is the only mode
-    trt_int8_source = config.get("int8_source", DEFAULTS["int8_source"])
-    if engine == "tensorrt" and bit_width == 8:  # int8_source decides, not quant_mode
-        ignored += ["quant_mode"] if "quant_mode" in config else []
-        if "per_channel" in config and trt_int8_source != "qdq":
-            ignored.append("per_channel")
-        quant_mode = "static" if trt_int8_source == "qdq" else None
-        per_channel = per_channel and trt_int8_source == "qdq"
-    if engine == "tensorrt" and bit_width != 8 and "int8" in per_layer.values():
-        int8_layers = [layer for layer, value in per_layer.items() if value == "int8"]
-        raise InvalidConfigError(
-            f"precision {int8_layers} = 'int8' on engine='tensorrt' needs bit_width=8 (the int8 scales come "
-            f"from int8_source), got bit_width={bit_width}; allowed per layer at bit_width="
-            f"{bit_width}: 'fp16', 'bf16', 'fp32'"
+
+def _options(
+    config: Mapping[str, Any], engine: str, bit_width: int, layers: Mapping[str, str], ignored: list[str]
+) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]]:
+    """(build options, runtime options) of `engine` that apply; every option given is checked
+    against what any engine declares (ConfigError), the engine's own against its values
+    (InvalidConfigError), and one that does not apply here is noted as ignored."""
+    for key in engines.option_names():
+        if key in config:
+            declared = [o for e in engines.registered() if (o := e.capabilities.option(key))]
+            if not any(o.accepts(config[key]) for o in declared):
+                allowed = sorted({d for o in declared for d in (o.describe(),)})
+                raise ConfigError(f"{key} must be {' or '.join(allowed)}, got {config[key]!r}")
+    caps = engines.get(engine).capabilities
+    chosen: dict[str, Any] = {}
+    for option in caps.options:
+        value = config.get(option.name, option.default)
+        applies = bit_width in option.bit_widths and (
+            not option.transformer or looks_like_transformer(layers)
         )
-    if precision and bit_width not in (4, 8) and engine != "tensorrt":
-        ignored.append("precision")
-    if config.get("torch_compile") and engine not in ("torch", "torch_cuda"):
-        ignored.append("torch_compile")
-    options = _gpu_options(config, engine, bit_width, ignored)
-    spec = BuildSpec(
-        prune_ratio=_number(config, "prune_ratio", 0.0, MAX_PRUNE_RATIO),
-        sparsity=_number(config, "sparsity", 0.0, MAX_PRUNE_RATIO),
-        engine=engine,
-        bit_width=bit_width,
-        quant_mode=quant_mode if bit_width == 8 else None,
-        per_channel=per_channel if bit_width == 8 else False,
-        excluded_layers=tuple(sorted(excluded)) if bit_width in (4, 8) else (),
-        torch_compile=_flag(config, "torch_compile") and engine in ("torch", "torch_cuda"),
-        batch_size=_positive_int(config, "batch_size"),
-        threads=_positive_int(config, "threads"),
-        ignored=tuple(ignored),
-        options=options,
-        layer_precisions=tuple(sorted(per_layer.items())),
-        batcher=_batcher(config),
+        applies = applies and all(chosen.get(k, None) in v for k, v in option.when.items())
+        if not applies:
+            continue
+        if not option.accepts(value):
+            raise InvalidConfigError(
+                f"{option.name}={value!r} is not buildable on engine={engine!r} at bit_width="
+                f"{bit_width}; allowed there: {option.describe()}"
+            )
+        chosen[option.name] = value
+    ignored += [k for k in engines.option_names() if k in config and k not in chosen]
+    stage = {o.name: o.stage for o in caps.options}
+    return (
+        tuple(sorted((k, v) for k, v in chosen.items() if stage[k] == "build")),
+        tuple(sorted((k, v) for k, v in chosen.items() if stage[k] == "runtime")),
     )
-    _check_buildable(spec)
-    if spec.on_gpu:
-        _check_gpu_buildable(spec)
-    elif engine == "torch" and bit_width == 16 and config.get("half", "bf16") != "bf16":
-        raise InvalidConfigError(
-            f"half={config.get('half')!r} is not buildable on engine='torch' (CPU), whose 16-bit "
-            "type is bf16; allowed there: 'bf16' (fp16 runs on engine='torch_cuda')"
-        )
-    return spec
 
 
 def _batcher(config: Mapping[str, Any]) -> BatcherConfig:
@@ -262,96 +319,3 @@ def _batcher(config: Mapping[str, Any]) -> BatcherConfig:
         max_queue_delay_us=values["max_queue_delay_us"],
         instances=values["instances"],
     )
-
-
-def _gpu_options(
-    config: Mapping[str, Any], engine: str, bit_width: int, ignored: list[str]
-) -> tuple[tuple[str, Any], ...]:
-    """Check every GPU option given, keep the ones `engine` reads; note the rest as ignored."""
-    values: dict[str, Any] = {
-        "half": _choice(config, "half", HALF_TYPES),
-        "cuda_graphs": _flag(config, "cuda_graphs"),
-        "workspace_mb": _non_negative_int(config, "workspace_mb"),
-        "int8_source": _choice(config, "int8_source", INT8_SOURCES),
-        "cudnn_conv_algo_search": _choice(
-            config, "cudnn_conv_algo_search", CUDNN_CONV_ALGO_SEARCH
-        ),
-    }
-    reads = list(GPU_OPTIONS.get(engine, ()))
-    if bit_width != 16 and "half" in reads:
-        reads.remove("half")
-    if bit_width != 8 and "int8_source" in reads:
-        reads.remove("int8_source")
-    applies = set(reads) | ({"half"} if engine == "torch" and bit_width == 16 else set())
-    for key in values:
-        if key in config and key not in applies:
-            ignored.append(key)
-    return tuple(sorted((key, values[key]) for key in reads))
-
-
-def _non_negative_int(config: Mapping[str, Any], key: str) -> int:
-    value = config.get(key, DEFAULTS[key])
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key} must be an int >= 0, got {value!r}")
-    return value
-
-
-def _check_gpu_buildable(spec: BuildSpec) -> None:
-    """The GPU engines' capability matrix (space/standard.py forbids the same pairs)."""
-    engine, bits = spec.engine, spec.bit_width
-    if engine == "torch_cuda" and bits in (4, 8):
-        raise InvalidConfigError(
-            f"bit_width={bits} is not buildable on engine='torch_cuda' (PyTorch's int8 here is "
-            "CPU-only); allowed bit widths there are 16 and 32, int8 on a GPU is "
-            "engine='tensorrt' or 'onnxruntime_tensorrt'"
-        )
-    if engine == "onnxruntime_cuda" and bits == 16:
-        raise InvalidConfigError(
-            "bit_width=16 is not buildable on engine='onnxruntime_cuda' (no fp16 conversion of "
-            "the ONNX model here); allowed bit widths there are 4, 8 and 32, and fp16 runs on "
-            "engine='onnxruntime_tensorrt', 'tensorrt' or 'torch_cuda'"
-        )
-    if engine in ("tensorrt", "onnxruntime_tensorrt") and bits == 4:
-        raise InvalidConfigError(
-            f"bit_width=4 is not buildable on engine={engine!r}; allowed bit widths there are "
-            "8, 16 and 32"
-        )
-    if engine == "onnxruntime_tensorrt":
-        if bits == 16 and spec.option("half") != "fp16":
-            raise InvalidConfigError(
-                "half='bf16' is not buildable on engine='onnxruntime_tensorrt' (its provider "
-                "options enable fp16 only); allowed: 'fp16', or bf16 on engine='tensorrt'"
-            )
-        if bits == 8 and spec.quant_mode != "static":
-            raise InvalidConfigError(
-                "quant_mode='dynamic' is not buildable on engine='onnxruntime_tensorrt'; its "
-                "int8 is the static Q/DQ model, allowed: quant_mode='static'"
-            )
-
-
-def _check_buildable(spec: BuildSpec) -> None:
-    if spec.engine == "torch":
-        if spec.bit_width == 4:
-            raise InvalidConfigError(
-                "bit_width=4 is not buildable on engine='torch'; int4 weight-only needs "
-                "engine='onnxruntime' (MatMulNBits)"
-            )
-        if spec.bit_width == 8 and spec.quant_mode == "static":
-            raise InvalidConfigError(
-                "quant_mode='static' is not buildable on engine='torch'; torch int8 is dynamic "
-                "only here, use engine='onnxruntime' for static QDQ"
-            )
-        if spec.bit_width == 16:
-            from paretotune.evaluators.hardware import cpu_supports_bf16
-
-            if not cpu_supports_bf16():
-                raise InvalidConfigError(
-                    "bit_width=16 (bf16) on engine='torch' needs a CPU with avx512_bf16 or "
-                    "amx_bf16, and this CPU has neither"
-                )
-    elif spec.engine == "onnxruntime":
-        if spec.bit_width == 16:
-            raise InvalidConfigError(
-                "bit_width=16 is not buildable on engine='onnxruntime' on CPU; allowed bit "
-                "widths there are 4, 8 and 32"
-            )

@@ -7,7 +7,6 @@ engine and its accuracy) and shares finished builds with other processes via `Ar
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from paretotune.errors import EvaluationError, InvalidConfigError, ParetotuneError
+from paretotune.evaluators import engines
 from paretotune.evaluators.cache import DEFAULT_MAX_BYTES, ArtifactCache, cache_key
 from paretotune.evaluators.config import BuildSpec, resolve_config
 from paretotune.evaluators.hardware import (
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
 CACHE_FORMAT = 2  # bump when the artifact layout changes (2: torch artifacts are state_dicts)
-TORCH_ENGINES = ("torch", "torch_cuda")
 #: the query sample library of a serving measurement holds at least this many samples (the
 #: task's example rows, cycled), one per LoadGen query sample
 QSL_MIN_SAMPLES = 64
@@ -54,16 +53,17 @@ class _Built:
     model_bytes: int
     build_s: float
     details: dict[str, Any]
-    runners: dict[int, Any] = field(default_factory=dict)
+    #: threads (or threads and runtime options, `_runner_key`) -> runner
+    runners: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class BuiltArtifact:
     """One configuration built for deployment (`TaskEvaluator.build_artifact`).
 
-    `data` is the ONNX model (engine "onnxruntime"), the TensorRT plan, or for the torch engines
-    the fp32 module's weights (`torch_engine.serialize`; `load_torch_module` gives the engine's
-    module); `accuracy` is the task metric measured when it was built; `source` says where it
+    `data` is the engine's artifact: the ONNX model (engine "onnxruntime"), the TensorRT plan,
+    the packed OpenVINO IR, or for the torch engines the fp32 module's weights
+    (`torch_engine.serialize`; `load_torch_module` gives the engine's module); `accuracy` is the task metric measured when it was built; `source` says where it
     came from: "memory", "disk" (the artifact cache) or "built" (built just now).
     """
 
@@ -141,7 +141,7 @@ class TaskEvaluator:
         key = self._build_key(spec)
         built, cache_hit, phase_build = self._get_built(spec, key)
         self._set_threads(spec.threads)
-        runner = self._runner(built, spec.threads)
+        runner = self._runner(built, spec.threads, spec)
         inputs = self._batch(spec.batch_size)
         compute: TimingResult | None = None
         try:
@@ -200,7 +200,7 @@ class TaskEvaluator:
         if spec.ignored:
             details["ignored_keys"] = list(spec.ignored)
         if compute is not None:
-            details.update(_gpu_timing_details(spec.engine, compute))
+            details.update(_gpu_timing_details(runner, compute))
         return Measurement(metrics=metrics, details=details)
 
     def _evaluate_serving(self, spec: BuildSpec, slot: TimingSlot, started: float) -> Measurement:
@@ -215,11 +215,11 @@ class TaskEvaluator:
         self._set_threads(spec.threads)
         samples = max(QSL_MIN_SAMPLES, next(iter(self.task.example_inputs.values())).shape[0])
         inputs = self.task.timing_batch(samples)
-        first = self._runner(built, spec.threads)
+        first = self._runner(built, spec.threads, spec)
         made = [first]
 
         def runner_factory() -> Any:  # the first instance reuses the cached runner
-            return made.pop() if made else self._instance_runner(built, spec.threads)
+            return made.pop() if made else self._instance_runner(built, spec.threads, spec)
 
         reset = reset_peak_rss()
         measured = time.perf_counter()
@@ -293,13 +293,6 @@ class TaskEvaluator:
                 f"prune_ratio={spec.prune_ratio} / sparsity={spec.sparsity}: pruning needs a "
                 f"PyTorch model, and task {task.name!r} is an .onnx file; allowed: 0"
             )
-        if spec.engine == "torch" and spec.bit_width == 8:
-            layers = task.layers
-            if not any(layers[n] == "Linear" for n in layers if n not in spec.excluded_layers):
-                raise InvalidConfigError(
-                    "bit_width=8 on engine='torch' quantizes Linear layers (dynamic int8), and "
-                    "this configuration keeps every Linear layer in fp32"
-                )
         return spec
 
     def _build_key(self, spec: BuildSpec) -> str:
@@ -309,7 +302,7 @@ class TaskEvaluator:
             self.task.model_id(),
             self.task.data_id(),
             spec.build_dict(),
-            library_versions(),
+            library_versions(engines.get(spec.engine).packages),
         ]
         if spec.on_gpu:  # a GPU build depends on the GPU model and the GPU packages too
             from paretotune.evaluators.availability import gpu_build_identity
@@ -368,94 +361,35 @@ class TaskEvaluator:
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("artifact cache entry %s has bad metadata (%r); building it again", key, exc)
             return None
-        if spec.engine in TORCH_ENGINES:
-            from paretotune.evaluators import torch_engine
-
+        if engines.get(spec.engine).verify_on_load:
             try:
-                module = torch_engine.restore(entry.data, self.task.fresh_module())
+                self._runner(built, spec.threads, spec)
             except EvaluationError as exc:
                 logger.warning("artifact cache entry %s: %s; building it again", key, exc)
                 return None
-            built.runners[spec.threads] = self._torch_runner(
-                spec, engine_module(self.task, spec, module)
-            )
         return built
 
     def _build(self, spec: BuildSpec) -> _Built:
         started = time.perf_counter()
-        task = self.task
-        details: dict[str, Any] = {}
-        module: torch.nn.Module | None = None
-        runner: Any = None
-        if not task.is_onnx:
-            module = self._transformed_module(spec, details)
-        if spec.engine in TORCH_ENGINES:
-            from paretotune.evaluators import torch_engine
-
-            if module is None:  # _resolve offers torch only to tasks with a module factory
-                raise InvalidConfigError(
-                    f"engine={spec.engine!r} needs a PyTorch model, and task {task.name!r} is an "
-                    ".onnx file"
-                )
-            # the artifact is the fp32 module; measure what a cache hit will restore from it
-            artifact = torch_engine.serialize(module)
-            restored = torch_engine.restore(artifact, task.fresh_module())
-            if spec.prune_ratio > 0:
-                _check_restored(module, restored, task)
-            built_module = engine_module(task, spec, restored)
-            model_bytes = torch_engine.module_bytes(built_module)
-            runner = self._torch_runner(spec, built_module)
-        elif spec.engine == "tensorrt":
-            artifact = self._build_tensorrt(spec, module, details)
-            model_bytes = len(artifact)
-        else:
-            from paretotune.evaluators import onnxruntime_engine as ort_engine
-
-            fp32 = task.onnx_bytes() if module is None else self._export(spec, module)
-            ort_spec = spec
-            if spec.engine == "onnxruntime_tensorrt" and spec.bit_width == 16:
-                ort_spec = dataclasses.replace(spec, bit_width=32)  # TensorRT's fp16 flag
-            artifact, info = ort_engine.build_onnxruntime(fp32, ort_spec, task, list(task.layers))
-            details.update(info)
-            details["op_counts"] = ort_engine.onnx_summary(artifact)
-            model_bytes = len(artifact)
-        if (
-            "zeroed_weights" in details
-        ):  # unstructured sparsity: credit the size of a bitmask encoding
+        source = _Source(self, spec)
+        made = engines.get(spec.engine).build(source, spec)
+        details, model_bytes = source.details, made.model_bytes
+        if "zeroed_weights" in details:  # unstructured sparsity: credit a bitmask encoding's size
             details["dense_model_bytes"] = model_bytes
             saved = (
                 details["zeroed_weights"] * BYTES_PER_WEIGHT[spec.bit_width]
                 - details["sparse_weights"] / 8
             )
             model_bytes = int(max(model_bytes - saved, 0))
-        built = _Built(spec, artifact, float("nan"), model_bytes, 0.0, details)
-        if runner is not None:
-            built.runners[1] = runner
-        runner = self._runner(built, 1)
+        built = _Built(spec, made.artifact, float("nan"), model_bytes, 0.0, details)
+        if made.runner is not None:
+            built.runners[_runner_key(spec, 1)] = made.runner
+        runner = self._runner(built, 1, spec)
         if spec.torch_compile:  # compiling happens on the first call: part of the build
             runner.run(self.task.example_inputs)
         built.build_s = time.perf_counter() - started
         built.accuracy = self._accuracy(runner)
         return built
-
-    def _build_tensorrt(
-        self, spec: BuildSpec, module: torch.nn.Module | None, details: dict[str, Any]
-    ) -> bytes:
-        """The serialized TensorRT engine: from the fp32 ONNX model, or from ONNX Runtime's
-        symmetric static-int8 Q/DQ model when int8 comes from explicit Q/DQ."""
-        from paretotune.evaluators import onnxruntime_engine as ort_engine
-        from paretotune.evaluators.tensorrt_engine import build_tensorrt
-
-        task = self.task
-        onnx_model = task.onnx_bytes() if module is None else self._export(spec, module)
-        if spec.bit_width == 8 and spec.option("int8_source") == "qdq":
-            onnx_model, info = ort_engine.build_onnxruntime(
-                onnx_model, spec, task, list(task.layers)
-            )
-            details["qdq"] = info
-        plan, info = build_tensorrt(onnx_model, spec, task, list(task.layers), cache=self.cache)
-        details.update(info)
-        return plan
 
     def _transformed_module(self, spec: BuildSpec, details: dict[str, Any]) -> torch.nn.Module:
         from paretotune.evaluators import pruning
@@ -494,7 +428,7 @@ class TaskEvaluator:
 
     def _export(self, spec: BuildSpec, module: Any) -> bytes:
         """The fp32 ONNX export of the (pruned) model, shared by every ORT variant of it."""
-        from paretotune.evaluators.onnxruntime_engine import export_onnx
+        from paretotune.evaluators.onnx_graph import export_onnx
 
         key = cache_key(
             "export",
@@ -503,7 +437,7 @@ class TaskEvaluator:
             self.task.data_id(),
             spec.prune_ratio,
             spec.sparsity,
-            library_versions(),
+            library_versions(("torch", "onnx")),
         )
         if key in self._exports:
             return self._exports[key]
@@ -517,70 +451,35 @@ class TaskEvaluator:
             self._exports.popitem(last=False)
         return data
 
-    def _runner(self, built: _Built, threads: int) -> Any:
-        runner = built.runners.get(threads)
-        if runner is not None:
-            return runner
-        if built.spec.on_gpu:
-            runner = next(iter(built.runners.values()), None) or self._gpu_runner(built)
-        elif built.spec.engine == "torch":
-            runner = next(iter(built.runners.values()), None)  # thread count is process-wide
-            if runner is None:
-                runner = self._instance_runner(built, threads)
-        else:
-            runner = self._instance_runner(built, threads)
-        built.runners[threads] = runner
+    def _runner(self, built: _Built, threads: int, spec: BuildSpec | None = None) -> Any:
+        """The runner of `built` for `threads` and `spec`'s runtime options (default: the
+        build's), made once; an engine whose runners ignore threads reuses any it has."""
+        spec = spec or built.spec
+        key = _runner_key(spec, threads)
+        runner = built.runners.get(key)
+        if runner is None and not engines.get(spec.engine).threads_per_runner:
+            runner = next(iter(built.runners.values()), None)
+        if runner is None:
+            runner = self._instance_runner(built, threads, spec)
+        built.runners[key] = runner
         return runner
 
-    def _instance_runner(self, built: _Built, threads: int) -> Any:
+    def _instance_runner(self, built: _Built, threads: int, spec: BuildSpec | None = None) -> Any:
         """A new runner of the built engine: one engine instance behind the dynamic batcher
-        (its own ONNX Runtime session; the torch module itself is shared, since torch's
-        thread pool is the process's anyway and inference does not change the module)."""
-        if built.spec.engine == "torch":
-            module = next((r.module for r in built.runners.values() if hasattr(r, "module")), None)
-            if module is None:
-                module = load_torch_module(self.task, built.spec, built.artifact)
-            return self._torch_runner(built.spec, module)
-        if built.spec.on_gpu:
-            return self._gpu_runner(built)
-        from paretotune.evaluators.onnxruntime_engine import OrtRunner
-
-        return OrtRunner(built.artifact, threads)
-
-    def _gpu_runner(self, built: _Built) -> Any:
-        """A runner for a GPU engine (threads do not apply: one runner serves every count)."""
-        spec = built.spec
-        if spec.engine == "torch_cuda":
-            return self._torch_runner(spec, load_torch_module(self.task, spec, built.artifact))
-        if spec.engine == "tensorrt":
-            from paretotune.evaluators.tensorrt_engine import TensorRTRunner
-
-            return TensorRTRunner(built.artifact, self.task.input_names)
-        from paretotune.evaluators.onnxruntime_engine import OrtGpuRunner
-
-        engine_cache = self.cache.subdir("ort-tensorrt-engines")
-        return OrtGpuRunner(built.artifact, spec, str(engine_cache))
-
-    def _torch_runner(self, spec: BuildSpec, module: torch.nn.Module) -> Any:
-        """The runner of an engine module (`engine_module`): torch on the CPU, or torch_cuda."""
-        if spec.engine == "torch_cuda":
-            from paretotune.evaluators.torch_cuda_engine import TorchCudaRunner, compute_dtype
-
-            return TorchCudaRunner(
-                module,
-                self.task.input_names,
-                compute_dtype(spec.bit_width, spec.option("half")),
-                cuda_graphs=spec.option("cuda_graphs"),
-                compile=spec.torch_compile,
+        (its own session; the torch engines share their module, which inference does not
+        change)."""
+        spec = spec or built.spec
+        sibling = next(iter(built.runners.values()), None)
+        try:
+            return engines.get(spec.engine).runner(
+                built.artifact, spec, self.task, threads, cache=self.cache, sibling=sibling
             )
-        import torch
-
-        from paretotune.evaluators import torch_engine
-
-        if spec.torch_compile:
-            module = torch_engine.compile_module(module)
-        dtype = torch.bfloat16 if spec.bit_width == 16 else None
-        return torch_engine.TorchRunner(module, self.task.input_names, dtype)
+        except ParetotuneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an engine failing to load is the trial failing
+            raise EvaluationError(
+                f"loading the built {spec.engine} engine failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _set_threads(self, threads: int) -> None:
         import sys
@@ -661,54 +560,66 @@ class TaskEvaluator:
         return self.task.timing_batch(batch_size)
 
 
+def _torch_family(spec: BuildSpec) -> Any:
+    from paretotune.evaluators.engines.torch import TorchEngine
+
+    engine = engines.get(spec.engine)
+    if not isinstance(engine, TorchEngine):
+        torch_engines = [e.name for e in engines.registered() if isinstance(e, TorchEngine)]
+        raise InvalidConfigError(
+            f"engine={spec.engine!r} has no torch module; allowed: {torch_engines}"
+        )
+    return engine
+
+
 def engine_module(task: Task, spec: BuildSpec, module: torch.nn.Module) -> torch.nn.Module:
     """The torch / torch_cuda engine's module for `spec`, from the fp32 (pruned) `module`:
     cast or dynamically quantized, deterministically (the same weights give the same module)."""
-    if spec.engine == "torch_cuda":
-        from paretotune.evaluators.torch_cuda_engine import build_torch_cuda
-
-        return build_torch_cuda(module, spec.bit_width, spec.option("half"))
-    if spec.engine != "torch":
-        raise InvalidConfigError(
-            f"engine={spec.engine!r} has no torch module; allowed: {list(TORCH_ENGINES)}"
-        )
-    from paretotune.evaluators.torch_engine import build_torch
-
-    quantize = [n for n in task.layers if n not in spec.excluded_layers]
-    return build_torch(module, spec.bit_width, spec.per_channel, quantize)
+    result: torch.nn.Module = _torch_family(spec).module_for(task, spec, module)
+    return result
 
 
 def load_torch_module(task: Task, spec: BuildSpec, data: bytes) -> torch.nn.Module:
     """The engine's module of a torch artifact (`BuiltArtifact.data`): its fp32 weights restored
     on a fresh copy of the task's model (no unpickling), then built for `spec`."""
-    from paretotune.evaluators.torch_engine import restore
-
-    return engine_module(task, spec, restore(data, task.fresh_module()))
-
-
-def _check_restored(module: torch.nn.Module, restored: torch.nn.Module, task: Task) -> None:
-    """A pruned module must come back from its artifact whole: same outputs on the examples.
-    A model keeping shapes in something other than tensors and plain attributes fails here."""
-    from paretotune.evaluators.torch_engine import TorchRunner
-
-    expected = TorchRunner(module, task.input_names).run(task.example_inputs)
-    got = TorchRunner(restored, task.input_names).run(task.example_inputs)
-    if expected.shape != got.shape or not np.allclose(expected, got, rtol=1e-4, atol=1e-5):
-        raise EvaluationError(
-            "the pruned model does not round-trip through its torch artifact (a state_dict and "
-            "plain attributes): it keeps shape-dependent state elsewhere, so it cannot be cached"
-        )
+    result: torch.nn.Module = _torch_family(spec).load(task, spec, data)
+    return result
 
 
-def _gpu_timing_details(engine: str, compute: TimingResult) -> dict[str, Any]:
+def _runner_key(spec: BuildSpec, threads: int) -> Any:
+    """Runners are per thread count, and per runtime options for engines that have them."""
+    return (threads, spec.runtime_options) if spec.runtime_options else threads
+
+
+class _Source:
+    """What an engine's build reads (`engines.BuildSource`): the task, its transformed fp32
+    module (made once, on first use) and that module's ONNX export (the evaluator's cache)."""
+
+    def __init__(self, evaluator: TaskEvaluator, spec: BuildSpec) -> None:
+        self.task = evaluator.task
+        self.cache = evaluator.cache
+        self.details: dict[str, Any] = {}
+        self._evaluator = evaluator
+        self._spec = spec
+        self._module: torch.nn.Module | None = None
+
+    def module(self) -> torch.nn.Module | None:
+        if self.task.is_onnx:
+            return None
+        if self._module is None:
+            self._module = self._evaluator._transformed_module(self._spec, self.details)
+        return self._module
+
+    def onnx(self) -> bytes:
+        if self.task.is_onnx:
+            return self.task.onnx_bytes()
+        return self._evaluator._export(self._spec, self.module())
+
+
+def _gpu_timing_details(runner: Any, compute: TimingResult) -> dict[str, Any]:
     """Compute-only latency (no host/device copies) beside the end-to-end metrics."""
-    clock = (
-        "host clock after ONNX Runtime's synchronized run"
-        if engine.startswith("onnxruntime")
-        else "CUDA events"
-    )
     return {
-        "timing_clock": clock,
+        "timing_clock": getattr(runner, "timing_clock", "CUDA events"),
         "latency": "end to end: host-to-device copies, compute, device-to-host copies",
         "compute_latency_p50_ms": compute.p50_ms,
         "compute_latency_p90_ms": compute.p90_ms,

@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -19,7 +20,8 @@ ISA_FLAGS = (
     "amx_int8",
     "amx_bf16",
 )
-VERSIONED_PACKAGES = ("torch", "onnxruntime", "onnx", "numpy", "torch-pruning", "paretotune")
+#: what every build depends on; each engine adds its own packages (`Engine.packages`)
+BASE_PACKAGES = ("numpy", "torch", "torch-pruning", "paretotune")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -39,10 +41,15 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries a build depends on (no heavy import)."""
+def library_versions(packages: Sequence[str] | None = None) -> dict[str, str | None]:
+    """Installed versions of the libraries a build depends on (no heavy import): the base
+    packages and `packages` (default: every registered engine's), in a stable order."""
+    if packages is None:
+        from paretotune.evaluators import engines
+
+        packages = engines.packages()
     versions: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for name in VERSIONED_PACKAGES:
+    for name in sorted({*BASE_PACKAGES, *packages}):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -12,26 +12,36 @@ import logging
 import os
 import re
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from paretotune.errors import EvaluationError, InvalidConfigError
+from paretotune.evaluators.onnx_graph import (
+    OPSET,
+    WEIGHT_OPS,
+    export_onnx,
+    gemm_to_matmul,
+    layer_nodes,
+    onnx_summary,
+    quiet,
+    weight_nodes,
+)
 
 if TYPE_CHECKING:
     import onnx
-    import torch
 
     from paretotune.evaluators.config import BuildSpec
     from paretotune.evaluators.task import Task
 
 logger = logging.getLogger(__name__)
 
-OPSET = 17
-WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+__all__ = [  # the shared ONNX helpers stay importable from here
+    "OPSET", "WEIGHT_OPS", "export_onnx", "gemm_to_matmul", "layer_nodes", "onnx_summary",
+    "weight_nodes",
+]
+
 #: Ops that only move, select or clip values: in QDQ form they run on int8 with the scale of
 #: their input, exactly, so static int8 may keep them quantized between quantized layers.
 LOSSLESS_OPS = (
@@ -45,99 +55,6 @@ LOSSLESS_OPS = (
     "Unsqueeze",
 )
 INT4_BLOCK_SIZE = 32
-MAX_MESSAGE = 600  # characters of each exporter's message kept in the trial's reason
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporters' and quantizers' warnings and root-logger chatter."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def export_onnx(module: torch.nn.Module, task: Task) -> bytes:
-    """Export with the TorchScript exporter, falling back to the dynamo exporter.
-
-    Raises EvaluationError carrying both exporters' messages when neither succeeds.
-    """
-    import torch
-
-    from paretotune.evaluators.torch_engine import to_tensors
-
-    args = to_tensors(task.example_inputs, task.input_names)
-    errors = []
-    for dynamo in (False, True):
-        with tempfile.TemporaryDirectory() as tmp, _quiet():
-            path = os.path.join(tmp, "model.onnx")
-            try:
-                kwargs: dict[str, Any] = {"dynamo": dynamo, "external_data": False}
-                if not dynamo:
-                    kwargs["opset_version"] = OPSET
-                torch.onnx.export(
-                    module,
-                    args,
-                    path,
-                    input_names=task.input_names,
-                    output_names=task.output_names,
-                    dynamic_axes=task.dynamic_axes,
-                    **kwargs,
-                )
-                with open(path, "rb") as fh:
-                    return fh.read()
-            except Exception as exc:  # noqa: BLE001 - exporters raise many types
-                name = "dynamo exporter" if dynamo else "TorchScript exporter"
-                message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-                errors.append(f"{name}: {type(exc).__name__}: {message[:MAX_MESSAGE]}")
-                logger.debug("ONNX export with the %s failed: %s", name, exc)
-    raise EvaluationError("ONNX export failed; " + " | ".join(errors))
-
-
-# -- graph helpers ---------------------------------------------------------------------------
-
-
-def _module_path(node: onnx.NodeProto) -> str | None:
-    """The PyTorch module a node came from, from its name scope or the dynamo metadata."""
-    if node.name.startswith("/"):
-        parts = node.name.strip("/").split("/")[:-1]
-        return ".".join(parts) if parts else None
-    for prop in node.metadata_props:
-        if prop.key == "namespace":  # ": Root/fc1: Linear/linear: aten.linear.default"
-            scopes = [s.split(":")[0].strip() for s in prop.value.split("/")]
-            return ".".join(s for s in scopes[1:-1] if s) or None
-    return None
-
-
-def layer_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[str]]:
-    """Map each PyTorch layer name (or ONNX node name) to its MatMul/Gemm/Conv node names."""
-    weights = {init.name for init in model.graph.initializer}
-    wanted = set(layers)
-    found: dict[str, list[str]] = {name: [] for name in layers}
-    for node in model.graph.node:
-        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in weights:
-            continue
-        candidates = [node.name, _module_path(node), node.input[1].removesuffix(".weight")]
-        for candidate in candidates:
-            if candidate in wanted:
-                found[candidate].append(node.name)
-                break
-    return found
-
-
-def weight_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul/Gemm/Conv nodes whose second input is a weight (an initializer)."""
-    weights = {init.name for init in model.graph.initializer}
-    return [
-        node.name
-        for node in model.graph.node
-        if node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in weights
-    ]
 
 
 def static_nodes(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
@@ -183,56 +100,6 @@ def keep_fp32_consumers(model: onnx.ModelProto, quantized: Sequence[str]) -> int
     return rewired
 
 
-def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rewrite plain Gemm (weights as initializers) as MatMul + Add, keeping the node name.
-
-    ONNX Runtime's dynamic and int4 quantizers only handle MatMul.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {init.name: init for init in model.graph.initializer}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    nodes = []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = (
-            node.op_type == "Gemm"
-            and attrs.get("alpha", 1.0) == 1.0
-            and attrs.get("beta", 1.0) == 1.0
-            and not attrs.get("transA", 0)
-            and len(node.input) >= 2
-            and node.input[1] in inits
-            and users.get(node.input[1]) == 1
-        )
-        if not plain:
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            inits[node.input[1]].CopyFrom(
-                numpy_helper.from_array(np.ascontiguousarray(weight.T), node.input[1])
-            )
-        has_bias = len(node.input) > 2 and node.input[2] != ""
-        matmul_out = node.output[0] + "_matmul" if has_bias else node.output[0]
-        nodes.append(
-            helper.make_node("MatMul", [node.input[0], node.input[1]], [matmul_out], name=node.name)
-        )
-        if has_bias:
-            nodes.append(
-                helper.make_node(
-                    "Add", [matmul_out, node.input[2]], [node.output[0]], name=node.name + "_bias"
-                )
-            )
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    return model
-
-
 class _Calibration:
     """ONNX Runtime's CalibrationDataReader over the task's calibration batches."""
 
@@ -247,9 +114,12 @@ class _Calibration:
 
 
 def build_onnxruntime(
-    fp32: bytes, spec: BuildSpec, task: Task, layers: Sequence[str]
+    fp32: bytes, spec: BuildSpec, task: Task, layers: Sequence[str], *, fused: bool = False
 ) -> tuple[bytes, dict[str, Any]]:
-    """Quantize an fp32 ONNX model as `spec` asks; returns the model bytes and build details."""
+    """Quantize an fp32 ONNX model as `spec` asks; returns the model bytes and build details.
+
+    fused: the model went through `fuse_transformer`, so dynamic int8 quantizes its Attention
+    ops too (QAttention)."""
     import onnx
 
     if spec.bit_width == 32:
@@ -264,7 +134,7 @@ def build_onnxruntime(
     if unmapped:
         details["unmapped_excluded_layers"] = unmapped
         logger.warning("layers %s have no MatMul/Gemm/Conv node in the ONNX graph", unmapped)
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with tempfile.TemporaryDirectory() as tmp, quiet():
         src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
         try:
             if spec.bit_width == 4:
@@ -310,7 +180,7 @@ def build_onnxruntime(
                 quantize_dynamic(
                     src,
                     dst,
-                    op_types_to_quantize=["MatMul"],
+                    op_types_to_quantize=["MatMul", "Attention"] if fused else ["MatMul"],
                     per_channel=spec.per_channel,
                     weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude,
@@ -358,21 +228,78 @@ def _int4(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
     return quantizer.model.model
 
 
+#: the engine's runtime options -> ONNX Runtime's enum names
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disable_all": "ORT_DISABLE_ALL",
+    "enable_basic": "ORT_ENABLE_BASIC",
+    "enable_extended": "ORT_ENABLE_EXTENDED",
+    "enable_all": "ORT_ENABLE_ALL",
+}
+EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+
+
+def session_options(threads: int, options: Mapping[str, Any] | None = None) -> Any:
+    """SessionOptions for the CPU provider: `threads` intra-op threads, and the engine's
+    runtime options (graph_optimization_level, execution_mode, inter_op_threads; ORT_ENABLE_ALL,
+    sequential and 1 inter-op thread by default). Inter-op threads count only in parallel mode."""
+    import onnxruntime as ort
+
+    given = dict(options or {})
+    mode = given.get("execution_mode", "sequential")
+    session = ort.SessionOptions()
+    session.intra_op_num_threads = threads
+    session.inter_op_num_threads = int(given.get("inter_op_threads", 1)) if mode == "parallel" else 1
+    session.execution_mode = getattr(ort.ExecutionMode, EXECUTION_MODES[mode])
+    session.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel,
+        GRAPH_OPTIMIZATION_LEVELS[given.get("graph_optimization_level", "enable_all")],
+    )
+    session.log_severity_level = 3
+    return session
+
+
+def fuse_transformer(fp32: bytes, num_heads: int, hidden_size: int) -> tuple[bytes, dict[str, int]]:
+    """ONNX Runtime's transformer optimizer (model_type "bert") on the fp32 export: Attention,
+    SkipLayerNormalization, BiasGelu and EmbedLayerNormalization fusions, before quantization.
+
+    `num_heads` and `hidden_size` (the attention's, after pruning) must be given: the optimizer
+    cannot read them off our export's Reshape shapes (computed at run time from Shape ops), and
+    with 0 it fuses no Attention. `opt_level=0` keeps ONNX Runtime's session optimizations out
+    of the saved graph, so node names survive for per-layer exclusion."""
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as fh:
+            fh.write(fp32)
+        try:
+            fused = optimizer.optimize_model(
+                path, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+            )
+        except Exception as exc:  # noqa: BLE001 - the optimizer raises many types
+            raise EvaluationError(
+                f"ONNX Runtime's transformer optimizer (num_heads={num_heads}, "
+                f"hidden_size={hidden_size}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
+        model: onnx.ModelProto = fused.model
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):  # added on save only
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        return model.SerializeToString(), stats
+
+
 class OrtRunner:
-    """An ONNX Runtime CPU session with a fixed intra-op thread count."""
+    """An ONNX Runtime CPU session with a fixed intra-op thread count (`session_options`)."""
 
     engine = "onnxruntime"
 
-    def __init__(self, model: bytes, threads: int):
+    def __init__(self, model: bytes, threads: int, options: Mapping[str, Any] | None = None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            model, session_options(threads, options), providers=["CPUExecutionProvider"]
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
@@ -391,16 +318,6 @@ class OrtRunner:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.prepare(inputs)()[0], dtype=np.float32)
-
-
-def onnx_summary(model: bytes) -> dict[str, int]:
-    """Op-type counts of a model, for details and tests."""
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load_from_string(model).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
 
 
 # -- GPU execution providers (onnxruntime-gpu) -----------------------------------------------
@@ -479,6 +396,8 @@ class OrtGpuRunner:
     graph session that ONNX Runtime refuses to build (a node left on the CPU, which needs a
     Memcpy) makes the config invalid, with ONNX Runtime's reason.
     """
+
+    timing_clock = "host clock after ONNX Runtime's synchronized run"
 
     def __init__(self, model: bytes, spec: BuildSpec, engine_cache_dir: str | None = None):
         import onnxruntime as ort

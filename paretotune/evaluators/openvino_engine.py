@@ -325,13 +325,13 @@ def map_excluded_layers(
 ) -> dict[str, list[str]]:
     """Each excluded layer (torch module or ONNX node name) -> its OpenVINO weight ops.
 
-    Our names reach ONNX node names through `onnxruntime_engine.layer_nodes`; OpenVINO's ONNX
+    Our names reach ONNX node names through `onnx_graph.layer_nodes`; OpenVINO's ONNX
     frontend keeps a node's name for its op, and names the weight op of a Conv or Gemm with a
     bias `<node>/WithoutBiases` (the bias Add keeps the node's name).
     """
     import onnx
 
-    from paretotune.evaluators.onnxruntime_engine import layer_nodes
+    from paretotune.evaluators.onnx_graph import layer_nodes
 
     wanted = sorted(set(excluded))
     mapping = layer_nodes(onnx.load_from_string(onnx_bytes), list(dict.fromkeys([*layers, *wanted])))
@@ -443,7 +443,7 @@ def build_openvino(
     transformer: bool | None = None,
 ) -> bytes:
     """The packed IR for `bit_width` from the fp32 ONNX export (`task.onnx_bytes()` or
-    `onnxruntime_engine.export_onnx`).
+    `onnx_graph.export_onnx`).
 
     layers: the task's quantizable layers (`task.layers`), for the name mapping;
     excluded_layers: the layers kept in fp32 at bit widths 8 and 4 (NNCF's ignored scope);
@@ -507,7 +507,12 @@ def _compress(
             if bit_width == 4:
                 mode = getattr(nncf.CompressWeightsMode, str(options["weight_mode"]).upper())
                 return nncf.compress_weights(
-                    model, mode=mode, group_size=INT4_GROUP_SIZE, ignored_scope=scope
+                    model, mode=mode, group_size=INT4_GROUP_SIZE, ignored_scope=scope,
+                    # a layer whose input width 128 does not divide gets the largest group
+                    # size that does (a small transformer's 64-wide layers) instead of failing
+                    advanced_parameters=nncf.AdvancedCompressionParameters(
+                        group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST
+                    ),
                 )
             if not task.calibration:
                 raise InvalidConfigError(
@@ -627,6 +632,11 @@ class OpenVINORunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         outputs = self.prepare(inputs)()
         return np.array(outputs[0], dtype=np.float32, copy=True)
+
+    def run_all(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output, in the compiled model's order, copied out of the request."""
+        outputs = self.prepare(inputs)()
+        return [np.array(outputs[i], copy=True) for i in range(len(self.compiled.outputs))]
 
 
 def _plain(value: Any) -> str:

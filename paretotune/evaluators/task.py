@@ -340,6 +340,17 @@ class Task:
 
         return available_engines(has_module=self.model_factory is not None, is_onnx=self.is_onnx)
 
+    def engine_capabilities(self) -> dict[str, dict[str, Any]]:
+        """What each engine available here can build for this task, as plain data for
+        `SearchSpace.standard` (which imports nothing of the evaluators)."""
+        from paretotune.evaluators import engines
+        from paretotune.evaluators.engines.base import looks_like_transformer
+
+        return engines.space_capabilities(
+            self.available_engines(),
+            transformer=self.model_factory is not None and looks_like_transformer(self.layers),
+        )
+
     def unavailable_engines(self) -> dict[str, str]:
         """engine -> why it cannot run this task here ("tensorrt not importable", ...)."""
         from paretotune.evaluators.availability import engine_problems

@@ -88,12 +88,12 @@ def numpy_dtype(trt_dtype: Any) -> np.dtype[Any]:
 def layer_node_map(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[str]]:
     """PyTorch layer name -> the ONNX nodes it became: its MatMul/Gemm/Conv and every other node
     of the same module scope (the bias Add of a MatMul), so the whole layer gets its precision."""
-    from paretotune.evaluators.onnxruntime_engine import _module_path, layer_nodes
+    from paretotune.evaluators.onnx_graph import layer_nodes, module_path
 
     found = {name: list(nodes) for name, nodes in layer_nodes(model, layers).items()}
     wanted = set(layers)
     for node in model.graph.node:
-        scope = _module_path(node)
+        scope = module_path(node)
         if scope in wanted and node.name and node.name not in found[scope]:
             found[scope].append(node.name)
     return found

@@ -1,8 +1,10 @@
 """The standard joint space for a task: what a user gets from ``SearchSpace.standard(task)``.
 
-The engine capability matrix lives here as forbidden combinations, so a config that an
-engine cannot build (int4 on the torch engine, 16-bit on ONNX Runtime's CPU provider) is
-never sampled and never wastes a trial.
+The engines' capabilities arrive as data (``task.engine_capabilities()``, or ``capabilities=``:
+engine -> bit widths buildable here, int8 modes, per_channel, searchable options) and become
+dimensions and forbidden combinations, so a config an engine cannot build (int4 on the torch
+engine, 16-bit on ONNX Runtime's CPU provider) is never sampled and never wastes a trial. This
+module imports nothing of the evaluators: the capability matrix lives once, in the engines.
 """
 
 from __future__ import annotations
@@ -28,19 +30,6 @@ DEFAULT_MAX_BATCH_SIZES = (1, 4, 8, 16, 32)
 DEFAULT_QUEUE_DELAYS_US = (0, 500, 2000, 5000)
 DEFAULT_INSTANCES = (1, 2)
 
-#: (engine, bit_width) pairs no engine of that name can build.
-UNBUILDABLE: tuple[dict[str, Any], ...] = (
-    {"engine": "torch", "bit_width": 4},
-    {"engine": "onnxruntime", "bit_width": 16},
-    # GPU engines (offered only where they can run; evaluators/config.py checks the same)
-    {"engine": "torch_cuda", "bit_width": 8},
-    {"engine": "torch_cuda", "bit_width": 4},
-    {"engine": "onnxruntime_cuda", "bit_width": 16},
-    {"engine": "onnxruntime_tensorrt", "bit_width": 4},
-    {"engine": "tensorrt", "bit_width": 4},
-)
-
-
 def standard_space(
     task: Any,
     *,
@@ -54,6 +43,7 @@ def standard_space(
     max_batch_sizes: Sequence[int] = DEFAULT_MAX_BATCH_SIZES,
     queue_delays_us: Sequence[int] = DEFAULT_QUEUE_DELAYS_US,
     instances: Sequence[int] = DEFAULT_INSTANCES,
+    capabilities: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SearchSpace:
     """Prune ratio, bit width, quantization mode, per-layer precision, batch size, engine and
     intra-op threads, bound to ``task.layers`` and to the engines available where we run.
@@ -67,7 +57,10 @@ def standard_space(
     Under a server or offline ``scenario`` the dynamic batcher is searched in place of a fixed
     batch size: ``max_batch_size``, ``max_queue_delay_us`` (server only, where batches can
     form) and ``instances`` (engine instances, each with ``threads`` intra-op threads; a
-    combination with instances x threads above this machine's cores is forbidden)."""
+    combination with instances x threads above this machine's cores is forbidden).
+
+    ``capabilities``: engine -> what it can build (default ``task.engine_capabilities()``);
+    without them no engine-specific dimension or rule is added."""
     layers: Mapping[str, str] = getattr(task, "layers", None) or {}
     if engines is None:
         available = getattr(task, "available_engines", None)
@@ -84,6 +77,14 @@ def standard_space(
     bad = [b for b in bit_widths if b not in BIT_WIDTHS]
     if bad:
         raise ConfigError(f"standard space: bit_widths {bad} not allowed; allowed: {list(BIT_WIDTHS)}")
+    if capabilities is None:
+        known = getattr(task, "engine_capabilities", None)
+        capabilities = known() if callable(known) else {}
+        if not capabilities:
+            log.info("standard space: the task declares no engine capabilities, so no engine rules")
+    caps = {e: capabilities[e] for e in engines if e in capabilities}
+    if caps:  # a bit width no engine can build here is left out
+        bit_widths = [b for b in bit_widths if any(b in c["bit_widths"] for c in caps.values())]
     default_engine = "torch" if "torch" in engines else engines[0]
     dims: dict[str, Dimension] = {"engine": Choice(list(engines), default=default_engine)}
     prune = _prune_range(task, max_prune_ratio)
@@ -99,25 +100,13 @@ def standard_space(
     else:
         dims["batch_size"] = Choice(list(batch_sizes))
     dims["threads"] = Choice(list(threads))
-    ort_engines = [e for e in ("onnxruntime", "onnxruntime_cuda") if e in engines]
-    if ort_engines and 8 in bit_widths:
-        ort_int8 = {"engine": ort_engines, "bit_width": 8}
-        dims["quant_mode"] = Choice(["dynamic", "static"], when=ort_int8)
-        # per-channel weight scales by default: they keep accuracy (all-MiniLM-L6-v2 int8
-        # dynamic: fidelity 0.992 against 0.957 per-tensor) at no speed cost
-        dims["per_channel"] = Choice([False, True], default=True, when=ort_int8)
-    _gpu_dimensions(dims, engines, bit_widths)
+    forbidden = _engine_dimensions(dims, caps, bit_widths)
     if layers and 8 in bit_widths:
         dims["precision"] = PerLayer(
             ["int8", "fp32"], layers=dict(layers), granularity=granularity, when={"bit_width": 8}
         )
     elif not layers:
         log.info("standard space: the task lists no quantizable layers, so no per-layer precision")
-    forbidden = [
-        dict(rule)
-        for rule in UNBUILDABLE
-        if rule["engine"] in engines and rule["bit_width"] in bit_widths
-    ]
     return SearchSpace(dims, forbidden=forbidden + batcher_forbidden)
 
 
@@ -171,17 +160,38 @@ def _prune_range(task: Any, max_prune_ratio: float | None) -> float:
     return DEFAULT_MAX_PRUNE_RATIO
 
 
-def _gpu_dimensions(
-    dims: dict[str, Dimension], engines: Sequence[str], bit_widths: Sequence[int]
-) -> None:
-    """The GPU engines' options worth searching: 16-bit type, CUDA graphs, int8 source."""
-    half = [e for e in ("torch_cuda", "tensorrt") if e in engines]
-    if half and 16 in bit_widths:
-        dims["half"] = Choice(["fp16", "bf16"], when={"engine": half, "bit_width": 16})
-    graphs = [e for e in ("torch_cuda", "onnxruntime_cuda") if e in engines]
-    if graphs:
-        dims["cuda_graphs"] = Choice([False, True], when={"engine": graphs})
-    if "tensorrt" in engines and 8 in bit_widths:
-        dims["int8_source"] = Choice(
-            ["calibration", "qdq"], when={"engine": "tensorrt", "bit_width": 8}
-        )
+def _engine_dimensions(
+    dims: dict[str, Dimension], caps: Mapping[str, Mapping[str, Any]], bit_widths: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Add the int8 and option dimensions the engines' capabilities make worth searching (where
+    two or more values can differ); returns the rules forbidding what an engine cannot build."""
+    rules: list[dict[str, Any]] = [
+        {"engine": e, "bit_width": b} for e, c in caps.items() for b in bit_widths if b not in c["bit_widths"]
+    ]
+    int8 = [e for e, c in caps.items() if 8 in c["bit_widths"] and 8 in bit_widths]
+    modes = [e for e in int8 if len(caps[e]["int8_modes"]) > 1]
+    if modes:
+        values = list(dict.fromkeys(m for e in modes for m in caps[e]["int8_modes"]))
+        dims["quant_mode"] = Choice(values, when={"engine": modes, "bit_width": 8})
+        rules += [{"engine": e, "quant_mode": m} for e in modes for m in values if m not in caps[e]["int8_modes"]]
+    channel = [e for e in int8 if caps[e]["per_channel"]]
+    if channel:
+        # per-channel weight scales by default: they keep accuracy (all-MiniLM-L6-v2 int8
+        # dynamic: fidelity 0.992 against 0.957 per-tensor) at no speed cost
+        dims["per_channel"] = Choice([False, True], default=True, when={"engine": channel, "bit_width": 8})
+    groups: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for engine, c in caps.items():
+        for option in c["options"]:
+            if any(b in bit_widths for b in option["bit_widths"]):
+                groups.setdefault(option["name"], []).append((engine, option))
+    for name, group in groups.items():
+        values = list(dict.fromkeys(v for _, o in group for v in o["values"]))
+        when: dict[str, Any] = {"engine": [e for e, _ in group]}
+        widths = sorted({b for _, o in group for b in o["bit_widths"] if b in bit_widths})
+        if set(widths) != set(bit_widths):
+            when["bit_width"] = widths
+        for _, option in group[:1]:
+            when.update({k: v for k, v in option["when"].items() if k in dims})
+        dims[name] = Choice(values, default=group[0][1]["default"], when=when)
+        rules += [{"engine": e, name: v} for e, o in group for v in values if v not in o["values"]]
+    return rules

@@ -53,3 +53,18 @@ def unexportable() -> Unexportable:
 
 def images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def tiny_bert() -> torch.nn.Module:
+    """A 2-layer, 4-head BERT (hidden 64) with seeded random weights behind MiniLM's mean
+    pooling: the conformance suite's small transformer (MiniLM's tokenizer, no download)."""
+    from transformers import BertConfig, BertModel
+
+    from examples.minilm import MiniLMEmbedder
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=128, attn_implementation="eager",
+    )
+    return MiniLMEmbedder(BertModel(config, add_pooling_layer=False)).eval()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from paretotune.errors import ConfigError, TaskError
-from paretotune.evaluators import Task, TaskEvaluator, as_evaluator, load_task
+from paretotune.evaluators import Task, TaskEvaluator, as_evaluator, availability, load_task
 
 from _evmodels import images, tiny_net
 
@@ -25,7 +25,8 @@ def test_a_good_task_validates_and_lists_its_layers(tiny_task: Task) -> None:
         "fc1": "Linear",
         "fc2": "Linear",
     }
-    assert tiny_task.available_engines() == ["torch", "onnxruntime"]
+    openvino = ["openvino"] if availability.importable("openvino") else []
+    assert tiny_task.available_engines() == ["torch", "onnxruntime", *openvino]
 
 
 def test_missing_onnx_file(tmp_path) -> None:
@@ -94,7 +95,8 @@ def test_onnx_task_runs_on_onnxruntime_only(tiny_task: Task, tmp_path) -> None:
     path.write_bytes(export_onnx(tiny_task.fresh_module(), tiny_task))
     task = _task(path)
     task.validate()
-    assert task.available_engines() == ["onnxruntime"]
+    openvino = ["openvino"] if availability.importable("openvino") else []
+    assert task.available_engines() == ["onnxruntime", *openvino]
     assert set(task.layers.values()) == {"Conv", "Gemm"}
 
 

@@ -13,7 +13,7 @@ from paretotune.space.standard import standard_space
 
 from _gpumodels import FAST, task_fixture  # noqa: F401 - the `task` fixture
 
-GPU_BOX_PACKAGES = {"torch", "onnx", "onnxruntime", "tensorrt", "pycuda"}
+GPU_BOX_PACKAGES = {"torch", "onnx", "onnxruntime", "openvino", "tensorrt", "pycuda"}
 
 
 def _machine(
@@ -111,6 +111,7 @@ def test_an_onnx_task_never_gets_a_torch_engine(
     assert "needs a PyTorch model" in problems["torch_cuda"]
     assert availability.available_engines(has_module=False, is_onnx=True) == [
         "onnxruntime",
+        "openvino",
         "onnxruntime_cuda",
         "onnxruntime_tensorrt",
         "tensorrt",

@@ -268,10 +268,9 @@ def test_triton_config_for_a_tensorrt_plan() -> None:
 def test_exporting_a_tensorrt_trial_without_tensorrt_names_what_is_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from paretotune.evaluators import availability
-    from paretotune.export import _check_tensorrt_here
+    from paretotune.evaluators import availability, engines
 
     monkeypatch.setattr(availability, "importable", lambda name: name != "tensorrt")
 
     with pytest.raises(EvaluationError, match=r"not available on this machine \(tensorrt not importable\)"):
-        _check_tensorrt_here()
+        engines.get("tensorrt").require_here()

@@ -58,7 +58,7 @@ def test_the_evaluator_reports_compute_latency_beside_end_to_end(
     evaluator = TaskEvaluator(task, cache_dir=tmp_path, timing=FAST)
     original = TaskEvaluator._runner
     monkeypatch.setattr(
-        TaskEvaluator, "_runner", lambda self, built, threads: _DeviceTimedRunner(
+        TaskEvaluator, "_runner", lambda self, built, threads, spec=None: _DeviceTimedRunner(
             original(self, built, threads)
         )
     )

@@ -25,6 +25,12 @@ class _Task:
     def available_engines(self) -> list[str]:
         return ["torch", "onnxruntime"]
 
+    def engine_capabilities(self) -> dict:
+        """What the engines declare, as the data `SearchSpace.standard` reads."""
+        from paretotune.evaluators.engines import space_capabilities
+
+        return space_capabilities(self.available_engines())
+
 
 def joint_space() -> pt.SearchSpace:
     return pt.SearchSpace(

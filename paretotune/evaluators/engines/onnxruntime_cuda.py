@@ -1,0 +1,71 @@
+"""Engine `onnxruntime_cuda`: the `onnxruntime` engine's models on ONNX Runtime's CUDA
+execution provider (onnxruntime-gpu), with I/O binding and optional CUDA graphs
+(`onnxruntime_engine.OrtGpuRunner`). Its models are the CPU engine's; it has no export."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from paretotune.evaluators.engines.base import Capabilities, Engine, Option, Runner
+from paretotune.evaluators.engines.onnxruntime import INT8_LAYERS, OnnxRuntimeEngine
+
+if TYPE_CHECKING:
+    from paretotune.evaluators.cache import ArtifactCache
+    from paretotune.evaluators.config import BuildSpec
+    from paretotune.evaluators.task import Task
+
+CUDA_GRAPHS = Option("cuda_graphs", False, (False, True), doc="enable_cuda_graph (I/O binding)")
+CUDNN_CONV_ALGO_SEARCH = Option(
+    "cudnn_conv_algo_search", "EXHAUSTIVE", ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+    searched=False, doc="cuDNN's convolution algorithm search (EXHAUSTIVE finds the fastest)",
+)
+#: ONNX Runtime's engine cache of the TensorRT provider, inside the artifact cache
+ENGINE_CACHE_DIR = "ort-tensorrt-engines"
+
+
+class OnnxRuntimeCudaEngine(OnnxRuntimeEngine):
+    name = "onnxruntime_cuda"
+    on_gpu = True
+    provider = "CUDAExecutionProvider"
+    capabilities = Capabilities(
+        bit_widths=(32, 8, 4),
+        int8_modes=("dynamic", "static"),
+        per_channel=True,
+        layer_precisions={8: INT8_LAYERS, 4: INT8_LAYERS},
+        options=(CUDA_GRAPHS, CUDNN_CONV_ALGO_SEARCH),
+        min_fidelity={32: 0.9999, 8: 0.95, 4: 0.90},
+    )
+    packages: tuple[str, ...] = ("onnxruntime", "onnx")
+    threads_per_runner = False
+
+    export = Engine.export  # (the model is plain ONNX; its serving on a GPU is not measured)
+    triton_layout = Engine.triton_layout
+    load_exported = Engine.load_exported
+    check = Engine.check
+
+    def problem(self, *, has_module: bool, is_onnx: bool) -> str | None:
+        from paretotune.evaluators import availability
+
+        reason = super().problem(has_module=has_module, is_onnx=is_onnx)
+        if reason is not None:
+            return reason
+        if self.provider not in availability.ort_providers():
+            return (
+                f"onnxruntime has no {self.provider} (the CPU onnxruntime package is installed; "
+                "uninstall it and install paretotune[gpu] for onnxruntime-gpu)"
+            )
+        return self.device_problem()
+
+    def device_problem(self) -> str | None:
+        from paretotune.evaluators import availability
+
+        return availability.no_device()
+
+    def runner(
+        self, artifact: bytes, spec: BuildSpec, task: Task, threads: int, *,
+        cache: ArtifactCache | None = None, sibling: Any = None,
+    ) -> Runner:
+        from paretotune.evaluators.onnxruntime_engine import OrtGpuRunner
+
+        engine_cache = None if cache is None else str(cache.subdir(ENGINE_CACHE_DIR))
+        return OrtGpuRunner(artifact, spec, engine_cache)
