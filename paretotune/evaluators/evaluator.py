@@ -470,16 +470,9 @@ class TaskEvaluator:
         change)."""
         spec = spec or built.spec
         sibling = next(iter(built.runners.values()), None)
-        try:
-            return engines.get(spec.engine).runner(
-                built.artifact, spec, self.task, threads, cache=self.cache, sibling=sibling
-            )
-        except ParetotuneError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - an engine failing to load is the trial failing
-            raise EvaluationError(
-                f"loading the built {spec.engine} engine failed: {type(exc).__name__}: {exc}"
-            ) from exc
+        return engines.get(spec.engine).runner(
+            built.artifact, spec, self.task, threads, cache=self.cache, sibling=sibling
+        )
 
     def _set_threads(self, threads: int) -> None:
         import sys

@@ -33,22 +33,14 @@ LAYER = {"cnn": "fc1", "transformer": "bert.encoder.layer.0.attention.self.query
 
 
 def _transformer_task() -> Task:
-    from examples.minilm import SENTENCES, tokenize
+    """MiniLM's task (its sentences, batches, dynamic axes, cosine fidelity) on a tiny BERT."""
+    from examples.minilm import task as minilm
 
     return Task(
-        tiny_bert,
-        example_inputs=tokenize(SENTENCES[:4]),
-        calibration=[tokenize(SENTENCES[:16])],
-        validation=[(tokenize(SENTENCES[16:48]), None)],
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            "embedding": {0: "batch"},
-        },
-        output_names=["embedding"],
-        fidelity="cosine",
-        padding_mask="attention_mask",
-        name="tiny-bert",
+        tiny_bert, minilm.example_inputs, calibration=minilm.calibration[:1],
+        validation=minilm.validation[1:3], dynamic_axes=minilm.dynamic_axes,
+        output_names=minilm.output_names, fidelity=minilm.fidelity,
+        padding_mask=minilm.padding_mask, name="tiny-bert",
     )
 
 

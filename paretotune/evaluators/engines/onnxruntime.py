@@ -15,18 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from paretotune.errors import InvalidConfigError
-from paretotune.evaluators.engines.base import (
-    BuildSource,
-    Built,
-    Capabilities,
-    Engine,
-    ExportedArtifact,
-    Option,
-    Predictor,
-    Runner,
-    TritonLayout,
-    looks_like_transformer,
-)
+from paretotune.evaluators.engines import base
 
 if TYPE_CHECKING:
     import torch
@@ -37,23 +26,23 @@ if TYPE_CHECKING:
 
 INT8_LAYERS = ("int8", "fp32")
 RUNTIME_OPTIONS = (
-    Option("graph_optimization_level", "enable_all",
+    base.Option("graph_optimization_level", "enable_all",
            ("disable_all", "enable_basic", "enable_extended", "enable_all"), stage="runtime",
            doc="SessionOptions.graph_optimization_level"),
-    Option("execution_mode", "sequential", ("sequential", "parallel"), stage="runtime",
+    base.Option("execution_mode", "sequential", ("sequential", "parallel"), stage="runtime",
            doc="SessionOptions.execution_mode"),
-    Option("inter_op_threads", 1, (1, 2), stage="runtime", when={"execution_mode": ("parallel",)},
+    base.Option("inter_op_threads", 1, (1, 2), stage="runtime", when={"execution_mode": ("parallel",)},
            doc="SessionOptions.inter_op_num_threads (parallel mode only)"),
 )
-TRANSFORMER_FUSION = Option(
+TRANSFORMER_FUSION = base.Option(
     "transformer_fusion", False, (False, True), transformer=True,
     doc="onnxruntime.transformers optimizer (model_type bert) before quantization",
 )
 
 
-class OnnxRuntimeEngine(Engine):
+class OnnxRuntimeEngine(base.Engine):
     name = "onnxruntime"
-    capabilities = Capabilities(
+    capabilities = base.Capabilities(
         bit_widths=(32, 8, 4),
         int8_modes=("dynamic", "static"),
         per_channel=True,
@@ -75,14 +64,14 @@ class OnnxRuntimeEngine(Engine):
     def check(
         self, spec: BuildSpec, config: Mapping[str, Any], layers: Mapping[str, str], ignored: list[str]
     ) -> BuildSpec:
-        if spec.option("transformer_fusion") and not looks_like_transformer(layers):
+        if spec.option("transformer_fusion") and not base.looks_like_transformer(layers):
             raise InvalidConfigError(
                 f"transformer_fusion=True on engine={self.name!r} needs a model with attention "
                 "layers; this task's layers have none"
             )
         return spec
 
-    def build(self, source: BuildSource, spec: BuildSpec) -> Built:
+    def build(self, source: base.BuildSource, spec: BuildSpec) -> base.Built:
         from paretotune.evaluators import onnxruntime_engine as ort_engine
 
         task = source.task
@@ -97,7 +86,7 @@ class OnnxRuntimeEngine(Engine):
         )
         source.details.update(info)
         source.details["op_counts"] = ort_engine.onnx_summary(artifact)
-        return Built(artifact, len(artifact))
+        return base.Built(artifact, len(artifact))
 
     def quantize_spec(self, spec: BuildSpec) -> BuildSpec:
         """The spec `build_onnxruntime` quantizes for (the TensorRT provider's fp16 is a flag)."""
@@ -106,7 +95,7 @@ class OnnxRuntimeEngine(Engine):
     def runner(
         self, artifact: bytes, spec: BuildSpec, task: Task, threads: int, *,
         cache: ArtifactCache | None = None, sibling: Any = None,
-    ) -> Runner:
+    ) -> base.Runner:
         from paretotune.evaluators.onnxruntime_engine import OrtRunner
 
         return OrtRunner(artifact, threads, dict(spec.runtime_options))
@@ -128,18 +117,18 @@ class OnnxRuntimeEngine(Engine):
 
     # -- export ----------------------------------------------------------------------------------
 
-    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> ExportedArtifact:
-        return ExportedArtifact({"model.onnx": artifact}, "model.onnx", onnx_io(artifact, task))
+    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> base.ExportedArtifact:
+        return base.ExportedArtifact({"model.onnx": artifact}, "model.onnx", onnx_io(artifact, task))
 
-    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> TritonLayout:
+    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> base.TritonLayout:
         parameters = {"intra_op_thread_count": str(int(threads))}
         options = dict(spec.runtime_options) if spec is not None else {}
         if options.get("execution_mode") == "parallel":  # Triton's onnxruntime backend names
             parameters["execution_mode"] = "1"
             parameters["inter_op_thread_count"] = str(int(options.get("inter_op_threads", 1)))
-        return TritonLayout("onnxruntime", "onnxruntime_onnx", parameters=parameters)
+        return base.TritonLayout("onnxruntime", "onnxruntime_onnx", parameters=parameters)
 
-    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> Predictor:
+    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> base.Predictor:
         import onnxruntime as ort
 
         from paretotune.evaluators.onnxruntime_engine import session_options

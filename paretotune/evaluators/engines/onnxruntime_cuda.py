@@ -4,18 +4,19 @@ execution provider (onnxruntime-gpu), with I/O binding and optional CUDA graphs
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from paretotune.evaluators.engines.base import Capabilities, Engine, Option, Runner
-from paretotune.evaluators.engines.onnxruntime import INT8_LAYERS, OnnxRuntimeEngine
+from paretotune.evaluators.engines import base
+from paretotune.evaluators.engines.onnxruntime import OnnxRuntimeEngine
 
 if TYPE_CHECKING:
     from paretotune.evaluators.cache import ArtifactCache
     from paretotune.evaluators.config import BuildSpec
     from paretotune.evaluators.task import Task
 
-CUDA_GRAPHS = Option("cuda_graphs", False, (False, True), doc="enable_cuda_graph (I/O binding)")
-CUDNN_CONV_ALGO_SEARCH = Option(
+CUDA_GRAPHS = base.Option("cuda_graphs", False, (False, True), doc="enable_cuda_graph (I/O binding)")
+CUDNN_CONV_ALGO_SEARCH = base.Option(
     "cudnn_conv_algo_search", "EXHAUSTIVE", ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
     searched=False, doc="cuDNN's convolution algorithm search (EXHAUSTIVE finds the fastest)",
 )
@@ -27,21 +28,17 @@ class OnnxRuntimeCudaEngine(OnnxRuntimeEngine):
     name = "onnxruntime_cuda"
     on_gpu = True
     provider = "CUDAExecutionProvider"
-    capabilities = Capabilities(
-        bit_widths=(32, 8, 4),
-        int8_modes=("dynamic", "static"),
-        per_channel=True,
-        layer_precisions={8: INT8_LAYERS, 4: INT8_LAYERS},
-        options=(CUDA_GRAPHS, CUDNN_CONV_ALGO_SEARCH),
-        min_fidelity={32: 0.9999, 8: 0.95, 4: 0.90},
+    #: the CPU engine's builds, with the CUDA provider's options in place of session options
+    capabilities = dataclasses.replace(
+        OnnxRuntimeEngine.capabilities, options=(CUDA_GRAPHS, CUDNN_CONV_ALGO_SEARCH)
     )
     packages: tuple[str, ...] = ("onnxruntime", "onnx")
     threads_per_runner = False
 
-    export = Engine.export  # (the model is plain ONNX; its serving on a GPU is not measured)
-    triton_layout = Engine.triton_layout
-    load_exported = Engine.load_exported
-    check = Engine.check
+    export = base.Engine.export  # (the model is plain ONNX; its serving on a GPU is not measured)
+    triton_layout = base.Engine.triton_layout
+    load_exported = base.Engine.load_exported
+    check = base.Engine.check
 
     def problem(self, *, has_module: bool, is_onnx: bool) -> str | None:
         from paretotune.evaluators import availability
@@ -64,7 +61,7 @@ class OnnxRuntimeCudaEngine(OnnxRuntimeEngine):
     def runner(
         self, artifact: bytes, spec: BuildSpec, task: Task, threads: int, *,
         cache: ArtifactCache | None = None, sibling: Any = None,
-    ) -> Runner:
+    ) -> base.Runner:
         from paretotune.evaluators.onnxruntime_engine import OrtGpuRunner
 
         engine_cache = None if cache is None else str(cache.subdir(ENGINE_CACHE_DIR))

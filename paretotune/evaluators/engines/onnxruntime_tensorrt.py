@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from paretotune.evaluators.engines.base import Capabilities, Option
+from paretotune.evaluators.engines import base
 from paretotune.evaluators.engines.onnxruntime import INT8_LAYERS
 from paretotune.evaluators.engines.onnxruntime_cuda import (
     CUDA_GRAPHS,
@@ -18,7 +18,7 @@ from paretotune.evaluators.engines.onnxruntime_cuda import (
 if TYPE_CHECKING:
     from paretotune.evaluators.config import BuildSpec
 
-WORKSPACE_MB = Option(
+WORKSPACE_MB = base.Option(
     "workspace_mb", 0, minimum=0, searched=False,
     doc="TensorRT's workspace limit in MiB (0: TensorRT's own)",
 )
@@ -27,13 +27,13 @@ WORKSPACE_MB = Option(
 class OnnxRuntimeTensorRTEngine(OnnxRuntimeCudaEngine):
     name = "onnxruntime_tensorrt"
     provider = "TensorrtExecutionProvider"
-    capabilities = Capabilities(
+    capabilities = base.Capabilities(
         bit_widths=(32, 16, 8),
         int8_modes=("static",),  # its int8 is the static Q/DQ model
         per_channel=True,
         layer_precisions={8: INT8_LAYERS},
         options=(
-            Option("half", "fp16", ("fp16",), bit_widths=(16,),
+            base.Option("half", "fp16", ("fp16",), bit_widths=(16,),
                    doc="the provider's options enable fp16 only (bf16: engine 'tensorrt')"),
             CUDA_GRAPHS, WORKSPACE_MB, CUDNN_CONV_ALGO_SEARCH,
         ),

@@ -14,33 +14,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from paretotune.errors import InvalidConfigError
-from paretotune.evaluators.engines.base import (
-    BuildSource,
-    Built,
-    Capabilities,
-    Engine,
-    ExportedArtifact,
-    Option,
-    Predictor,
-    Runner,
-    TritonLayout,
-)
+from paretotune.evaluators.engines import base
 
 if TYPE_CHECKING:
     from paretotune.evaluators.cache import ArtifactCache
     from paretotune.evaluators.config import BuildSpec
     from paretotune.evaluators.task import Task
 
-def _capabilities() -> Capabilities:
+def _capabilities() -> base.Capabilities:
     """The implementation's declaration (`openvino_engine.CAPABILITIES`) in the contract's terms."""
     from paretotune.evaluators import openvino_engine as ove
 
     caps = ove.CAPABILITIES
-    return Capabilities(
+    return base.Capabilities(
         bit_widths=tuple(sorted(caps.bit_widths, reverse=True)),
         layer_precisions={b: caps.layer_precisions for b in caps.layer_precision_bit_widths},
         options=tuple(
-            Option(o.name, o.default, o.allowed, bit_widths=o.bit_widths,
+            base.Option(o.name, o.default, o.allowed, bit_widths=o.bit_widths,
                    stage="runtime" if o.stage == "compile" else "build", doc=o.doc)
             for o in caps.options
         ),
@@ -48,7 +38,7 @@ def _capabilities() -> Capabilities:
     )
 
 
-class OpenVINOEngine(Engine):
+class OpenVINOEngine(base.Engine):
     name = "openvino"
     capabilities = _capabilities()
     packages = ("openvino", "nncf", "onnx")
@@ -81,7 +71,7 @@ class OpenVINOEngine(Engine):
     def options(self, spec: BuildSpec) -> dict[str, Any]:
         return {**dict(spec.options), **dict(spec.runtime_options)}
 
-    def build(self, source: BuildSource, spec: BuildSpec) -> Built:
+    def build(self, source: base.BuildSource, spec: BuildSpec) -> base.Built:
         from paretotune.evaluators.openvino_engine import build_openvino, quantized_weight_ops
 
         task = source.task
@@ -91,12 +81,12 @@ class OpenVINOEngine(Engine):
         )
         if spec.bit_width in (4, 8):
             source.details["quantized_weight_ops"] = len(quantized_weight_ops(artifact))
-        return Built(artifact, len(artifact))
+        return base.Built(artifact, len(artifact))
 
     def runner(
         self, artifact: bytes, spec: BuildSpec, task: Task, threads: int, *,
         cache: ArtifactCache | None = None, sibling: Any = None,
-    ) -> Runner:
+    ) -> base.Runner:
         from paretotune.evaluators.openvino_engine import OpenVINORunner
 
         return OpenVINORunner(artifact, threads, spec.bit_width, self.options(spec))
@@ -124,7 +114,7 @@ class OpenVINOEngine(Engine):
 
     # -- export ----------------------------------------------------------------------------------
 
-    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> ExportedArtifact:
+    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> base.ExportedArtifact:
         from paretotune.evaluators.openvino_engine import IR_FILES, OpenVINORunner, unpack_ir
 
         xml, weights = unpack_ir(artifact)
@@ -147,19 +137,19 @@ class OpenVINOEngine(Engine):
             "backend." + ("" if spec.bit_width == 16 else " That backend has no parameter "
             "pinning f32: on a CPU with bf16, OpenVINO's default (bf16) applies there.")
         )
-        return ExportedArtifact(
+        return base.ExportedArtifact(
             {IR_FILES[0]: xml, IR_FILES[1]: weights}, IR_FILES[0],
             {"inputs": inputs, "outputs": outs, "batching": batching}, note=note,
         )
 
-    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> TritonLayout:
+    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> base.TritonLayout:
         from paretotune.evaluators.openvino_engine import triton_layout
 
         bit_width, options = (32, {}) if spec is None else (spec.bit_width, self.options(spec))
         layout = triton_layout(threads, bit_width, options)
-        return TritonLayout(layout.backend, layout.platform, layout.kind, layout.parameters)
+        return base.TritonLayout(layout.backend, layout.platform, layout.kind, layout.parameters)
 
-    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> Predictor:
+    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> base.Predictor:
         from paretotune.evaluators.openvino_engine import OpenVINORunner, read_ir
 
         resolved = config.get("resolved") or {}

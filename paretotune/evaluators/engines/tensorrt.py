@@ -13,17 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from paretotune.errors import EvaluationError, InvalidConfigError
-from paretotune.evaluators.engines.base import (
-    BuildSource,
-    Built,
-    Capabilities,
-    Engine,
-    ExportedArtifact,
-    Option,
-    Predictor,
-    Runner,
-    TritonLayout,
-)
+from paretotune.evaluators.engines import base
 
 if TYPE_CHECKING:
     from paretotune.evaluators.cache import ArtifactCache
@@ -33,20 +23,20 @@ if TYPE_CHECKING:
 FLOAT_LAYERS = ("fp16", "bf16", "fp32")
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(base.Engine):
     name = "tensorrt"
     on_gpu = True
-    capabilities = Capabilities(
+    capabilities = base.Capabilities(
         bit_widths=(32, 16, 8),
         int8_modes=(),  # int8_source decides where the scales come from
         per_channel=False,  # read only with int8_source='qdq' (`check`)
         layer_precisions={8: ("int8", *FLOAT_LAYERS), 16: FLOAT_LAYERS, 32: FLOAT_LAYERS},
         layer_types=True,
         options=(
-            Option("half", "fp16", ("fp16", "bf16"), bit_widths=(16,), doc="the 16-bit type"),
-            Option("workspace_mb", 0, minimum=0, searched=False,
+            base.Option("half", "fp16", ("fp16", "bf16"), bit_widths=(16,), doc="the 16-bit type"),
+            base.Option("workspace_mb", 0, minimum=0, searched=False,
                    doc="the builder's workspace limit in MiB (0: TensorRT's own)"),
-            Option("int8_source", "calibration", ("calibration", "qdq"), bit_widths=(8,),
+            base.Option("int8_source", "calibration", ("calibration", "qdq"), bit_widths=(8,),
                    doc="IInt8EntropyCalibrator2 on the calibration batches, or the static Q/DQ model"),
         ),
         min_fidelity={32: 0.9999, 16: 0.99, 8: 0.95},
@@ -87,7 +77,7 @@ class TensorRTEngine(Engine):
             spec, quant_mode="static", per_channel=bool(config.get("per_channel", False))
         )
 
-    def build(self, source: BuildSource, spec: BuildSpec) -> Built:
+    def build(self, source: base.BuildSource, spec: BuildSpec) -> base.Built:
         """The serialized engine: from the fp32 ONNX model, or from ONNX Runtime's symmetric
         static-int8 Q/DQ model when int8 comes from explicit Q/DQ."""
         from paretotune.evaluators.onnxruntime_engine import build_onnxruntime
@@ -100,19 +90,19 @@ class TensorRTEngine(Engine):
             source.details["qdq"] = info
         plan, info = build_tensorrt(onnx_model, spec, task, list(task.layers), cache=source.cache)
         source.details.update(info)
-        return Built(plan, len(plan))
+        return base.Built(plan, len(plan))
 
     def runner(
         self, artifact: bytes, spec: BuildSpec, task: Task, threads: int, *,
         cache: ArtifactCache | None = None, sibling: Any = None,
-    ) -> Runner:
+    ) -> base.Runner:
         from paretotune.evaluators.tensorrt_engine import TensorRTRunner
 
         return TensorRTRunner(artifact, task.input_names)
 
     # -- export ----------------------------------------------------------------------------------
 
-    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> ExportedArtifact:
+    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> base.ExportedArtifact:
         self.require_here()
         from paretotune.evaluators.tensorrt_engine import plan_io
 
@@ -120,12 +110,12 @@ class TensorRTEngine(Engine):
         io_spec["batching"] = bool(io_spec["inputs"]) and all(
             s["shape"] and s["shape"][0] == -1 for s in io_spec["inputs"]
         )
-        return ExportedArtifact({"model.plan": artifact}, "model.plan", io_spec)
+        return base.ExportedArtifact({"model.plan": artifact}, "model.plan", io_spec)
 
-    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> TritonLayout:
-        return TritonLayout("tensorrt", "tensorrt_plan", kind="KIND_GPU")
+    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> base.TritonLayout:
+        return base.TritonLayout("tensorrt", "tensorrt_plan", kind="KIND_GPU")
 
-    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> Predictor:
+    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> base.Predictor:
         self.require_here()
         from paretotune.evaluators.tensorrt_engine import TensorRTRunner
 

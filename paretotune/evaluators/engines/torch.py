@@ -16,17 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from paretotune.errors import EvaluationError, InvalidConfigError
-from paretotune.evaluators.engines.base import (
-    BuildSource,
-    Built,
-    Capabilities,
-    Engine,
-    ExportedArtifact,
-    Option,
-    Predictor,
-    Runner,
-    TritonLayout,
-)
+from paretotune.evaluators.engines import base
 
 if TYPE_CHECKING:
     import torch
@@ -38,16 +28,16 @@ if TYPE_CHECKING:
 INT8_LAYERS = ("int8", "fp32")
 
 
-class TorchEngine(Engine):
+class TorchEngine(base.Engine):
     name = "torch"
-    capabilities = Capabilities(
+    capabilities = base.Capabilities(
         bit_widths=(32, 16, 8),
         int8_modes=("dynamic",),
         per_channel=True,
         layer_precisions={8: INT8_LAYERS},
         torch_compile=True,
         options=(
-            Option("half", "bf16", ("bf16",), bit_widths=(16,), doc="the CPU's 16-bit type"),
+            base.Option("half", "bf16", ("bf16",), bit_widths=(16,), doc="the CPU's 16-bit type"),
         ),
         min_fidelity={32: 0.9999, 16: 0.99, 8: 0.98},
     )
@@ -101,7 +91,7 @@ class TorchEngine(Engine):
 
         return self.module_for(task, spec, restore(artifact, task.fresh_module()))
 
-    def build(self, source: BuildSource, spec: BuildSpec) -> Built:
+    def build(self, source: base.BuildSource, spec: BuildSpec) -> base.Built:
         from paretotune.evaluators import torch_engine
 
         task = source.task
@@ -117,9 +107,9 @@ class TorchEngine(Engine):
             _check_restored(module, restored, task)
         built = self.module_for(task, spec, restored)
         runner = self.module_runner(spec, built, task)
-        return Built(artifact, torch_engine.module_bytes(built), runner)
+        return base.Built(artifact, torch_engine.module_bytes(built), runner)
 
-    def module_runner(self, spec: BuildSpec, module: torch.nn.Module, task: Task) -> Runner:
+    def module_runner(self, spec: BuildSpec, module: torch.nn.Module, task: Task) -> base.Runner:
         import torch
 
         from paretotune.evaluators import torch_engine
@@ -132,7 +122,7 @@ class TorchEngine(Engine):
     def runner(
         self, artifact: bytes, spec: BuildSpec, task: Task, threads: int, *,
         cache: ArtifactCache | None = None, sibling: Any = None,
-    ) -> Runner:
+    ) -> base.Runner:
         module = getattr(sibling, "module", None)  # inference does not change a module: share it
         if module is None:
             module = self.load(task, spec, artifact)
@@ -148,19 +138,19 @@ class TorchEngine(Engine):
 
     # -- export ----------------------------------------------------------------------------------
 
-    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> ExportedArtifact:
+    def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> base.ExportedArtifact:
         data, io_spec = torchscript(self.load(task, spec, artifact), spec, task)
-        return ExportedArtifact(
+        return base.ExportedArtifact(
             {"model.pt": data}, "model.pt", io_spec,
             note="The artifact is TorchScript (what Triton's libtorch backend loads); Triton "
             "names its tensors `<name>__<index>` (see `triton_name` in config.yaml).",
         )
 
-    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> TritonLayout:
-        return TritonLayout("pytorch", "pytorch_libtorch",
+    def triton_layout(self, threads: int, spec: BuildSpec | None = None) -> base.TritonLayout:
+        return base.TritonLayout("pytorch", "pytorch_libtorch",
                             parameters={"INTRA_OP_THREAD_COUNT": str(int(threads))})
 
-    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> Predictor:
+    def load_exported(self, directory: Path, config: Mapping[str, Any]) -> base.Predictor:
         import torch
 
         names = [s["name"] for s in config["io"]["inputs"]]

@@ -4,10 +4,9 @@ weights), built for the device by `module_for`; it has no export."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from paretotune.evaluators.engines.base import Capabilities, Engine, Option, Runner
+from paretotune.evaluators.engines import base
 from paretotune.evaluators.engines.torch import TorchEngine
 
 if TYPE_CHECKING:
@@ -18,17 +17,17 @@ if TYPE_CHECKING:
     from paretotune.evaluators.task import Task
 
 HALF = ("fp16", "bf16")
-CUDA_GRAPHS = Option("cuda_graphs", False, (False, True), doc="replay the run as a CUDA graph")
+CUDA_GRAPHS = base.Option("cuda_graphs", False, (False, True), doc="replay the run as a CUDA graph")
 
 
 class TorchCudaEngine(TorchEngine):
     name = "torch_cuda"
     on_gpu = True
-    capabilities = Capabilities(
+    capabilities = base.Capabilities(
         bit_widths=(32, 16),
         torch_compile=True,
         options=(
-            Option("half", "fp16", HALF, bit_widths=(16,), doc="the 16-bit type"),
+            base.Option("half", "fp16", HALF, bit_widths=(16,), doc="the 16-bit type"),
             CUDA_GRAPHS,
         ),
         min_fidelity={32: 0.9999, 16: 0.99},
@@ -36,9 +35,11 @@ class TorchCudaEngine(TorchEngine):
     packages = ("torch",)
     threads_per_runner = False
 
-    export = Engine.export  # a CUDA module has no deployment format here
-    triton_layout = Engine.triton_layout
-    load_exported = Engine.load_exported
+    export = base.Engine.export  # a CUDA module has no deployment format here
+    triton_layout = base.Engine.triton_layout
+    load_exported = base.Engine.load_exported
+    check = base.Engine.check  # the CPU engine's rules (bf16 ISA, Linear layers) are not its
+    bit_width_problem = base.Engine.bit_width_problem
 
     def problem(self, *, has_module: bool, is_onnx: bool) -> str | None:
         from paretotune.evaluators import availability
@@ -48,20 +49,12 @@ class TorchCudaEngine(TorchEngine):
             return "no CUDA device: torch.cuda.is_available() is False"
         return reason
 
-    def bit_width_problem(self, bit_width: int) -> str | None:
-        return None
-
-    def check(
-        self, spec: BuildSpec, config: Mapping[str, Any], layers: Mapping[str, str], ignored: list[str]
-    ) -> BuildSpec:
-        return spec
-
     def module_for(self, task: Task, spec: BuildSpec, module: torch.nn.Module) -> torch.nn.Module:
         from paretotune.evaluators.torch_cuda_engine import build_torch_cuda
 
         return build_torch_cuda(module, spec.bit_width, spec.option("half"))
 
-    def module_runner(self, spec: BuildSpec, module: torch.nn.Module, task: Task) -> Runner:
+    def module_runner(self, spec: BuildSpec, module: torch.nn.Module, task: Task) -> base.Runner:
         from paretotune.evaluators.torch_cuda_engine import TorchCudaRunner, compute_dtype
 
         return TorchCudaRunner(
@@ -75,7 +68,7 @@ class TorchCudaEngine(TorchEngine):
     def runner(
         self, artifact: bytes, spec: BuildSpec, task: Task, threads: int, *,
         cache: ArtifactCache | None = None, sibling: Any = None,
-    ) -> Runner:
+    ) -> base.Runner:
         return self.module_runner(spec, self.load(task, spec, artifact), task)
 
 
