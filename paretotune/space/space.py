@@ -16,7 +16,6 @@ from paretotune.space.dimensions import (
     Dimension,
     PerLayer,
     Scalar,
-    _match_choice,
     dimension_from_dict,
 )
 
@@ -380,7 +379,7 @@ def _suggest_one(trial: optuna.trial.BaseTrial, name: str, dim: Dimension) -> An
     if isinstance(dim, Int):
         return trial.suggest_int(name, dim.low, dim.high, step=dim.step, log=dim.log)
     if isinstance(dim, Choice):
-        return _match_choice(name, trial.suggest_categorical(name, dim.choices), dim.choices)
+        return dim.validate(name, trial.suggest_categorical(name, dim.choices))
     if isinstance(dim, PerLayer):
         out: dict[str, Any] = {}
         for group, members in dim.groups().items():

@@ -191,8 +191,8 @@ def test_a_killed_driver_is_started_again_and_the_study_completes(tmp_path: Path
             time.sleep(0.5)
             try:
                 before = {t.number for t in pt.load_study("ray-kill", url).completed()}
-            except pt.StudyError:
-                continue  # not created yet
+            except (pt.StudyError, pt.StorageError):  # the store or the study is not created yet
+                continue
             if len(before) >= 4:
                 break
         assert first.poll() is None, first.communicate()[0]

@@ -291,8 +291,8 @@ def test_invalid_trials_show_the_refused_combination(tmp_path: Path) -> None:
     study.optuna_study.enqueue_trial({"a": 3, "b": "y"})
     study.optimize(null_evaluator, n_trials=3)
     invalid = [t for t in study.trials if t.state == pt.TrialState.INVALID]
-    assert len(invalid) == 1 and dict(invalid[0].config) == {"a": 3, "b": "y"}
-    assert "forbidden combination: a=3, b='y'" in invalid[0].reason
+    assert invalid and all(dict(t.config) == {"a": 3, "b": "y"} for t in invalid)  # the sampler may add one
+    assert all("forbidden combination: a=3, b='y'" in (t.reason or "") for t in invalid)
 
 
 # -- the timing slot ------------------------------------------------------------------------------
@@ -445,12 +445,14 @@ def test_report_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
 
 
 def test_a_huge_choice_creates_a_study_in_linear_time(tmp_path: Path) -> None:
-    space = pt.SearchSpace({"engine": pt.Choice([f"e{i}" for i in range(20_000)]), "bit_width": pt.Choice([32, 8])})
     started = time.monotonic()
-    study = pt.create_study("huge", f"sqlite:///{tmp_path}/h.db", space=space, objectives=OBJ, warm_start="none")
-    from paretotune.search.study import warm_start_configs
-
-    configs = warm_start_configs(study.space)
-    assert len(configs) == 2 * 20_000 - 1
-    # generous: the quadratic de-duplication took minutes here; linear takes a few seconds
-    assert time.monotonic() - started < 120
+    space = pt.SearchSpace({"x": pt.Choice(list(range(20_000))), "engine": pt.Choice(["torch", "onnxruntime"]),
+                            "bit_width": pt.Choice([32, 8])})
+    assert space.dimensions["x"].validate("x", 19_999) == 19_999
+    with pytest.raises(ConfigError, match="must be unique"):
+        pt.Choice([*range(20_000), 5])
+    study = pt.create_study("huge", f"sqlite:///{tmp_path}/h.db", space=space, objectives=OBJ)
+    study.optimize(null_evaluator, n_trials=3)
+    assert study.counts()["COMPLETE"] == 3
+    # generous: the quadratic checks took minutes here (9 s for the space alone); linear, about 3 s
+    assert time.monotonic() - started < 60
