@@ -116,22 +116,33 @@ def side_by_side(task_path: str, p99_ms: float, budget_s: float, configs: dict[s
 
     evaluator = TaskEvaluator(load_task(task_path), cache_dir=workdir / "cache",
                               scenario=pt.Server(p99_ms=p99_ms, budget_s=budget_s))
+    from paretotune.errors import EvaluationError
+
     names = list(configs)
-    qps: dict[str, list[float]] = {n: [] for n in names}
+    qps: dict[str, list[float | None]] = {n: [] for n in names}
+    failures: list[str] = []
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
-            m = evaluator(configs[n])
+            try:
+                m = evaluator(configs[n])
+            except EvaluationError as exc:  # kept, and that round gives no ratio
+                qps[n].append(None)
+                failures.append(f"round {r + 1} {n}: {exc}")
+                logging.getLogger("serving").warning("round %d %s: FAIL %s", r + 1, n, exc)
+                continue
             qps[n].append(m.metrics["server_qps"])
             logging.getLogger("serving").warning("round %d %s: %.0f QPS (p99 %.2f ms)", r + 1, n,
                                                  m.metrics["server_qps"], m.metrics["server_p99_ms"])
-    ratios = [b / a for a, b in zip(qps[names[0]], qps[names[1]], strict=True)]
+    ratios = [b / a for a, b in zip(qps[names[0]], qps[names[1]], strict=True) if a and b]
+    measured = {n: [v for v in values if v is not None] for n, values in qps.items()}
     return {
         "qps": qps,
-        "median_qps": {n: statistics.median(v) for n, v in qps.items()},
+        "failures": failures,
+        "median_qps": {n: statistics.median(v) if v else float("nan") for n, v in measured.items()},
         "ratios": ratios,
-        "median_ratio": statistics.median(ratios),
-        "ratio_range": [min(ratios), max(ratios)],
+        "median_ratio": statistics.median(ratios) if ratios else float("nan"),
+        "ratio_range": [min(ratios), max(ratios)] if ratios else [float("nan")] * 2,
     }
 
 
@@ -195,6 +206,9 @@ def main() -> int:
     for name, r in results["tasks"].items():
         for label, cfg in r["configs"].items():
             print(f"{name} {label}: {json.dumps(cfg, sort_keys=True)}")
+        print(f"{name} per round: {json.dumps(r['qps'])}")
+        for failure in r["failures"]:
+            print(f"{name} failed: {failure}")
     print(f"\nLoadGen overhead (no-op engine): {json.dumps(results['loadgen_overhead'], default=str)[:600]}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
