@@ -73,6 +73,10 @@ FINISHED = "finished:"
 #: completed trial ever had that metric (a single trial without it is just that trial's FAIL)
 MISSING_METRIC_STOP_AFTER = 3
 MISSING_PREFIX = "the evaluator did not return"
+#: a config whose trials failed this many times is not measured again (INVALID, with why)
+MAX_FAILURES_PER_CONFIG = 2
+#: fail reasons that speak of the worker, not of the config: they never count against it
+WORKER_FAILURES = ("worker lost", "interrupted", "store connection lost")
 
 
 class TrialState(str, enum.Enum):
@@ -358,6 +362,20 @@ class Study:
                 self.space.to_params(self._untried_sample()), user_attrs={"replaces_invalid": ot.number}
             )
             return None
+        failed = [] if ot.user_attrs else self._failures_of(ot.params)
+        if len(failed) >= MAX_FAILURES_PER_CONFIG:
+            # Samplers learn nothing from FAIL trials, so one keeps proposing a config that
+            # fails every time (a batcher that meets the p99 bound at no QPS): skip it, and
+            # give the next ask an untried config, as for a forbidden one.
+            reason = (f"not measured again: this config failed {len(failed)} times already "
+                      f"(last: {failed[-1]})")
+            ot.set_user_attr("invalid_reason", reason)
+            self._tell_optuna(ot, None, OptunaState.PRUNED)
+            log.info("trial %d: %s", ot.number, reason)
+            self._optuna.enqueue_trial(
+                self.space.to_params(self._untried_sample()), user_attrs={"replaces_failing": ot.number}
+            )
+            return None
         earlier = self._earlier_measurement(ot)
         if earlier is not None:
             if self._covered:  # nothing untried is left: answering would only spend asks
@@ -375,6 +393,17 @@ class Study:
     @staticmethod
     def _params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         return tuple(sorted(params.items()))
+
+    def _failures_of(self, params: Mapping[str, Any]) -> list[str]:
+        """The reasons of earlier FAIL trials of these params, leaving out failures of the
+        worker rather than the config (lost, interrupted, the store gone)."""
+        key = self._params_key(params)
+        reasons = []
+        for ft in self._optuna.get_trials(deepcopy=False, states=(OptunaState.FAIL,)):
+            reason = str(ft.user_attrs.get("fail_reason", ""))
+            if self._params_key(ft.params) == key and not reason.startswith(WORKER_FAILURES):
+                reasons.append(reason)
+        return reasons
 
     def _measured_trials(self) -> dict[tuple[tuple[str, Any], ...], optuna.trial.FrozenTrial]:
         """Measured (COMPLETE, not duplicate) trials by their params, read incrementally."""

@@ -127,7 +127,14 @@ def _batcher_dimensions(
     dims["max_batch_size"] = Choice(list(max_batch_sizes))
     batching = [b for b in max_batch_sizes if b > 1]
     if isinstance(scenario, Server) and batching:
-        dims["max_queue_delay_us"] = Choice(list(queue_delays_us), when={"max_batch_size": batching})
+        # a request may wait the whole delay when its batch does not fill: a delay of the
+        # bound or more can never meet it, so it is not searched
+        delays = [d for d in queue_delays_us if d < scenario.p99_ms * 1000]
+        if len(delays) < len(queue_delays_us):
+            log.info("standard space: queue delays %s us left out, not below the p99 bound of %g ms",
+                     [d for d in queue_delays_us if d not in delays], scenario.p99_ms)
+        if delays:
+            dims["max_queue_delay_us"] = Choice(delays, when={"max_batch_size": batching})
     dims["instances"] = Choice(list(instances))
     cores = os.cpu_count() or 1
     rules = [

@@ -456,3 +456,26 @@ def test_a_huge_choice_creates_a_study_in_linear_time(tmp_path: Path) -> None:
     assert study.counts()["COMPLETE"] == 3
     # generous: the quadratic checks took minutes here (9 s for the space alone); linear, about 3 s
     assert time.monotonic() - started < 60
+
+
+def test_a_config_that_keeps_failing_is_not_measured_again(storage_url: str) -> None:
+    space = pt.SearchSpace({"x": pt.Choice([0, 1, 2, 3])})
+    study = pt.create_study("fails", storage_url, space=space, objectives=OBJ, sampler="random", seed=0,
+                            warm_start="none")
+    for _ in range(3):  # a sampler that keeps proposing the config that fails (Optuna's own queue)
+        study.optuna_study.enqueue_trial({"x": 2})
+    study.optimize(helpers_eval.fails_at_x_2, n_trials=3)
+    at_2 = [t for t in study.trials if t.config is not None and t.config["x"] == 2]
+    assert [t.state for t in at_2[:3]] == [pt.TrialState.FAIL, pt.TrialState.FAIL, pt.TrialState.INVALID]
+    assert "not measured again: this config failed 2 times already (last: RuntimeError" in at_2[2].reason
+    assert study.counts()["COMPLETE"] == 3  # the search went on with the other configs
+
+
+def test_queue_delays_that_cannot_meet_the_bound_are_not_searched() -> None:
+    from paretotune.space.standard import standard_space
+
+    class Stub:
+        layers: dict[str, str] = {}
+
+    space = standard_space(Stub(), engines=["onnxruntime"], scenario=pt.Server(p99_ms=5))
+    assert space.dimensions["max_queue_delay_us"].values() == [0, 500, 2000]
