@@ -177,19 +177,10 @@ class TaskEvaluator:
             metrics["latency_p99_ms"] = result.p99_ms
         details: dict[str, Any] = {
             **result.details(),
-            "cache_hit": cache_hit,
-            "engine": spec.engine,
-            "build": spec.build_dict(),
+            **_trial_details(spec, built, cache_hit, slot, slot_wait_s, reset, "timing"),
             "batch_size": spec.batch_size,
-            "threads": spec.threads,
-            "build_details": built.details,
             "baseline": {k: v for k, v in baseline.items() if k != "p50_ms"},
-            "peak_memory": "process VmHWM during timing" if reset else "process lifetime peak RSS",
             "timing_policy": self.timing.to_dict(),
-            "timing_slot": {"path": slot.path, "wait_s": round(slot_wait_s, 4)}
-            if slot.enabled
-            else None,
-            "hardware": hardware_fingerprint(spec.threads),
             "phases_s": {
                 "build": round(phase_build, 4),
                 "measure": round(result.measure_s, 4),
@@ -197,8 +188,6 @@ class TaskEvaluator:
                 "total": round(time.perf_counter() - started, 4),
             },
         }
-        if spec.ignored:
-            details["ignored_keys"] = list(spec.ignored)
         if compute is not None:
             details.update(_gpu_timing_details(runner, compute))
         return Measurement(metrics=metrics, details=details)
@@ -238,22 +227,13 @@ class TaskEvaluator:
             "scenario": self.scenario.to_dict(),
             "serving": result.to_dict(),
             "batcher": spec.batcher.to_dict(),
-            "cache_hit": cache_hit,
-            "engine": spec.engine,
-            "build": spec.build_dict(),
-            "threads": spec.threads,
-            "build_details": built.details,
-            "peak_memory": "process VmHWM during serving" if reset else "process lifetime peak RSS",
-            "timing_slot": {"path": slot.path, "wait_s": round(slot.last_wait_s, 4)} if slot.enabled else None,
-            "hardware": hardware_fingerprint(spec.threads),
+            **_trial_details(spec, built, cache_hit, slot, slot.last_wait_s, reset, "serving"),
             "phases_s": {
                 "build": round(phase_build, 4),
                 "measure": round(time.perf_counter() - measured, 4),
                 "total": round(time.perf_counter() - started, 4),
             },
         }
-        if spec.ignored:
-            details["ignored_keys"] = list(spec.ignored)
         return Measurement(metrics=metrics, details=details)
 
     def build_artifact(self, config: Mapping[str, Any]) -> BuiltArtifact:
@@ -563,6 +543,25 @@ def _torch_family(spec: BuildSpec) -> Any:
             f"engine={spec.engine!r} has no torch module; allowed: {torch_engines}"
         )
     return engine
+
+
+def _trial_details(
+    spec: BuildSpec, built: _Built, cache_hit: Any, slot: TimingSlot, wait_s: float, reset: bool, phase: str
+) -> dict[str, Any]:
+    """What every measurement's details say about its build, machine and timing slot."""
+    out: dict[str, Any] = {
+        "cache_hit": cache_hit,
+        "engine": spec.engine,
+        "build": spec.build_dict(),
+        "threads": spec.threads,
+        "build_details": built.details,
+        "peak_memory": f"process VmHWM during {phase}" if reset else "process lifetime peak RSS",
+        "timing_slot": {"path": slot.path, "wait_s": round(wait_s, 4)} if slot.enabled else None,
+        "hardware": hardware_fingerprint(spec.threads),
+    }
+    if spec.ignored:
+        out["ignored_keys"] = list(spec.ignored)
+    return out
 
 
 def engine_module(task: Task, spec: BuildSpec, module: torch.nn.Module) -> torch.nn.Module:
