@@ -237,7 +237,8 @@ def test_a_password_with_a_space_never_reaches_the_cli_output(tmp_path: Path) ->
 # -- measurements: domains, missing metrics, the grid's end --------------------------------------
 def test_metrics_outside_their_domain_fail_the_trial(storage_url: str) -> None:
     study = pt.create_study("domains", storage_url, space=X_SPACE, objectives=OBJ, sampler="grid")
-    study.optimize(helpers_eval.negative_latency, n_trials=9)
+    # more trials than the grid can complete: every point is visited, and the grid's end stops it
+    study.optimize(helpers_eval.negative_latency, n_trials=11)
     by_x = {t.config["x"]: t for t in study.trials if t.config is not None}
     assert by_x[0.5].state == pt.TrialState.FAIL
     assert "metric 'latency_p50_ms' is -5, outside its domain (it must be >= 0)" in by_x[0.5].reason
@@ -249,14 +250,14 @@ def test_metrics_outside_their_domain_fail_the_trial(storage_url: str) -> None:
 def test_a_declared_accuracy_range_is_used(tmp_path: Path) -> None:
     study = pt.create_study("range", f"sqlite:///{tmp_path}/r.db", space=X_SPACE, objectives=OBJ,
                             sampler="grid", accuracy_range=(0.0, 2.0))
-    study.optimize(helpers_eval.negative_latency, n_trials=10)
+    study.optimize(helpers_eval.negative_latency, n_trials=11)
     by_x = {t.config["x"]: t for t in study.trials if t.config is not None}
     assert by_x[0.6].state == pt.TrialState.COMPLETE and by_x[0.6].metrics["accuracy"] == 1.5
 
 
 def test_one_trial_without_a_metric_fails_alone(storage_url: str) -> None:
     study = pt.create_study("one-missing", storage_url, space=X_SPACE, objectives=OBJ, sampler="grid")
-    study.optimize(helpers_eval.accuracy_except_at_half, n_trials=10)
+    study.optimize(helpers_eval.accuracy_except_at_half, n_trials=11)
     failed = [t for t in study.trials if t.state == pt.TrialState.FAIL]
     assert [t.config["x"] for t in failed] == [0.5]
     assert "did not return ['accuracy']" in failed[0].reason
