@@ -43,7 +43,7 @@ demo: venv
 clean:
 	rm -rf $(VENV) .pytest_cache paretotune.db paretotune.db-* .paretotune-cache
 
-# Benchmarks (docs/benchmarks-search.md): quick modes of the three search benchmarks, a few
+# Benchmarks (docs/benchmarks.md, "make bench"): quick modes of the three search benchmarks, a few
 # minutes; `make bench FULL=1` runs the full versions (about 40 minutes on 2 cores).
 bench: venv
 	$(BIN)/python benchmarks/sampler_efficiency.py $(if $(FULL),,--quick)

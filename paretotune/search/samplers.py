@@ -55,11 +55,11 @@ def make_sampler(
 
 def _tpe(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     # Univariate (one Parzen estimator per dimension, Optuna's own default): on the tabular
-    # digits benchmark, with the study's warm start and answered duplicates, it reaches a
-    # median 0.97-0.99 of the true hypervolume with 10% of the space (14 of 20 seeds >= 0.95)
-    # against 0.585 for multivariate + group, which sees only the unconditional dimensions
-    # (benchmarks/sampler_efficiency.py, README). constant_liar keeps parallel workers from proposing the same point while
-    # trials are still running. {"multivariate": True, "group": True} gives the joint model.
+    # digits benchmark, with the study's warm start and answered duplicates, it reaches more
+    # of the true hypervolume than multivariate + group, which sees only the unconditional
+    # dimensions (benchmarks/sampler_efficiency.py; the figures are in docs/benchmarks.md).
+    # constant_liar keeps parallel workers from proposing the same point while trials are
+    # still running. {"multivariate": True, "group": True} gives the joint model.
     kw: dict[str, Any] = {"multivariate": False, "group": False, "constant_liar": True, "n_startup_trials": 10}
     kw.update(opts)
     return optuna.samplers.TPESampler(seed=seed, **kw)

@@ -228,6 +228,45 @@ def test_minilm_summary_finds_the_first_match() -> None:
                                "per_channel": True, "precision": {"a": "int8"}})
 
 
+def test_minilm_target_is_the_samplers_best_against_the_fastest_reference() -> None:
+    mini = _script("minilm_study")
+
+    def ref(rounds: list[float], accuracy: float) -> dict:
+        return {"latency_p50_ms": sorted(rounds)[1], "p50_per_round_ms": rounds, "accuracy": accuracy,
+                "x_ort_fp32": 1.0, "x_ort_fp32_range": [1.0, 1.0], "rounds": 3,
+                "p50_range_ms": [min(rounds), max(rounds)], "stable": "3/3"}
+
+    refs = {
+        "torch eager fp32": ref([10.0, 10.0, 10.0], 1.0),
+        "onnxruntime fp32": ref([5.0, 5.0, 5.0], 1.0),
+        mini.HAND_TUNED: ref([2.0, 2.2, 2.1], 0.9904),
+        "openvino int8 NNCF": ref([1.8, 1.9, 1.7], 0.9878),  # fastest, below 0.99 fidelity
+        "openvino bf16": {"unavailable": "needs a CPU with AMX-BF16 or avx512_bf16"},
+        "study trial 3": ref([1.5, 1.6, 1.5], 0.999),  # the warm start's corner: not the sampler's
+        "study trial 8": ref([2.0, 2.0, 2.0], 0.995),
+    }
+    refs[mini.BEST] = {**refs["study trial 3"], "trial": 3}
+    trials = [
+        {"number": 3, "latency_p50_ms": 1.5, "accuracy": 0.999, "feasible": True, "warm_start": True, "config": {}},
+        {"number": 8, "latency_p50_ms": 2.0, "accuracy": 0.995, "feasible": True, "warm_start": False,
+         "config": {"engine": "onnxruntime"}},
+    ]
+    s = mini.summarize({"trials": trials}, refs)
+    assert s["paired_best_trial"] == 3 and s["paired_best_from_warm_start"]
+    # the sampler's fastest (trial 8) against the fastest reference (OpenVINO int8): slower
+    assert s["target"]["candidate"] == "study trial 8" and s["target"]["reference"] == "openvino int8 NNCF"
+    assert s["target"]["ratios"] == pytest.approx([0.9, 0.95, 0.85]) and not s["target_met"]
+    # against the fastest reference at fidelity >= 0.99 (the hand-tuned point): as fast or faster
+    assert s["target_at_fidelity"]["reference"] == mini.HAND_TUNED
+    assert s["target_at_fidelity"]["ratio_median"] == pytest.approx(1.05)
+    assert s["sampler_best_config"] == {"engine": "onnxruntime"}
+    text = mini.markdown({"trials": trials, "front": [], "phases_s": {"build": 0, "measure": 0, "baseline": 0,
+                          "total": 0}, "counts": {}, "study_wall_s": 0, "load_before": [], "load_after": [],
+                          "cache_hits": 0, "distinct_configs": 2, "unstable": 0, "failed": []}, refs, s)
+    assert "| openvino bf16 | n/a: needs a CPU with AMX-BF16 or avx512_bf16 |" in text
+    assert "target met (the sampler's fastest at fidelity >= 0.99 is >= 1.0x the fastest reference): False" in text
+
+
 @pytest.mark.slow
 def test_minilm_study_tiny(tmp_path: Path) -> None:
     out = tmp_path / "minilm.json"
@@ -241,7 +280,14 @@ def test_minilm_study_tiny(tmp_path: Path) -> None:
     assert labels and all(label.startswith("study trial ") for label in labels)  # re-measured
     if mini.BEST in payload["references"]:
         assert f"study trial {payload['references'][mini.BEST]['trial']}" in labels
-    assert all(r["rounds"] == 2 for r in payload["references"].values())
+    measured = {label: r for label, r in payload["references"].items() if "unavailable" not in r}
+    assert all(r["rounds"] == 2 and len(r["p50_per_round_ms"]) == 2 for r in measured.values())
+    # OpenVINO bf16 is measured where the CPU has bf16, and otherwise says why not
+    bf16 = payload["references"]["openvino bf16"]
+    assert "latency_p50_ms" in bf16 or "BF16" in bf16["unavailable"]
+    assert "openvino int8 NNCF" in measured and set(measured) >= {"torch eager fp32", "onnxruntime fp32"}
+    assert all(isinstance(t["warm_start"], bool) for t in payload["result"]["trials"])
+    assert "issue 14 target" in stdout and "target met" in stdout
     assert payload["result"]["phases_s"]["total"] > 0
     assert 0 in payload["result"]["front"] or payload["result"]["front"]
     assert "rounds round-robin (batch 1, 1 thread) |" in stdout
