@@ -203,17 +203,17 @@ def test_eight_workers_stay_inside_the_connection_bound(pg_cluster, pg_url: str,
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        study.optimize(null_evaluator, n_trials=400, n_workers=8)
+        study.optimize(null_evaluator, n_trials=160, n_workers=8)
     finally:
         stop.set()
         watcher.join()
     out = capfd.readouterr()
     assert "already finished" not in out.out + out.err
     counts = pt.load_study("eight", pg_url).counts()
-    assert counts["COMPLETE"] == 400 and counts["FAIL"] == 0
+    assert counts["COMPLETE"] == 160 and counts["FAIL"] == 0
     bound = MAX_CONNECTIONS_PER_PROCESS * (8 + 1)
     assert 0 < peak <= bound, (peak, bound)
-    record_figure(fault="8 workers x 50 trials on one PostgreSQL", injected=0, survived=True,
+    record_figure(fault="8 workers x 20 trials on one PostgreSQL", injected=0, survived=True,
                   lost=lost(pt.load_study("eight", pg_url)), peak_connections=peak, connection_bound=bound)
 
 
