@@ -1,7 +1,7 @@
 """What a server sustains: a single-stream study's best served at batch 1 against a
 server-scenario study's best, both at the same p99 bound (issue 13).
 
-    .venv/bin/python benchmarks/serving.py                       # digits and MiniLM (~15 min)
+    .venv/bin/python benchmarks/serving.py                       # digits and MiniLM (~45 min)
     .venv/bin/python benchmarks/serving.py --tasks digits --quick
     .venv/bin/python benchmarks/serving.py --json out.json
 
@@ -18,8 +18,8 @@ median server_qps of each, the per-round ratio, its median and range. Last, Load
 per-query overhead on this machine with a no-op engine: the highest QPS the harness itself
 can measure honestly.
 
-Per-trial budgets are shorter than the default 60 s (`--budget-s`), and every LoadGen run is
-far shorter than MLPerf's 600 s minimum: the numbers rank configs on this machine, they are
+Per-trial budgets are digits 10 s and MiniLM 60 s (the default; `--budget-s`), and every
+LoadGen run is far shorter than MLPerf's 600 s minimum: the numbers rank configs on this machine, they are
 not MLPerf results.
 """
 
@@ -46,7 +46,10 @@ sys.path.insert(0, str(ROOT))
 TASKS: dict[str, dict[str, Any]] = {
     "digits": {"path": "examples.digits:task", "p99_ms": 5.0, "budget_s": 10.0,
                "max_batch_sizes": [1, 4, 8, 16, 32]},
-    "minilm": {"path": "examples.minilm:task", "p99_ms": 25.0, "budget_s": 30.0,
+    # 60 s, the scenario's default: at 25 ms a slow MiniLM config peaks near 60 QPS, where one
+    # LoadGen run of 500 queries (the least early stopping can pass) takes ~8 s; with 30 s
+    # budgets, 64 of the server study's trials failed on the AMD EPYC (2026-12-01)
+    "minilm": {"path": "examples.minilm:task", "p99_ms": 25.0, "budget_s": 60.0,
                "max_batch_sizes": [1, 2, 4, 8]},
 }
 MAX_DROP = 0.01
@@ -86,8 +89,17 @@ def run_studies(name: str, task_path: str, p99_ms: float, n_trials: int, budget_
         objectives={"server_qps": "max", "accuracy": "max"}, constraints=constraints, seed=0,
         max_failures=4 * n_trials,  # a batcher that cannot meet the bound at any QPS is a FAIL
     )
-    server.optimize(None, n_trials=n_trials, n_workers=1, show_progress=False)
+    from paretotune.errors import StudyError
+
+    stopped = None
+    try:
+        server.optimize(None, n_trials=n_trials, n_workers=1, show_progress=False)
+    except StudyError as exc:  # too many failed trials: keep what was measured, and say so
+        stopped = str(exc)
+        logging.getLogger("serving").warning("%s", exc)
     server_s = time.perf_counter() - started
+    if not server.completed():
+        raise SystemExit(f"[{name}] the server study completed no trial: {stopped}")
     best = server.pareto_front().pick(max="server_qps")
     counts = server.counts()
     return {
@@ -99,6 +111,7 @@ def run_studies(name: str, task_path: str, p99_ms: float, n_trials: int, budget_
                         "accuracy": best.metrics["accuracy"]},
         "studies_s": {"single_stream": round(single_s, 1), "server": round(server_s, 1)},
         "server_study_counts": counts,
+        "server_study_stopped": stopped,
     }
 
 
@@ -157,7 +170,7 @@ def main() -> int:
     ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     ap.add_argument("--n-trials", type=int, default=12, help="trial budget of each study (default 12)")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="LoadGen seconds per server trial (default: digits 10, MiniLM 30)")
+                    help="LoadGen seconds per server trial (default: digits 10, MiniLM 60)")
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--quick", action="store_true", help="6 trials, 6 s budgets, 2 rounds")
     ap.add_argument("--json", help="write the results here")
@@ -207,6 +220,8 @@ def main() -> int:
         for label, cfg in r["configs"].items():
             print(f"{name} {label}: {json.dumps(cfg, sort_keys=True)}")
         print(f"{name} per round: {json.dumps(r['qps'])}")
+        if r.get("server_study_stopped"):
+            print(f"{name} server study stopped early: {r['server_study_stopped']}")
         for failure in r["failures"]:
             print(f"{name} failed: {failure}")
     print(f"\nLoadGen overhead (no-op engine): {json.dumps(results['loadgen_overhead'], default=str)[:600]}")
