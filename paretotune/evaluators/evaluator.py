@@ -197,7 +197,7 @@ class TaskEvaluator:
         batcher (one runner per instance), holding the machine's slot exclusively throughout
         (every core is in use). A config differing only in its batcher reuses the built engine
         and its accuracy (the batcher is not part of the build key)."""
-        from paretotune.evaluators.serving import measure_serving
+        from paretotune.evaluators.serving import NoValidQPS, measure_serving
 
         key = self._build_key(spec)
         built, cache_hit, phase_build = self._get_built(spec, key)
@@ -212,12 +212,23 @@ class TaskEvaluator:
 
         reset = reset_peak_rss()
         measured = time.perf_counter()
-        with slot.exclusive():
-            result = measure_serving(
-                runner_factory, inputs, self.scenario, spec.batcher, padding_mask=self.task.padding_mask
-            )
+        serving: dict[str, Any]
+        try:
+            with slot.exclusive():
+                result = measure_serving(
+                    runner_factory, inputs, self.scenario, spec.batcher, padding_mask=self.task.padding_mask
+                )
+            scenario_metrics, serving = result.metrics(), result.to_dict()
+        except NoValidQPS as exc:
+            # measured, and it sustains no load within the bound: server_qps 0, which the study
+            # holds infeasible (`server_qps >= 1`), so its accuracy still counts (a server
+            # study's baseline is often too slow for the bound) and the sampler learns from it
+            scenario_metrics = {"server_qps": 0.0}
+            if exc.lowest_p99_ms is not None:
+                scenario_metrics["server_p99_ms"] = exc.lowest_p99_ms
+            serving = {"no_valid_qps": str(exc), "lowest_qps_tried": exc.lowest_qps, "runs": exc.runs}
         metrics = {
-            **result.metrics(),
+            **scenario_metrics,
             "accuracy": built.accuracy,
             "model_bytes": float(built.model_bytes),
             "peak_memory_bytes": float(peak_rss_bytes()),
@@ -225,7 +236,7 @@ class TaskEvaluator:
         }
         details: dict[str, Any] = {
             "scenario": self.scenario.to_dict(),
-            "serving": result.to_dict(),
+            "serving": serving,
             "batcher": spec.batcher.to_dict(),
             **_trial_details(spec, built, cache_hit, slot, slot.last_wait_s, reset, "serving"),
             "phases_s": {

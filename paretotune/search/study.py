@@ -44,7 +44,7 @@ from paretotune.search.pareto import (
     to_loss,
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, sampler_names
-from paretotune.space import Config, Scenario, SearchSpace, SingleStream, scenario_from_dict
+from paretotune.space import Config, Scenario, SearchSpace, Server, SingleStream, scenario_from_dict
 from paretotune.storage import StudyStore, is_transient, retry
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ MISSING_METRIC_STOP_AFTER = 3
 MISSING_PREFIX = "the evaluator did not return"
 #: a config whose trials failed this many times is not measured again (INVALID, with why)
 MAX_FAILURES_PER_CONFIG = 2
+#: under a server scenario, a trial is feasible only if it sustains at least this many queries
+#: per second within the p99 bound (one that sustains none records server_qps 0)
+MIN_SERVER_QPS = 1.0
 #: fail reasons that speak of the worker, not of the config: they never count against it
 WORKER_FAILURES = ("worker lost", "interrupted", "store connection lost")
 
@@ -157,6 +160,10 @@ class Study:
         self.accuracy_range = parse_accuracy_range(spec.get("accuracy_range"))
         #: how each trial is timed: single_stream (closed loop), or LoadGen's server / offline
         self.scenario: Scenario = scenario_from_dict(spec.get("scenario"))
+        if isinstance(self.scenario, Server) and not any(c.metric == "server_qps" for c in self.constraints):
+            # a config that sustains no load within the p99 bound (server_qps 0) is measured,
+            # and it is not a deployable point
+            self.constraints.append(Constraint("server_qps", ">=", MIN_SERVER_QPS))
         sampler = make_sampler(
             spec.get("sampler") or DEFAULT_SAMPLER,
             seed=worker_seed(spec.get("seed"), worker),

@@ -116,6 +116,38 @@ def test_a_real_engine_is_served_and_one_build_serves_every_batcher(tiny_task_fo
     assert batched.details["batcher"]["instances"] == 2
 
 
+@pytest.mark.slow
+def test_a_config_that_sustains_no_load_within_the_bound_is_measured_as_zero_qps(
+        tiny_task_for_serving: pt.Task, tmp_path: Path) -> None:
+    # a 10 µs bound no engine meets: every LoadGen run is INVALID. The trial is still measured
+    # (its accuracy counts), records server_qps 0 and is infeasible; the study goes on
+    evaluator = TaskEvaluator(tiny_task_for_serving, cache_dir=tmp_path / "cache",
+                              scenario=pt.Server(p99_ms=0.01, budget_s=2))
+    m = evaluator({"engine": "onnxruntime", "max_batch_size": 1})
+    assert m.metrics["server_qps"] == 0.0 and m.metrics["server_p99_ms"] > 0.01
+    assert m.metrics["accuracy"] == 1.0
+    assert "every target QPS tried INVALID for p99 <= 0.01 ms" in m.details["serving"]["no_valid_qps"]
+    assert m.details["serving"]["lowest_qps_tried"] > 0
+
+
+@pytest.mark.slow
+def test_a_server_study_whose_baseline_misses_the_bound_goes_on(tiny_task_for_serving: pt.Task,
+                                                                 tmp_path: Path) -> None:
+    study = pt.create_study("slow-baseline", f"sqlite:///{tmp_path}/s.db", space=BATCHER_SPACE,
+                            task=tiny_task_for_serving, scenario=pt.Server(p99_ms=0.01, budget_s=4),
+                            objectives={"server_qps": "max", "accuracy": "max"},
+                            constraints={"accuracy_drop": ("<=", 0.01)}, seed=0, warm_start="none")
+    study.optimize(TaskEvaluator(tiny_task_for_serving, cache_dir=tmp_path / "cache",
+                                 scenario=study.scenario), n_trials=2)
+    done = study.completed()
+    assert len(done) == 2 and study.counts()["FAIL"] == 0
+    assert study.baseline_trial() is not None and study.baseline_trial().metrics["server_qps"] == 0.0
+    # relative metrics use the baseline's accuracy, and no zero-QPS trial is a deployable point
+    assert all(t.metrics["accuracy_drop"] == 0.0 and not t.feasible for t in done)
+    assert "server_qps >= 1" in [str(c) for c in study.constraints]
+    assert list(study.pareto_front()) == []
+
+
 @pytest.fixture(scope="module")
 def tiny_task_for_serving() -> pt.Task:
     import numpy as np

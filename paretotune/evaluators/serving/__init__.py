@@ -21,7 +21,7 @@ from paretotune.evaluators.serving.harness import (
     loadgen_problem,
     require_loadgen,
 )
-from paretotune.evaluators.serving.measure import ServingResult, measure_serving
+from paretotune.evaluators.serving.measure import NoValidQPS, ServingResult, measure_serving
 from paretotune.evaluators.serving.overhead import loadgen_overhead
 from paretotune.space.scenario import (
     SCENARIO_KINDS,
@@ -40,6 +40,7 @@ __all__ = [
     "DynamicBatcher",
     "LoadGenRun",
     "LoadGenSession",
+    "NoValidQPS",
     "Offline",
     "Runner",
     "Scenario",

@@ -51,6 +51,19 @@ VALIDITY = (
 )
 
 
+class NoValidQPS(EvaluationError):
+    """LoadGen judged every target QPS the search tried INVALID: the config sustains no load
+    it could measure within the p99 bound (down to `lowest_qps`). The evaluator records that as
+    a measured `server_qps` of 0 (infeasible), so the study keeps the config's accuracy and the
+    sampler learns to avoid it; `measure_serving` itself raises it."""
+
+    def __init__(self, message: str, lowest_qps: float, lowest_p99_ms: float | None, runs: int) -> None:
+        super().__init__(message)
+        self.lowest_qps = lowest_qps
+        self.lowest_p99_ms = lowest_p99_ms
+        self.runs = runs
+
+
 @dataclass(frozen=True)
 class ServingResult:
     """The scenario's metrics (`server_qps`, `server_p99_ms` or `offline_qps`) and how they were got.
@@ -191,10 +204,11 @@ def _search_server(
                 f"measured {cap:.1f} samples/s); raise the scenario's budget_s"
             )
         why = lowest.invalid_reason or lowest.early_stopping or "LoadGen judged it INVALID"
-        raise EvaluationError(
+        raise NoValidQPS(
             f"LoadGen judged every target QPS tried INVALID for p99 <= {scenario.p99_ms:g} ms "
             f"({len(runs)} runs); the lowest, {lowest.target_qps:.2f} QPS, had p99 "
-            f"{lowest.p99_ms:.2f} ms over {lowest.query_count} queries ({why})"
+            f"{lowest.p99_ms:.2f} ms over {lowest.query_count} queries ({why})",
+            lowest.target_qps, lowest.p99_ms, len(runs),
         )
     details: dict[str, Any] = {
         "loadgen_version": loadgen_version(),
