@@ -373,8 +373,11 @@ class LoadGenSession:
     ) -> LoadGenRun:
         """One Server test: Poisson arrivals at `target_qps`, VALID when p99 <= `p99_ms`."""
         lg = self._lg
+        # room for the queries asked for at this rate too: a run cut short at its maximum
+        # duration is a LoadGen error, not a verdict (MiniLM at 17 QPS needs 30 s for 500)
+        needed = 1.5 * min_queries / target_qps + 5.0 if target_qps > 0 else 0.0
         settings = self._settings(
-            min_duration_s, max_duration_s or 3 * min_duration_s + 10.0, min_queries
+            min_duration_s, max_duration_s or max(3 * min_duration_s + 10.0, needed), min_queries
         )
         settings.scenario = lg.TestScenario.Server
         settings.server_target_qps = float(target_qps)
