@@ -214,7 +214,7 @@ def run(
     import paretotune as pt
     from examples.minilm import task
     from paretotune.evaluators import TaskEvaluator
-    from paretotune.search.study import warm_start_configs
+    from paretotune.search.proposals import warm_start_configs
 
     space = pt.SearchSpace.standard(
         task, batch_sizes=[batch_size], threads=[1], granularity=granularity, max_prune_ratio=max_prune_ratio

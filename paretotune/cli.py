@@ -165,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     _print_front(study, args.format)
     if processes and study.pareto_front():
-        from paretotune.workers.confirm import display_rows
+        from paretotune.search.confirmations import display_rows
 
         print(f"confirming the front in {processes} fresh processes", file=sys.stderr)
         results = study.confirm(processes=processes, show_progress=not args.no_progress)
@@ -273,7 +273,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from paretotune.workers.confirm import display_rows
+    from paretotune.search.confirmations import display_rows
 
     study = _load(args)
     if args.show:

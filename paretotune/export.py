@@ -511,7 +511,7 @@ def _measurements(study: Study, trial: Trial) -> dict[str, Any]:
             "details": row.get("details"),
         }
 
-    from paretotune.workers.confirm import latest_confirmation
+    from paretotune.search.confirmations import latest_confirmation
 
     confirmed = latest_confirmation(study, trial.number)
     return {

@@ -304,7 +304,7 @@ def _confirmation_table(study: Study) -> str:
         return (f"<p>Not confirmed: the timings are one in-study measurement each. "
                 f"<code>paretotune confirm {_text(study.name)}</code> re-measures the front in fresh "
                 "processes.</p>")
-    from paretotune.workers.confirm import display_rows
+    from paretotune.search.confirmations import display_rows
 
     columns, rows = display_rows(confirmed)
     return (f"<p>Run <code>{_text(confirmed[0].run_id)}</code>: each trial re-measured in fresh processes "

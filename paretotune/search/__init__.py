@@ -5,15 +5,9 @@ from __future__ import annotations
 from paretotune.search.objectives import METRICS, Constraint
 from paretotune.search.pareto import Front
 from paretotune.search.samplers import register_sampler, sampler_names
-from paretotune.search.study import (
-    PendingTrial,
-    Study,
-    Trial,
-    TrialState,
-    build_spec,
-    create_study_from_spec,
-    load_study_from_store,
-)
+from paretotune.search.specs import build_spec, create_study_from_spec, load_study_from_store
+from paretotune.search.study import Study
+from paretotune.search.trial import PendingTrial, Trial, TrialState
 
 __all__ = [
     "METRICS",

@@ -14,7 +14,7 @@ from paretotune.errors import ConfigError
 from paretotune.search.objectives import OPERATORS
 
 if TYPE_CHECKING:
-    from paretotune.search.study import Trial
+    from paretotune.search.trial import Trial
 
 #: the reference point sits this fraction worse than the baseline in every objective
 REFERENCE_MARGIN = 0.1

@@ -8,6 +8,7 @@ kept, but ranked behind feasible ones).
 from __future__ import annotations
 
 import warnings
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,13 @@ def register_sampler(name: str, factory: SamplerFactory) -> None:
 
 def sampler_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def worker_seed(seed: int | None, worker: str) -> int | None:
+    """Each worker process gets its own stream, so parallel workers don't propose alike."""
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + zlib.crc32(worker.encode())) % (2**31)
 
 
 def make_sampler(

@@ -4,20 +4,19 @@ The study asks the sampler for points, resolves them into Configs, and tells res
 their state: COMPLETE with metrics, FAIL with a reason, or INVALID (a forbidden combination,
 never built) with a reason. The baseline (unoptimized) configuration is enqueued first, so the
 relative metrics `accuracy_drop` and `speedup` have a reference.
+
+Beside it: `trial` (what a trial is), `proposals` (what becomes of a proposal before a build,
+and the warm start), `specs` (creating and reopening a study from its stored spec) and
+`confirmations` (reading stored confirmation runs).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import logging
 import random
 import time
-import warnings
-import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,11 +24,12 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
-from paretotune.errors import ConfigError, InvalidConfigError, StudyError
+from paretotune.errors import StudyError
+from paretotune.search.confirmations import Confirmation
+from paretotune.search.confirmations import confirmations as stored_confirmations
 from paretotune.search.objectives import (
     HELPER_METRICS,
     Constraint,
-    check_scenario_metrics,
     out_of_domain,
     parse_accuracy_range,
     parse_constraints,
@@ -43,99 +43,33 @@ from paretotune.search.pareto import (
     reference_point,
     to_loss,
 )
-from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, sampler_names
-from paretotune.space import Config, Scenario, SearchSpace, Server, SingleStream, scenario_from_dict
+from paretotune.search.proposals import (
+    DUPLICATE_POLICIES,
+    MAX_INVALID_STREAK,
+    WARM_STARTS,
+    Proposals,
+    warm_start_configs,
+)
+from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
+from paretotune.search.trial import PendingTrial, Trial, TrialState, trial_from_optuna
+from paretotune.space import Config, Scenario, SearchSpace, Server, scenario_from_dict
 from paretotune.storage import StudyStore, is_transient, retry
 
 log = logging.getLogger(__name__)
 
-SPEC_VERSION = 1
-SPEC_KEYS = {
-    "version", "space", "objectives", "constraints", "sampler", "seed", "task",
-    "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
-    "warm_start", "accuracy_range", "scenario",
-}
 #: seconds a trial waits at tell-time for the baseline to finish (derived metrics need it)
 BASELINE_WAIT_S = 3600.0
-#: consecutive forbidden proposals before the sampler is declared stuck
-MAX_INVALID_STREAK = 200
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 DEFAULT_WORKER_GRACE_S = 20.0
-#: what a sampler's proposal of an already measured config gets (spec key `duplicates`)
-DUPLICATE_POLICIES = ("reuse", "measure")
-#: what a new study queues after its baseline (spec key `warm_start`)
-WARM_STARTS = ("corners", "none")
-#: proposals of measured configs answered in one ask before the study steps to a neighbour
-MAX_DUPLICATE_STREAK = 8
 #: a stop reason that starts with this is a normal end, not an error
 FINISHED = "finished:"
 #: evaluations lacking an objective or constraint metric before the study stops, when no
 #: completed trial ever had that metric (a single trial without it is just that trial's FAIL)
 MISSING_METRIC_STOP_AFTER = 3
 MISSING_PREFIX = "the evaluator did not return"
-#: a config whose trials failed this many times is not measured again (INVALID, with why)
-MAX_FAILURES_PER_CONFIG = 2
 #: under a server scenario, a trial is feasible only if it sustains at least this many queries
 #: per second within the p99 bound (one that sustains none records server_qps 0)
 MIN_SERVER_QPS = 1.0
-#: fail reasons that speak of the worker, not of the config: they never count against it
-WORKER_FAILURES = ("worker lost", "interrupted", "store connection lost")
-
-
-class TrialState(str, enum.Enum):
-    COMPLETE = "COMPLETE"
-    FAIL = "FAIL"
-    INVALID = "INVALID"
-    RUNNING = "RUNNING"
-    WAITING = "WAITING"
-    #: the sampler proposed a config already measured: answered with that measurement, not
-    #: evaluated again, and not counted against n_trials (`Trial.duplicate_of` names it)
-    DUPLICATE = "DUPLICATE"
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One trial as users see it: number, state, config, metrics and, if it failed, why."""
-
-    number: int
-    state: TrialState
-    config: Config | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    reason: str | None = None
-    feasible: bool | None = None
-    is_baseline: bool = False
-    duration_s: float | None = None
-    duplicate_of: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "state": self.state.value,
-            "config": None if self.config is None else self.config.to_dict(),
-            "metrics": dict(self.metrics),
-            "reason": self.reason,
-            "feasible": self.feasible,
-            "is_baseline": self.is_baseline,
-            "duration_s": self.duration_s,
-            "duplicate_of": self.duplicate_of,
-        }
-
-
-@dataclass
-class PendingTrial:
-    """A trial handed out by ``Study.ask`` and not yet told."""
-
-    number: int
-    config: Config
-    is_baseline: bool
-    _optuna_trial: optuna.trial.Trial
-
-
-def worker_seed(seed: int | None, worker: str) -> int | None:
-    """Each worker process gets its own stream, so parallel workers don't propose alike."""
-    if seed is None:
-        return None
-    return (seed * 1_000_003 + zlib.crc32(worker.encode())) % (2**31)
 
 
 class Study:
@@ -177,14 +111,15 @@ class Study:
         self._baseline_cache: Trial | None = None
         #: set when the sampler has proposed every config of a finite space
         self.exhausted = False
-        self._rng = random.Random(worker_seed(spec.get("seed"), worker + "/replacements"))
         self.duplicates: str = spec.get("duplicates") or DUPLICATE_POLICIES[0]
-        self._measured: dict[tuple[tuple[str, Any], ...], optuna.trial.FrozenTrial] = {}
-        self._measured_seen: set[int] = set()
-        self._answered = 0  # proposals answered from earlier measurements since a step off
-        #: set when a step off found no untried config: from then on, proposals of measured
-        #: configs are measured again at once (a budget larger than a finite space)
-        self._covered = False
+        #: what becomes of each proposal before anything is built (INVALID, DUPLICATE, measured)
+        self._proposals = Proposals(
+            self._optuna, self.space, policy=self.duplicates,
+            needed=[*self.objectives, *(c.metric for c in self.constraints)],
+            rng=random.Random(worker_seed(spec.get("seed"), worker + "/replacements")),
+            tell_pruned=lambda ot: self._tell_optuna(ot, None, OptunaState.PRUNED),
+            tell_metrics=self._tell_metrics,
+        )
         #: the number of the trial the last ask() handed out (a worker interrupted before it
         #: took the pending trial still knows what to record as interrupted)
         self.last_asked: int | None = None
@@ -211,48 +146,10 @@ class Study:
         return all(c.metric in metrics and c.holds(metrics[c.metric]) for c in self.constraints)
 
     # -- trials -----------------------------------------------------------------------------------
-    def _to_trial(self, ft: optuna.trial.FrozenTrial) -> Trial:
-        attrs = ft.user_attrs
-        config: Config | None = None
-        if ft.params:
-            try:
-                config = self.space.from_params(ft.params, allow_forbidden=ft.state == OptunaState.PRUNED)
-            except (ConfigError, InvalidConfigError):
-                config = None  # a half-made trial (interrupted ask)
-        metrics = dict(attrs.get("metrics") or {})
-        duplicate_of = attrs.get("duplicate_of")
-        if ft.state == OptunaState.COMPLETE and duplicate_of is not None:
-            state, reason = TrialState.DUPLICATE, f"already measured as trial {duplicate_of}"
-        elif ft.state == OptunaState.COMPLETE:
-            state, reason = TrialState.COMPLETE, None
-        elif ft.state == OptunaState.PRUNED:
-            state, reason = TrialState.INVALID, attrs.get("invalid_reason", "pruned")
-        elif ft.state == OptunaState.FAIL:
-            state, reason = TrialState.FAIL, attrs.get("fail_reason", "failed (no reason recorded)")
-        elif ft.state == OptunaState.RUNNING:
-            state, reason = TrialState.RUNNING, None
-        else:
-            state, reason = TrialState.WAITING, None
-        duration = (
-            (ft.datetime_complete - ft.datetime_start).total_seconds()
-            if ft.datetime_complete and ft.datetime_start
-            else None
-        )
-        return Trial(
-            number=ft.number,
-            state=state,
-            config=config,
-            metrics=metrics,
-            reason=reason,
-            feasible=self.is_feasible(metrics) if state == TrialState.COMPLETE else None,
-            is_baseline=bool(attrs.get("baseline")),
-            duration_s=duration,
-            duplicate_of=duplicate_of,
-        )
-
     @property
     def trials(self) -> list[Trial]:
-        return [self._to_trial(ft) for ft in self._optuna.get_trials(deepcopy=False)]
+        return [trial_from_optuna(ft, self.space, self.is_feasible)
+                for ft in self._optuna.get_trials(deepcopy=False)]
 
     def trial(self, number: int) -> Trial:
         for t in self.trials:
@@ -318,23 +215,14 @@ class Study:
     def ask(self) -> PendingTrial:
         """The next config to evaluate.
 
-        A forbidden proposal is recorded INVALID (never built). Samplers learn nothing from
-        it, and a model-based one (GP) may propose the same point again, so the next ask
-        after an invalid proposal gets a random valid config instead (enqueued, so it is a
-        recorded trial like any other).
-
-        A proposal of a config already measured (samplers re-propose their best points) is,
-        under the default `duplicates="reuse"`, answered with the earlier measurement and
-        recorded DUPLICATE, and the sampler is asked again: the budget goes to configs not yet
-        measured. Every MAX_DUPLICATE_STREAK such answers the study steps to a neighbour of
-        the config that no trial has tried yet; when the space has none left, the proposal is
-        measured again, and so are later proposals of measured configs (answering them would
-        only spend asks). Enqueued configs (the baseline, the user's) are always measured.
+        A proposal that is forbidden, failed too often or was already measured is recorded
+        (INVALID or DUPLICATE, never built) and the sampler is asked again; `Proposals` holds
+        that policy (`paretotune.search.proposals`). Enqueued configs are always measured.
         """
         for _ in range(MAX_INVALID_STREAK):
             ot = self._optuna.ask()
             try:
-                pending = self._resolve_proposal(ot)
+                pending = self._proposals.resolve(ot)
             except KeyboardInterrupt as exc:  # Ctrl-C mid-proposal: no claim holds it, record it
                 with contextlib.suppress(Exception):
                     self.tell_failure_by_number(ot.number, f"interrupted ({getattr(exc, 'signame', 'SIGINT')})")
@@ -355,123 +243,6 @@ class Study:
             f"the sampler proposed {MAX_INVALID_STREAK} forbidden configs in a row; "
             "check the space's `forbidden` rules"
         )
-
-    def _resolve_proposal(self, ot: optuna.trial.Trial) -> PendingTrial | None:
-        """The trial to evaluate, or None when this proposal was answered (INVALID or
-        DUPLICATE) and the sampler must be asked again."""
-        try:
-            config = self.space.suggest(ot)
-        except InvalidConfigError as exc:
-            ot.set_user_attr("invalid_reason", str(exc))
-            self._tell_optuna(ot, None, OptunaState.PRUNED)
-            log.debug("trial %d invalid: %s", ot.number, exc)
-            self._optuna.enqueue_trial(
-                self.space.to_params(self._untried_sample()), user_attrs={"replaces_invalid": ot.number}
-            )
-            return None
-        failed = [] if ot.user_attrs else self._failures_of(ot.params)
-        if len(failed) >= MAX_FAILURES_PER_CONFIG:
-            # Samplers learn nothing from FAIL trials, so one keeps proposing a config that
-            # fails every time (a batcher that meets the p99 bound at no QPS): skip it, and
-            # give the next ask an untried config, as for a forbidden one.
-            reason = (f"not measured again: this config failed {len(failed)} times already "
-                      f"(last: {failed[-1]})")
-            ot.set_user_attr("invalid_reason", reason)
-            self._tell_optuna(ot, None, OptunaState.PRUNED)
-            log.info("trial %d: %s", ot.number, reason)
-            self._optuna.enqueue_trial(
-                self.space.to_params(self._untried_sample()), user_attrs={"replaces_failing": ot.number}
-            )
-            return None
-        earlier = self._earlier_measurement(ot)
-        if earlier is not None:
-            if self._covered:  # nothing untried is left: answering would only spend asks
-                return PendingTrial(ot.number, config, False, ot)
-            self._answered += 1
-            if self._answered >= MAX_DUPLICATE_STREAK:
-                self._answered = 0
-                if not self._step_off(config, earlier.number):
-                    self._covered = True
-                    return PendingTrial(ot.number, config, False, ot)  # measure it again
-            self._answer_duplicate(ot, earlier)
-            return None
-        return PendingTrial(ot.number, config, bool(ot.user_attrs.get("baseline")), ot)
-
-    @staticmethod
-    def _params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-        return tuple(sorted(params.items()))
-
-    def _failures_of(self, params: Mapping[str, Any]) -> list[str]:
-        """The reasons of earlier FAIL trials of these params, leaving out failures of the
-        worker rather than the config (lost, interrupted, the store gone)."""
-        key = self._params_key(params)
-        reasons = []
-        for ft in self._optuna.get_trials(deepcopy=False, states=(OptunaState.FAIL,)):
-            reason = str(ft.user_attrs.get("fail_reason", ""))
-            if self._params_key(ft.params) == key and not reason.startswith(WORKER_FAILURES):
-                reasons.append(reason)
-        return reasons
-
-    def _measured_trials(self) -> dict[tuple[tuple[str, Any], ...], optuna.trial.FrozenTrial]:
-        """Measured (COMPLETE, not duplicate) trials by their params, read incrementally."""
-        for ft in self._optuna.get_trials(deepcopy=False, states=(OptunaState.COMPLETE,)):
-            if ft.number in self._measured_seen:
-                continue
-            self._measured_seen.add(ft.number)
-            if ft.user_attrs.get("duplicate_of") is None and ft.user_attrs.get("metrics"):
-                self._measured.setdefault(self._params_key(ft.params), ft)
-        return self._measured
-
-    def _earlier_measurement(self, ot: optuna.trial.Trial) -> optuna.trial.FrozenTrial | None:
-        """The measured trial of this proposal's config, when it should be reused."""
-        if self.duplicates != "reuse" or ot.user_attrs:  # enqueued configs carry attributes
-            return None
-        earlier = self._measured_trials().get(self._params_key(ot.params))
-        needed = [*self.objectives, *(c.metric for c in self.constraints)]
-        if earlier is None or any(m not in earlier.user_attrs["metrics"] for m in needed):
-            return None
-        return earlier
-
-    def _answer_duplicate(self, ot: optuna.trial.Trial, earlier: optuna.trial.FrozenTrial) -> None:
-        ot.set_user_attr("duplicate_of", earlier.number)
-        self._tell_metrics(ot, dict(earlier.user_attrs["metrics"]))
-        log.debug("trial %d: config already measured as trial %d; reused", ot.number, earlier.number)
-
-    def _tried(self) -> set[tuple[tuple[str, Any], ...]]:
-        """The params of every trial so far, in any state."""
-        return {self._params_key(ft.params) for ft in self._optuna.get_trials(deepcopy=False)}
-
-    def _untried_sample(self, tried: set[tuple[tuple[str, Any], ...]] | None = None, tries: int = 50) -> Config:
-        """A random valid config that no trial has tried yet (any random one if none is found)."""
-        tried = self._tried() if tried is None else tried
-        for _ in range(tries):
-            config = self.space.sample(self._rng)
-            if self._params_key(self.space.to_params(config)) not in tried:
-                return config
-        return self.space.sample(self._rng)
-
-    def _step_off(self, config: Config, number: int) -> bool:
-        """Queue a neighbour of `config` that no trial has tried yet (else any untried config);
-        False when none is found."""
-        tried = self._tried()
-        candidate: Config | None = None
-        for _ in range(50):
-            try:
-                neighbour = self.space.neighbor(config, self._rng)
-            except ConfigError:
-                break
-            if self._params_key(self.space.to_params(neighbour)) not in tried:
-                candidate = neighbour
-                break
-        if candidate is None:
-            candidate = self._untried_sample(tried)
-        params = self.space.to_params(candidate)
-        if self._params_key(params) in tried:
-            log.info("no untried config found near trial %d; it will be measured again", number)
-            return False
-        self._optuna.enqueue_trial(params, user_attrs={"steps_off": number})
-        log.info("the sampler keeps proposing measured configs; trying a neighbour of trial %d", number)
-        return True
 
     def tell_failure_by_number(self, number: int, reason: str) -> bool:
         """FAIL a RUNNING trial by number (reaper, interrupted ask). False if it had finished."""
@@ -718,20 +489,17 @@ class Study:
         evaluator: Any = None,
         processes: int | None = None,
         show_progress: bool | None = None,
-    ) -> list[Any]:
+    ) -> list[Confirmation]:
         """Re-measure ``trials`` (default: the Pareto front) in ``processes`` fresh processes
-        (default 3),
-        with the baseline beside each, and return their median numbers and spread
+        (default 3), with the baseline beside each, and return their median numbers and spread
         (``paretotune.workers.confirm``). Stored; read again with ``confirmations()``."""
-        from paretotune.workers.confirm import confirm
+        from paretotune.workers.confirm import confirm  # measuring is the workers' job
 
         return confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
 
-    def confirmations(self, run_id: str | None = None) -> list[Any]:
+    def confirmations(self, run_id: str | None = None) -> list[Confirmation]:
         """The summaries of a stored confirmation run (default: the latest; [] if none)."""
-        from paretotune.workers.confirm import confirmations
-
-        return confirmations(self, run_id=run_id)
+        return stored_confirmations(self, run_id=run_id)
 
     def summary(self) -> dict[str, Any]:
         counts = self.counts()
@@ -751,201 +519,3 @@ class Study:
             "hypervolume": hv,
             "stopped_reason": self.store.stopped_reason(self.name),
         }
-
-
-def build_spec(
-    *,
-    space: SearchSpace,
-    objectives: Any,
-    constraints: Any = None,
-    sampler: str | Mapping[str, Any] = DEFAULT_SAMPLER,
-    seed: int | None = None,
-    task: str | None = None,
-    extra_metrics: Sequence[str] = (),
-    trial_timeout_s: float | None = None,
-    max_failures: int | None = None,
-    worker_grace_s: float | None = None,
-    duplicates: str | None = None,
-    warm_start: str | None = None,
-    accuracy_range: Sequence[float] | None = None,
-    scenario: Scenario | Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Validate the pieces of a study and return the spec stored with it (JSON-able)."""
-    if not isinstance(space, SearchSpace):
-        raise ConfigError(f"space must be a paretotune.SearchSpace, got {type(space).__name__}")
-    if not space.is_bound:
-        raise ConfigError(
-            "space: a PerLayer dimension has layers='auto' but no task to take the layers from; "
-            "pass task=... or bind the space with space.bind(layers)"
-        )
-    try:
-        space.baseline()
-    except InvalidConfigError as exc:
-        raise ConfigError(
-            f"space: the baseline (every dimension at its default) is forbidden ({exc}); change a "
-            "default or the `forbidden` rules, since every study measures the baseline first"
-        ) from None
-    if isinstance(extra_metrics, (str, bytes)) or not isinstance(extra_metrics, (list, tuple)) or not all(
-        isinstance(m, str) and m for m in extra_metrics
-    ):
-        raise ConfigError(f"extra_metrics must be a list of metric names (strings), got {extra_metrics!r}")
-    extra = list(extra_metrics)
-    acc_range = parse_accuracy_range(accuracy_range)
-    objs = parse_objectives(objectives, extra)
-    cons = parse_constraints(constraints, extra)
-    chosen = scenario_from_dict(scenario)
-    check_scenario_metrics(chosen.kind, [*objs, *(c.metric for c in cons)])
-    name = sampler.get("name") if isinstance(sampler, Mapping) else sampler
-    if name not in sampler_names():
-        raise ConfigError(f"sampler: unknown name {name!r}; valid samplers: {sampler_names()}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"seed must be an integer or None, got {seed!r}")
-    if trial_timeout_s is not None and not (isinstance(trial_timeout_s, (int, float)) and trial_timeout_s > 0):
-        raise ConfigError(f"trial_timeout_s must be a positive number of seconds, got {trial_timeout_s!r}")
-    if max_failures is not None and not (isinstance(max_failures, int) and max_failures >= 1):
-        raise ConfigError(f"max_failures must be an integer >= 1, got {max_failures!r}")
-    if worker_grace_s is not None and not (
-        isinstance(worker_grace_s, (int, float)) and not isinstance(worker_grace_s, bool) and worker_grace_s >= 1
-    ):
-        raise ConfigError(f"worker_grace_s must be a number of seconds >= 1, got {worker_grace_s!r}")
-    if duplicates is not None and duplicates not in DUPLICATE_POLICIES:
-        raise ConfigError(f"duplicates must be one of {list(DUPLICATE_POLICIES)}, got {duplicates!r}")
-    if warm_start is not None and warm_start not in WARM_STARTS:
-        raise ConfigError(f"warm_start must be one of {list(WARM_STARTS)}, got {warm_start!r}")
-    return {
-        "version": SPEC_VERSION,
-        "space": space.to_dict(),
-        "objectives": [[name, direction] for name, direction in objs.items()],
-        "constraints": {c.metric: [c.op, c.bound] for c in cons},
-        "sampler": dict(sampler) if isinstance(sampler, Mapping) else sampler,
-        "seed": seed,
-        "task": task,
-        "extra_metrics": extra,
-        "trial_timeout_s": trial_timeout_s,
-        "max_failures": max_failures,
-        "worker_grace_s": worker_grace_s,
-        "duplicates": duplicates,
-        "warm_start": warm_start,
-        # stored only when it differs from [0, 1], so the specs of older studies still match
-        **({"accuracy_range": list(acc_range)} if accuracy_range is not None else {}),
-        # stored only for the LoadGen scenarios, so single-stream specs keep their old form
-        **({"scenario": chosen.to_dict()} if not isinstance(chosen, SingleStream) else {}),
-    }
-
-
-def warm_start_configs(space: SearchSpace) -> list[Config]:
-    """The corners of the space's main axes: one config per `engine` x `bit_width` value (the
-    dimensions of those names), every other dimension at its default, so a PerLayer precision
-    puts every layer at its default choice (int8 in the standard space) and an engine's
-    options at their defaults. The baseline and forbidden combinations are left out. These are
-    the textbook recipes (the whole model in each precision on each engine) that a search
-    should not have to stumble on; a space with neither dimension has none. Under a server
-    scenario they are served with dynamic batching on (`_batching_recipe`)."""
-    axes = [
-        [(name, v) for v in dim.values() or ()]
-        for name in ("engine", "bit_width")
-        if (dim := space.dimensions.get(name)) is not None and not dim.when
-    ]
-    if not axes:
-        return []
-    combos: list[dict[str, Any]] = [{}]
-    for axis in axes:
-        combos = [{**c, name: v} for c in combos for name, v in axis]
-    baseline = space.baseline()
-    out: list[Config] = []
-    seen = {baseline.hash}  # a set: a Choice of 20,000 engines must stay linear
-    batching = _batching_recipe(space)
-    for values in combos:
-        values = {**batching, **values}
-        try:
-            config = space.config(values, fill_defaults=True)
-        except (ConfigError, InvalidConfigError):
-            continue  # forbidden (an engine that cannot build that precision)
-        if config.hash not in seen:
-            seen.add(config.hash)
-            out.append(config)
-    return out
-
-
-def _batching_recipe(space: SearchSpace) -> dict[str, Any]:
-    """Under a server scenario's batcher dimensions, the textbook start is dynamic batching
-    on: the middle max_batch_size and the shortest non-zero queue delay (Triton's advice),
-    not the baseline's batch of 1, which the baseline itself already measures."""
-    dim = space.dimensions.get("max_batch_size")
-    sizes = sorted(v for v in (dim.values() or []) if isinstance(v, int)) if dim is not None and not dim.when else []
-    if len(sizes) < 2:
-        return {}
-    recipe: dict[str, Any] = {"max_batch_size": sizes[len(sizes) // 2]}
-    delay = space.dimensions.get("max_queue_delay_us")
-    delays = sorted(v for v in (delay.values() or []) if isinstance(v, int) and v > 0) if delay is not None else []
-    if delays and delay is not None and delay.is_active(recipe):
-        recipe["max_queue_delay_us"] = delays[0]
-    return recipe
-
-
-def _spec_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True))
-
-
-def create_study_from_spec(
-    name: str, store: StudyStore, spec: dict[str, Any], *, load_if_exists: bool = False
-) -> Study:
-    """Create the study (Optuna record, stored spec, queued baseline) or reopen it.
-
-    An existing study with the same spec is reopened. One with a different spec is an error
-    unless ``load_if_exists`` asks to load it as it is (its stored spec wins).
-    """
-    check_study_name(name)
-    existing = store.load_spec(name)
-    if existing is None:
-        objectives = parse_objectives(spec["objectives"], spec.get("extra_metrics") or [])
-        directions = [
-            optuna.study.StudyDirection.MINIMIZE if d == "min" else optuna.study.StudyDirection.MAXIMIZE
-            for d in objectives.values()
-        ]
-        ostudy = optuna.create_study(
-            study_name=name, storage=store.optuna_storage(), directions=directions, load_if_exists=True
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ostudy.set_metric_names(list(objectives))
-        if store.save_spec(name, spec):
-            study = Study(name, store, spec)
-            study.enqueue_baseline()
-            study.enqueue_warm_start()
-            return study
-        # another process created the same study a moment ago: join it like a second run would
-        existing = store.load_spec(name)
-        if existing is None:  # pragma: no cover - the row cannot vanish: rows are never deleted
-            raise StudyError(f"study {name!r}: its row in {store.masked_url} disappeared while creating it")
-    diff = _spec_diff(existing, spec)
-    if diff and not load_if_exists:
-        raise StudyError(
-            f"study {name!r} already exists in {store.masked_url} with a different spec "
-            f"(differs in: {', '.join(diff)}); use another name, or load_if_exists=True "
-            f"(CLI: --load-if-exists) to continue the stored one"
-        )
-    if diff:
-        log.warning("study %r exists; loading its stored spec (differs in %s)", name, ", ".join(diff))
-    study = Study(name, store, existing)
-    study.enqueue_baseline()
-    return study
-
-
-def check_study_name(name: Any) -> str:
-    """A study name is 1 to 512 printable characters (PostgreSQL refuses NUL in text)."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 512 or not name.isprintable():
-        raise ConfigError(
-            f"study name must be a non-empty string of at most 512 printable characters (no NUL, "
-            f"newline or other control character), got {name!r}"
-        )
-    return name
-
-
-def load_study_from_store(name: str, store: StudyStore, *, worker: str = "main") -> Study:
-    check_study_name(name)
-    spec = store.load_spec(name)
-    if spec is None:
-        known = store.study_names()
-        raise StudyError(f"no study named {name!r} in {store.masked_url}; studies there: {known}")
-    return Study(name, store, spec, worker=worker)

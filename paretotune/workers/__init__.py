@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from paretotune.workers.confirm import Confirmation, confirm, confirmations
+from paretotune.search.confirmations import Confirmation, confirmations
+from paretotune.workers.confirm import confirm
 from paretotune.workers.executor import Outcome, TrialExecutor
 from paretotune.workers.loop import run_worker
 from paretotune.workers.pool import run_study

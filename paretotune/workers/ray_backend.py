@@ -48,7 +48,7 @@ from ray.tune.search import Searcher
 
 from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, TrialState, load_study_from_store
-from paretotune.search.study import PendingTrial, Trial
+from paretotune.search.trial import PendingTrial, Trial
 from paretotune.space import Config
 from paretotune.storage import StudyStore
 from paretotune.storage.retry import DEFAULT_RETRY_WINDOW_S, is_transient, note_store_failure, retry

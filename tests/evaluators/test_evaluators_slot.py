@@ -46,6 +46,24 @@ def _held(path: str, mode: int) -> bool:
     return False
 
 
+def _refusals(slot: TimingSlot, what: str, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set once `slot` asks for a lock for `what` ("shared", "exclusive") and is
+    refused it (its first, non-blocking try fails); the slot's own bounded wait then goes on."""
+    refused = threading.Event()
+    real = slot._lock
+
+    def lock(fd: int, op: int, why: str) -> None:
+        if why == what:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)  # taken: `real` takes it again at once
+            except BlockingIOError:
+                refused.set()
+        real(fd, op, why)
+
+    monkeypatch.setattr(slot, "_lock", lock)
+    return refused
+
+
 def test_exclusive_windows_overlap_nothing_of_other_processes(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -69,10 +87,10 @@ def test_exclusive_windows_overlap_nothing_of_other_processes(tmp_path: Path) ->
     assert any(min(b, d) - max(a, c) > 0 for a, b in shared for c, d in others)
 
 
-def test_a_waiting_timer_goes_before_later_shared_work(tmp_path: Path) -> None:
+def test_a_waiting_timer_goes_before_later_shared_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     builder, timer, late = (TimingSlot("t", str(tmp_path)) for _ in range(3))
     order: list[str] = []
-    done = threading.Event()
+    late_refused = _refusals(late, "shared", monkeypatch)
 
     def time_it() -> None:
         with timer.exclusive():
@@ -81,7 +99,6 @@ def test_a_waiting_timer_goes_before_later_shared_work(tmp_path: Path) -> None:
     def build() -> None:
         with late.shared():
             order.append("late builder")
-        done.set()
 
     with builder.shared():
         t1 = threading.Thread(target=time_it)
@@ -92,11 +109,13 @@ def test_a_waiting_timer_goes_before_later_shared_work(tmp_path: Path) -> None:
             time.sleep(0.01)
         t2 = threading.Thread(target=build)
         t2.start()
-        time.sleep(0.3)
+        # The late builder is turned away at the turnstile the waiting timer holds; the timer
+        # cannot time beside this build. Both stay so while the build holds the slot.
+        assert late_refused.wait(30), "the late builder was let in while a timer waits"
         assert order == [], "a shared holder was let in while a timer waits, or the timer ran beside a build"
     t1.join(30)
     t2.join(30)
-    assert done.is_set()
+    assert not t1.is_alive() and not t2.is_alive()
     assert order == ["timer", "late builder"]
 
 
@@ -162,6 +181,7 @@ def test_the_evaluator_times_in_the_slot(tiny_task, tmp_path: Path, monkeypatch:
 
     # while another process's build holds the slot, the evaluator builds but does not time
     other = TimingSlot("cpu", str(tmp_path / "slots"))
+    timing_refused = _refusals(timing_slot("cpu"), "exclusive", monkeypatch)  # the evaluator's slot
     result: dict[str, object] = {}
 
     def call() -> None:
@@ -170,9 +190,10 @@ def test_the_evaluator_times_in_the_slot(tiny_task, tmp_path: Path, monkeypatch:
     with other.shared():
         thread = threading.Thread(target=call)
         thread.start()
-        time.sleep(1.0)
+        assert timing_refused.wait(120), "the evaluator never asked for the slot to time in"
         assert "m" not in result, "the evaluator timed while another worker held the slot"
     thread.join(120)
+    assert not thread.is_alive()
     assert result["m"].details["timing_slot"]["wait_s"] > 0  # type: ignore[attr-defined]
 
     off = TaskEvaluator(tiny_task, cache_dir=tmp_path / "cache", timing=FAST, exclusive_timing=False)

@@ -22,7 +22,8 @@ import paretotune as pt
 from paretotune.errors import ConfigError, EvaluationError, StorageError
 from paretotune.evaluators import slot as slot_mod
 from paretotune.evaluators.slot import TimingSlot
-from paretotune.search.study import MISSING_METRIC_STOP_AFTER, create_study_from_spec
+from paretotune.search.specs import create_study_from_spec
+from paretotune.search.study import MISSING_METRIC_STOP_AFTER
 from paretotune.storage import StudyStore
 from paretotune.storage.engine import mask, mask_url, resolve_url
 from paretotune.testing import null_evaluator

@@ -8,7 +8,7 @@ import pytest
 
 import paretotune as pt
 from paretotune.errors import ConfigError
-from paretotune.search.study import MAX_DUPLICATE_STREAK
+from paretotune.search.proposals import MAX_DUPLICATE_STREAK
 from paretotune.testing import FakeEvaluator
 
 OBJECTIVES = {"latency_p50_ms": "min", "accuracy": "max"}
@@ -143,7 +143,7 @@ def test_a_store_failure_while_answering_a_duplicate_leaves_no_trial_running(sto
     def lost_connection(*args, **kwargs):
         raise sa.exc.OperationalError("UPDATE trials", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(study, "_answer_duplicate", lost_connection)
+    monkeypatch.setattr(study._proposals, "_answer_duplicate", lost_connection)
     with pytest.raises(sa.exc.OperationalError):
         study.ask()
     assert study.counts()["RUNNING"] == 0

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import paretotune as pt
 from paretotune.search.pareto import Front, hypervolume, non_dominated, reference_point
-from paretotune.search.study import Trial, TrialState
+from paretotune.search.trial import Trial, TrialState
 
 
 def brute_force_front(points: np.ndarray) -> np.ndarray:

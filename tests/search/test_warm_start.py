@@ -6,7 +6,7 @@ import pytest
 
 import paretotune as pt
 from paretotune.errors import ConfigError
-from paretotune.search.study import warm_start_configs
+from paretotune.search.proposals import warm_start_configs
 from paretotune.testing import FakeEvaluator
 
 OBJECTIVES = {"latency_p50_ms": "min", "accuracy": "max"}

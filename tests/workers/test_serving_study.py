@@ -162,7 +162,7 @@ def tiny_task_for_serving() -> pt.Task:
 
 
 def test_a_server_studys_warm_start_serves_with_dynamic_batching(tiny_task_for_serving: pt.Task) -> None:
-    from paretotune.search.study import warm_start_configs
+    from paretotune.search.proposals import warm_start_configs
 
     space = pt.SearchSpace.standard(tiny_task_for_serving, scenario=SERVER)
     corners = warm_start_configs(space)
