@@ -122,7 +122,7 @@ def test_a_config_that_sustains_no_load_within_the_bound_is_measured_as_zero_qps
     # a 10 µs bound no engine meets: every LoadGen run is INVALID. The trial is still measured
     # (its accuracy counts), records server_qps 0 and is infeasible; the study goes on
     evaluator = TaskEvaluator(tiny_task_for_serving, cache_dir=tmp_path / "cache",
-                              scenario=pt.Server(p99_ms=0.01, budget_s=2))
+                              scenario=pt.Server(p99_ms=0.01, budget_s=4))
     m = evaluator({"engine": "onnxruntime", "max_batch_size": 1})
     assert m.metrics["server_qps"] == 0.0 and m.metrics["server_p99_ms"] > 0.01
     assert m.metrics["accuracy"] == 1.0
