@@ -132,8 +132,8 @@ def test_a_config_that_sustains_no_load_within_the_bound_is_measured_as_zero_qps
 
 @pytest.mark.slow
 def test_a_server_study_whose_baseline_misses_the_bound_goes_on(tiny_task_for_serving: pt.Task,
-                                                                 tmp_path: Path) -> None:
-    study = pt.create_study("slow-baseline", f"sqlite:///{tmp_path}/s.db", space=BATCHER_SPACE,
+                                                                 tmp_path: Path, storage_url: str) -> None:
+    study = pt.create_study("slow-baseline", storage_url, space=BATCHER_SPACE,
                             task=tiny_task_for_serving, scenario=pt.Server(p99_ms=0.01, budget_s=4),
                             objectives={"server_qps": "max", "accuracy": "max"},
                             constraints={"accuracy_drop": ("<=", 0.01)}, seed=0, warm_start="none")

@@ -233,3 +233,16 @@ def test_invalid_at_every_qps_names_the_lowest_tried() -> None:
     assert match, message
     assert float(match.group(1)) > 0 and float(match.group(2)) > 1.0
     assert "p99 <= 1 ms" in message
+
+
+def test_a_slow_server_run_is_given_the_duration_its_queries_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    # at 17 QPS, 500 queries take ~30 s: a 28 s maximum (3 x 6 s + 10 s) would cut the run
+    # short, which LoadGen reports as an error rather than a verdict
+    captured = {}
+    with LoadGenSession([FakeEngine(0.3, 0.1, busy=False)], INPUTS, BatcherConfig(max_batch_size=1)) as session:
+        monkeypatch.setattr(session, "_start", lambda settings, *a: captured.setdefault("s", settings))
+        session.server(17.0, 25.0, min_duration_s=6.0, min_queries=500)
+        slow = captured.pop("s").max_duration_ms
+        session.server(1000.0, 25.0, min_duration_s=6.0, min_queries=500)
+        fast = captured.pop("s").max_duration_ms
+    assert slow >= 1000 * 500 / 17.0 and fast == 28_000
