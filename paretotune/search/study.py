@@ -468,9 +468,7 @@ class Study:
         stopped. ``evaluator``: a ``pt.Task``, any ``callable(config) -> dict of metrics``, or
         None to load the task import path stored with the study.
         """
-        from paretotune.workers import run_study  # the one late import into workers/
-
-        run_study(
+        _workers().run_study(
             self,
             evaluator,
             n_trials=n_trials,
@@ -493,9 +491,7 @@ class Study:
         """Re-measure ``trials`` (default: the Pareto front) in ``processes`` fresh processes
         (default 3), with the baseline beside each, and return their median numbers and spread
         (``paretotune.workers.confirm``). Stored; read again with ``confirmations()``."""
-        from paretotune.workers.confirm import confirm  # measuring is the workers' job
-
-        return confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
+        return _workers().confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
 
     def confirmations(self, run_id: str | None = None) -> list[Confirmation]:
         """The summaries of a stored confirmation run (default: the latest; [] if none)."""
@@ -519,3 +515,11 @@ class Study:
             "hypervolume": hv,
             "stopped_reason": self.store.stopped_reason(self.name),
         }
+
+
+def _workers() -> Any:
+    """The one late import into ``workers/`` (DESIGN.md): running and measuring trials is their
+    job, and they import ``search``, so ``search`` reaches them only here, at call time."""
+    import paretotune.workers
+
+    return paretotune.workers

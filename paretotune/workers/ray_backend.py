@@ -52,7 +52,7 @@ from paretotune.search.trial import PendingTrial, Trial
 from paretotune.space import Config
 from paretotune.storage import StudyStore
 from paretotune.storage.retry import DEFAULT_RETRY_WINDOW_S, is_transient, note_store_failure, retry
-from paretotune.workers.devices import describe_devices, telemetry
+from paretotune.evaluators.devices import describe_devices, telemetry
 from paretotune.workers.executor import TrialExecutor
 from paretotune.workers.loop import IDLE_POLL_S, heartbeat_interval, max_failures_for, worker_id
 from paretotune.workers.pool import PROGRESS_POLL_S, Progress

@@ -15,7 +15,7 @@ import torch
 
 from paretotune.errors import InvalidConfigError
 from paretotune.evaluators import availability, torch_cuda_engine
-from paretotune.workers import devices
+from paretotune.evaluators import devices
 
 from _gpumodels import small_task
 
