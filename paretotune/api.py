@@ -14,27 +14,6 @@ from paretotune.storage import StudyStore
 log = logging.getLogger(__name__)
 
 
-def resolve_task(task: Any) -> tuple[Any, str | None]:
-    """(task object, import path or None). An import path is loaded and the task validated:
-    a broken task is rejected here, before any trial runs."""
-    if task is None:
-        return None, None
-    path = task if isinstance(task, str) else None
-    if path is not None:
-        from paretotune.evaluators import load_task
-
-        task = load_task(path)
-        if not callable(task) and not hasattr(task, "layers"):
-            raise ConfigError(
-                f"task {path!r} names a {type(task).__name__}, not a paretotune Task or a "
-                "callable(config) -> metrics"
-            )
-    validate = getattr(task, "validate", None)
-    if callable(validate):
-        validate()
-    return task, path
-
-
 def _resolve_space(space: Any, task: Any, scenario: Any = None) -> SearchSpace:
     """None or "standard" (optionally ``{"standard": {options}}``): the task's standard
     space; a mapping: a space in its dict form."""
@@ -99,7 +78,9 @@ def create_study(
         from paretotune.evaluators.serving import require_loadgen
 
         require_loadgen(chosen)  # refused now, with the install line, not in every trial
-    task_obj, task_path = resolve_task(task)
+    from paretotune.evaluators.task import resolve_task  # loads the task's own imports late
+
+    task_obj, task_path = resolve_task(task, validate=True)
     if accuracy_range is None:
         declared = getattr(task_obj, "accuracy_range", None)
         if declared is not None and tuple(declared) != (0.0, 1.0):

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretotune.errors import StorageError, StudyError
+from paretotune.evaluators.devices import telemetry
 from paretotune.evaluators.slot import timing_slot
 from paretotune.search import PendingTrial, Study, Trial, TrialState, load_study_from_store
 from paretotune.space import Config
 from paretotune.storage import StudyStore
-from paretotune.evaluators.devices import telemetry
 from paretotune.workers.executor import Outcome, TrialExecutor
 from paretotune.workers.reaper import reap_stale
 from paretotune.workers.retry import DEFAULT_RETRY_WINDOW_S, Spool, retry

@@ -28,20 +28,25 @@ BACKENDS = ("local", "ray")
 PROGRESS_POLL_S = 1.0
 
 
-def study_task(study: Study, given: Any = None, *, purpose: str = "an evaluator must be given") -> Any:
+def study_task(study: Study, given: Any = None, *, purpose: str = "an evaluator must be given",
+               need_task: bool = False) -> Any:
     """The task (or evaluator) behind ``given``, else the one attached at creation, else the
-    import path stored with the study, loaded. Raises ConfigError naming ``purpose``."""
+    import path stored with the study, loaded (`evaluators.resolve_task`). Raises ConfigError
+    naming ``purpose`` when there is none, or (``need_task``) when it is not a ``pt.Task``."""
+    from paretotune.evaluators import Task, resolve_task
+
     if given is None:
         given = study.task
     if given is None:
         if not study.task_path:
             raise ConfigError(f"study {study.name!r} stores no task import path, so {purpose}")
         given = study.task_path
-    if isinstance(given, str):
-        from paretotune.evaluators import load_task
-
-        given = load_task(given)
-    return given
+    task, _ = resolve_task(given)
+    if need_task and not isinstance(task, Task):
+        raise ConfigError(
+            f"{purpose}: a pt.Task is needed, got {type(task).__name__} (task={study.task_path!r})"
+        )
+    return task
 
 
 def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:

@@ -47,12 +47,12 @@ import cloudpickle
 from ray.tune.search import Searcher
 
 from paretotune.errors import ConfigError, StudyError
+from paretotune.evaluators.devices import describe_devices, telemetry
 from paretotune.search import Study, TrialState, load_study_from_store
 from paretotune.search.trial import PendingTrial, Trial
 from paretotune.space import Config
 from paretotune.storage import StudyStore
 from paretotune.storage.retry import DEFAULT_RETRY_WINDOW_S, is_transient, note_store_failure, retry
-from paretotune.evaluators.devices import describe_devices, telemetry
 from paretotune.workers.executor import TrialExecutor
 from paretotune.workers.loop import IDLE_POLL_S, heartbeat_interval, max_failures_for, worker_id
 from paretotune.workers.pool import PROGRESS_POLL_S, Progress
