@@ -72,7 +72,8 @@ class OpenVINOEngine(base.Engine):
         return {**dict(spec.options), **dict(spec.runtime_options)}
 
     def build(self, source: base.BuildSource, spec: BuildSpec) -> base.Built:
-        from paretotune.evaluators.openvino_engine import build_openvino, quantized_weight_ops
+        from paretotune.evaluators.openvino_engine import build_openvino
+        from paretotune.evaluators.openvino_ir import quantized_weight_ops
 
         task = source.task
         artifact = build_openvino(
@@ -96,11 +97,7 @@ class OpenVINOEngine(base.Engine):
     ) -> list[str]:
         """Layers none of whose weight ops is quantized; OpenVINO keeps the exporter's op
         names, so a layer's ops are those under its name scope (`/fc1/Gemm/WithoutBiases`)."""
-        from paretotune.evaluators.openvino_engine import (
-            load_model,
-            quantized_weight_ops,
-            weight_ops,
-        )
+        from paretotune.evaluators.openvino_ir import load_model, quantized_weight_ops, weight_ops
 
         model = load_model(artifact)
         quantized = quantized_weight_ops(model)
@@ -115,7 +112,8 @@ class OpenVINOEngine(base.Engine):
     # -- export ----------------------------------------------------------------------------------
 
     def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> base.ExportedArtifact:
-        from paretotune.evaluators.openvino_engine import IR_FILES, OpenVINORunner, unpack_ir
+        from paretotune.evaluators.openvino_engine import OpenVINORunner
+        from paretotune.evaluators.openvino_ir import IR_FILES, unpack_ir
 
         xml, weights = unpack_ir(artifact)
         runner = OpenVINORunner(artifact, 1, spec.bit_width, self.options(spec))
