@@ -206,9 +206,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"worker {wid} joined {args.study!r} in {store.masked_url} (budget {n_trials})", file=sys.stderr)
     stats = run_worker(store, args.study, evaluator, n_trials=n_trials, worker=wid)
     print(f"worker done: {stats.completed} completed, {stats.failed} failed, {stats.invalid} invalid", file=sys.stderr)
-    reason = store.stopped_reason(args.study)
-    if reason and not reason.startswith("finished:"):
-        print(f"error: study stopped: {reason}", file=sys.stderr)
+    stop = store.stopped(args.study)
+    if stop is not None and stop.is_error:
+        print(f"error: study stopped: {stop.reason}", file=sys.stderr)
         return 1
     return 0
 

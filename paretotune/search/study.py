@@ -53,7 +53,7 @@ from paretotune.search.proposals import (
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
 from paretotune.search.trial import PendingTrial, Trial, TrialState, trial_from_optuna
 from paretotune.space import Config, Scenario, SearchSpace, Server, scenario_from_dict
-from paretotune.storage import StudyStore, is_transient, retry
+from paretotune.storage import StopKind, StudyStore, is_transient, retry
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 BASELINE_WAIT_S = 3600.0
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 DEFAULT_WORKER_GRACE_S = 20.0
-#: a stop reason that starts with this is a normal end, not an error
-FINISHED = "finished:"
 #: evaluations lacking an objective or constraint metric before the study stops, when no
 #: completed trial ever had that metric (a single trial without it is just that trial's FAIL)
 MISSING_METRIC_STOP_AFTER = 3
@@ -358,7 +356,7 @@ class Study:
             if "Study.stop" not in str(exc):
                 raise
             self.exhausted = True
-            self.store.stop_study(self.name, f"{FINISHED} every config of the space was evaluated")
+            self.store.stop_study(self.name, "every config of the space was evaluated", StopKind.FINISHED)
 
     def _derive(self, pending: PendingTrial, metrics: dict[str, float], wait_s: float) -> str | None:
         """Fill in accuracy_drop and speedup against the baseline. Returns why not, if not."""

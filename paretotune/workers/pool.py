@@ -17,7 +17,6 @@ import cloudpickle
 
 from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, TrialState
-from paretotune.search.study import FINISHED
 from paretotune.workers.loop import run_worker
 from paretotune.workers.reaper import reap_stale
 from paretotune.workers.retry import is_transient, note_store_failure
@@ -293,11 +292,12 @@ def run_study(
             study, evaluator, n_trials=n_trials, n_workers=n_workers,
             trial_timeout_s=trial_timeout_s, show_progress=show_progress,
         )
-    reason = study.store.stopped_reason(study.name)
-    if reason and reason.startswith(FINISHED):
-        log.info("study %r %s", study.name, reason)
-    elif reason:
-        raise StudyError(f"study {study.name!r} stopped: {reason}")
+    stop = study.store.stopped(study.name)
+    if stop is not None and stop.is_error:
+        raise StudyError(f"study {study.name!r} stopped: {stop.reason}")
+    if stop is not None:
+        log.info("study %r finished: %s", study.name, stop.reason)
+    reason = None if stop is None else stop.reason
     counts = study.counts()
     if counts["COMPLETE"] < n_trials and not reason:
         raise StudyError(

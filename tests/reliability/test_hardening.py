@@ -24,7 +24,7 @@ from paretotune.evaluators import slot as slot_mod
 from paretotune.evaluators.slot import TimingSlot
 from paretotune.search.specs import create_study_from_spec
 from paretotune.search.study import MISSING_METRIC_STOP_AFTER
-from paretotune.storage import StudyStore
+from paretotune.storage import StopKind, StudyStore
 from paretotune.storage.engine import mask, mask_url, resolve_url
 from paretotune.testing import null_evaluator
 from paretotune.workers.executor import TrialExecutor
@@ -263,7 +263,7 @@ def test_one_trial_without_a_metric_fails_alone(storage_url: str) -> None:
     assert [t.config["x"] for t in failed] == [0.5]
     assert "did not return ['accuracy']" in failed[0].reason
     assert study.counts()["COMPLETE"] == 10
-    assert study.store.stopped_reason("one-missing").startswith("finished:")
+    assert study.store.stopped("one-missing").kind is StopKind.FINISHED
 
 
 def test_a_metric_never_returned_stops_the_study_after_a_few_trials(tmp_path: Path) -> None:
@@ -280,7 +280,7 @@ def test_the_grids_last_point_failing_ends_the_study_cleanly(storage_url: str) -
     study.optimize(helpers_eval.fails_at_x_2, n_trials=3, n_workers=2)
     states = sorted((t.config["x"], t.state.value) for t in study.trials)
     assert (2, "FAIL") in states and (0, "COMPLETE") in states and (1, "COMPLETE") in states
-    assert study.store.stopped_reason("grid-end").startswith("finished:")
+    assert study.store.stopped("grid-end").kind is StopKind.FINISHED
 
 
 def test_invalid_trials_show_the_refused_combination(tmp_path: Path) -> None:
