@@ -190,7 +190,8 @@ def _print_front(study: Any, fmt: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from paretotune.search import load_study_from_store
     from paretotune.storage import StudyStore
-    from paretotune.workers.loop import run_worker, worker_id
+    from paretotune.workers.lifecycle import worker_id
+    from paretotune.workers.loop import run_worker
     from paretotune.workers.pool import resolve_evaluator
 
     store = StudyStore(_storage(args), create=False)

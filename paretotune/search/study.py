@@ -32,8 +32,6 @@ from paretotune.search.objectives import (
     Constraint,
     out_of_domain,
     parse_accuracy_range,
-    parse_constraints,
-    parse_objectives,
 )
 from paretotune.search.pareto import (
     Front,
@@ -51,8 +49,9 @@ from paretotune.search.proposals import (
     warm_start_configs,
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
+from paretotune.search.spec import StudySpec
 from paretotune.search.trial import PendingTrial, Trial, TrialState, trial_from_optuna
-from paretotune.space import Config, Scenario, SearchSpace, Server, scenario_from_dict
+from paretotune.space import Config, Scenario, Server
 from paretotune.storage import StopKind, StudyStore, is_transient, retry
 
 log = logging.getLogger(__name__)
@@ -77,21 +76,20 @@ class Study:
     def __init__(self, name: str, store: StudyStore, spec: dict[str, Any], *, worker: str = "main") -> None:
         self.name = name
         self.store = store
+        #: the stored JSON form; `definition` is it parsed
         self.spec = spec
-        self.space = SearchSpace.from_dict(spec["space"])
-        extra = list(spec.get("extra_metrics") or [])
-        self.objectives: dict[str, str] = parse_objectives(spec["objectives"], extra)
-        self.constraints: list[Constraint] = parse_constraints(
-            {k: tuple(v) for k, v in (spec.get("constraints") or {}).items()}, extra
-        )
-        self.trial_timeout_s = float(spec.get("trial_timeout_s") or DEFAULT_TRIAL_TIMEOUT_S)
+        self.definition = definition = StudySpec.from_dict(spec)
+        self.space = definition.space
+        self.objectives: dict[str, str] = dict(definition.objectives)
+        self.constraints: list[Constraint] = list(definition.constraints)
+        self.trial_timeout_s = float(definition.trial_timeout_s or DEFAULT_TRIAL_TIMEOUT_S)
         #: seconds without a heartbeat before a running trial's worker is declared lost
-        self.worker_grace_s = float(spec.get("worker_grace_s") or DEFAULT_WORKER_GRACE_S)
-        self.task_path: str | None = spec.get("task")
+        self.worker_grace_s = float(definition.worker_grace_s or DEFAULT_WORKER_GRACE_S)
+        self.task_path: str | None = definition.task
         #: the range a valid `accuracy` lies in (the task's declared range, default [0, 1])
-        self.accuracy_range = parse_accuracy_range(spec.get("accuracy_range"))
+        self.accuracy_range = parse_accuracy_range(definition.accuracy_range)
         #: how each trial is timed: single_stream (closed loop), or LoadGen's server / offline
-        self.scenario: Scenario = scenario_from_dict(spec.get("scenario"))
+        self.scenario: Scenario = definition.scenario  # type: ignore[assignment]  # parsed
         if isinstance(self.scenario, Server) and not any(c.metric == "server_qps" for c in self.constraints):
             # a config that sustains no load within the p99 bound (server_qps 0) is measured,
             # and it is not a deployable point

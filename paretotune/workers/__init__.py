@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from paretotune.search.confirmations import Confirmation, confirmations
 from paretotune.workers.confirm import confirm
-from paretotune.workers.executor import Outcome, TrialExecutor
+from paretotune.workers.executor import TrialExecutor
+from paretotune.workers.lifecycle import Outcome
 from paretotune.workers.loop import run_worker
 from paretotune.workers.pool import run_study
 from paretotune.workers.reaper import reap_stale

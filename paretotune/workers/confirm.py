@@ -107,9 +107,10 @@ def confirm(
         with TrialExecutor(run_evaluator, timeout_s=study.trial_timeout_s) as executor:
             for i, (number, config, role) in enumerate(order):
                 outcome = executor.run(config)
-                error = outcome.error or (f"invalid: {outcome.invalid}" if outcome.invalid else None)
+                error = (None if outcome.state == TrialState.COMPLETE else
+                         outcome.reason if outcome.state == TrialState.FAIL else f"invalid: {outcome.reason}")
                 study.store.record_confirmation(
-                    study.name, run_id, p, number, config.to_json(), outcome.metrics,
+                    study.name, run_id, p, number, config.to_json(), outcome.metrics if error is None else None,
                     {"role": role, **_timing_details(outcome.details)}, error,
                 )
                 if progress:

@@ -8,7 +8,6 @@ import pickle
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,14 +16,13 @@ import cloudpickle
 
 from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, TrialState
+from paretotune.workers.lifecycle import PROGRESS_POLL_S, Monitor
 from paretotune.workers.loop import run_worker
 from paretotune.workers.reaper import reap_stale
-from paretotune.workers.retry import is_transient, note_store_failure
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
-PROGRESS_POLL_S = 1.0
 
 
 def study_task(study: Study, given: Any = None, *, purpose: str = "an evaluator must be given",
@@ -157,18 +155,6 @@ def _spawn_worker(args: bytes, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _monitor_tick(study: Study, progress: Progress) -> None:
-    """Refresh the progress bar and reap trials of lost workers; an outage only pauses both."""
-    try:
-        progress.update()
-        reap_stale(study, study.worker_grace_s)
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        note_store_failure()
-        log.debug("monitor: store unavailable (%s)", type(exc).__name__)
-
-
 def run_local(
     study: Study,
     evaluator: Callable[..., Any],
@@ -180,20 +166,10 @@ def run_local(
 ) -> None:
     progress = Progress(study, n_trials, show_progress)
     try:
+        monitor = Monitor(study, progress)
         if n_workers == 1:
-            done = threading.Event()
-
-            def monitor() -> None:
-                while not done.wait(PROGRESS_POLL_S):
-                    _monitor_tick(study, progress)
-
-            thread = threading.Thread(target=monitor, daemon=True)
-            thread.start()
-            try:
+            with monitor:
                 run_worker(study.store, study.name, evaluator, n_trials=n_trials, trial_timeout_s=trial_timeout_s)
-            finally:
-                done.set()
-                thread.join()
             return
         args = pickle.dumps(
             {
@@ -214,7 +190,7 @@ def run_local(
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(PROGRESS_POLL_S)
-                _monitor_tick(study, progress)
+                monitor.tick()
                 for i, p in enumerate(procs):
                     # A worker that died (OOM-killed, say) while the budget is open is replaced;
                     # its trial is reaped after the grace period and retried.
@@ -246,7 +222,7 @@ def run_local(
         for p in procs:
             if p.returncode != 0:
                 log.warning("worker process %d exited with code %s", p.pid, p.returncode)
-        _monitor_tick(study, progress)
+        monitor.tick()
     finally:
         progress.close()
 

@@ -369,9 +369,9 @@ class _Unloadable:
 def test_an_evaluator_that_cannot_be_loaded_is_named() -> None:
     with TrialExecutor(_Unloadable(), timeout_s=60) as executor:  # type: ignore[arg-type]
         outcome = executor.run(pt.Config({"x": 0.0}))
-    assert outcome.error is not None
-    assert "cannot load the evaluator in the trial process" in outcome.error
-    assert "no_such_module_for_the_trial_process" in outcome.error
+    assert outcome.state == pt.TrialState.FAIL and outcome.reason is not None
+    assert "cannot load the evaluator in the trial process" in outcome.reason
+    assert "no_such_module_for_the_trial_process" in outcome.reason
 
 
 SLOW_SPEC = """\
