@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from paretotune.display import format_value
 from paretotune.errors import ConfigError, ParetotuneError, TaskError
 from paretotune.storage import mask
 
@@ -26,18 +27,7 @@ STORAGE_ENV = "PARETOTUNE_STORAGE"
 
 # -- formatting ---------------------------------------------------------------------------------
 def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, Mapping):
-        counts: dict[str, int] = {}
-        for x in v.values():
-            counts[str(x)] = counts.get(str(x), 0) + 1
-        return "/".join(f"{k}:{n}" for k, n in sorted(counts.items()))
-    return str(v)
+    return format_value(v, mapping="counts")
 
 
 #: metrics a table shows besides the objectives and constraints (json and csv show all)

@@ -34,3 +34,17 @@ def test_an_import_upwards_breaks_the_contract(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "paretotune.storage is not allowed to import paretotune.workers" in proc.stdout
     assert "paretotune.storage.retry -> paretotune.workers.reaper" in proc.stdout
+
+
+def test_only_one_module_touches_optunas_private_api() -> None:
+    """Optuna's private names (``_storage``, ``_study_id``, ``optuna._hypervolume``...) are
+    used in search/_optuna.py alone, so an Optuna upgrade that moves them breaks one module."""
+    import re
+
+    private = re.compile(r"\._storage\b|\._study_id\b|\._trial_id\b|\boptuna(\.\w+)*\._[a-z]\w*")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
+        for path in sorted((ROOT / "paretotune").rglob("*.py")) if path.name != "_optuna.py"
+        for i, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)
+    ]
+    assert offenders == []

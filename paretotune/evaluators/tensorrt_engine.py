@@ -460,22 +460,21 @@ class TensorRTRunner:
     def _enqueue(self, buffers: _Buffers, copies: bool, events: Sequence[Any] = ()) -> None:
         """H2D, compute, D2H on the stream; `events` (4) mark start, compute start/end, end."""
         driver, stream = self._driver, self._stream
-        if events:
-            events[0].record(stream)
-        if copies:
-            for name in self.inputs:
-                driver.memcpy_htod_async(buffers.device[name], buffers.host[name], stream)
-        if events:
-            events[1].record(stream)
+
+        def mark(i: int) -> None:
+            if events:
+                events[i].record(stream)
+
+        mark(0)
+        for name in self.inputs if copies else ():
+            driver.memcpy_htod_async(buffers.device[name], buffers.host[name], stream)
+        mark(1)
         if not self._context.execute_async_v3(stream.handle):
             raise EvaluationError("TensorRT execute_async_v3 failed")
-        if events:
-            events[2].record(stream)
-        if copies:
-            for name in self.outputs:
-                driver.memcpy_dtoh_async(buffers.host[name], buffers.device[name], stream)
-        if events:
-            events[3].record(stream)
+        mark(2)
+        for name in self.outputs if copies else ():
+            driver.memcpy_dtoh_async(buffers.host[name], buffers.device[name], stream)
+        mark(3)
 
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         """One batch end to end (copies in, compute, copies out, synchronize)."""

@@ -29,6 +29,7 @@ from paretotune.export.load import (
 from paretotune.export.manifest import bundle_config, measurements_of, readme
 from paretotune.export.triton import triton_config
 from paretotune.search.pick import trial_by_number
+from paretotune.search.trial import TrialState
 from paretotune.space import SingleStream
 from paretotune.storage import mask
 
@@ -88,7 +89,7 @@ def export(
     ):
         raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     chosen = trial if not isinstance(trial, (int, bool)) else trial_by_number(study, trial)
-    if chosen.state.value != "COMPLETE":
+    if chosen.state != TrialState.COMPLETE:
         raise ConfigError(
             f"trial {chosen.number} of study {study.name!r} is {chosen.state.value}"
             f"{f' ({chosen.reason})' if chosen.reason else ''}; only COMPLETE trials can be exported"

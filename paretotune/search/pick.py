@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from paretotune.errors import ConfigError
 from paretotune.search.objectives import METRICS, OPERATORS, known_metrics
+from paretotune.search.trial import TrialState
 
 if TYPE_CHECKING:
     from paretotune.search.study import Study
@@ -83,7 +84,7 @@ def trial_by_number(study: Study, number: int) -> Trial:
     trials = {t.number: t for t in study.trials}
     found = trials.get(number)
     if found is None:
-        done = sorted(n for n, t in trials.items() if t.state.value == "COMPLETE")
+        done = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE)
         raise ConfigError(
             f"trial: study {study.name!r} has no trial {number}; completed trials: {done}"
         )

@@ -25,6 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
 from paretotune.errors import StudyError
+from paretotune.search import _optuna
 from paretotune.search.confirmations import Confirmation
 from paretotune.search.confirmations import confirmations as stored_confirmations
 from paretotune.search.objectives import (
@@ -242,14 +243,29 @@ class Study:
 
     def tell_failure_by_number(self, number: int, reason: str) -> bool:
         """FAIL a RUNNING trial by number (reaper, interrupted ask). False if it had finished."""
-        storage = self._optuna._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self._optuna._study_id, number)
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            storage.set_trial_state_values(trial_id, OptunaState.FAIL)
-        except UpdateFinishedTrialError:
+        return _optuna.fail_running(self._optuna, number, reason)
+
+    def fail_lost(self, number: int, reason: str, max_retries: int) -> bool:
+        """FAIL a RUNNING trial whose worker was lost, and queue its config again (at most
+        ``max_retries`` times per config; a baseline stays the baseline). False when the trial
+        had already finished, or another reaper got to it first."""
+        frozen = _optuna.mark_if_running(self._optuna, number, "reaped_at", time.time())
+        if frozen is None or not self.tell_failure_by_number(number, reason):
             return False
+        retries = int(frozen.user_attrs.get("retries", 0))
+        if retries < max_retries and frozen.params:
+            attrs: dict[str, object] = {"retries": retries + 1, "retry_of": number}
+            if frozen.user_attrs.get("baseline"):
+                attrs["baseline"] = True
+            self._optuna.enqueue_trial(frozen.params, user_attrs=attrs, skip_if_exists=False)
+            log.warning("trial %d: %s; re-queued (retry %d)", number, reason, retries + 1)
+        else:
+            log.warning("trial %d: %s; not retried", number, reason)
         return True
+
+    def trial_state(self, number: int) -> TrialState:
+        """Trial ``number``'s state, read afresh from the store."""
+        return trial_from_optuna(_optuna.frozen_trial(self._optuna, number), self.space, self.is_feasible).state
 
     def tell_invalid(self, pending: PendingTrial, reason: str) -> Trial:
         pending._optuna_trial.set_user_attr("invalid_reason", reason)
@@ -315,7 +331,7 @@ class Study:
         except UpdateFinishedTrialError:
             # Either an earlier attempt of this tell got through before the connection
             # dropped, or a reaper declared our worker lost. The measurement is stored anyway.
-            frozen = self._optuna._storage.get_trial(ot._trial_id)
+            frozen = _optuna.frozen_trial_of(self._optuna, ot)
             if frozen.state != OptunaState.COMPLETE:
                 reason = frozen.user_attrs.get("fail_reason", f"finished as {frozen.state.name} elsewhere")
                 log.warning("trial %d was finished elsewhere (%s); its measurement is kept in the store",

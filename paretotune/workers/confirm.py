@@ -125,5 +125,5 @@ def confirm(
 
 
 def _timing_details(details: dict[str, Any]) -> dict[str, Any]:
-    keep = ("stable", "spread", "windows", "n_samples", "cache_hit", "hardware")
+    keep = ("stable", "spread", "windows", "n_samples", "cache_hit", "artifact_source", "hardware")
     return {k: details[k] for k in keep if k in details}

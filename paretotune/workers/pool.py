@@ -53,7 +53,7 @@ def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
     return as_evaluator(study_task(study, evaluator), scenario=study.scenario)
 
 
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
         maximum is not None and value > maximum
     ):
@@ -82,8 +82,8 @@ def check_budget(
     Local workers are processes on this machine, so their number is capped (max_local_workers)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    _check_int(trials_field, n_trials, 1)
-    _check_int(workers_field, n_workers, 1, max_local_workers() if backend == "local" else None)
+    check_int(trials_field, n_trials, 1)
+    check_int(workers_field, n_workers, 1, max_local_workers() if backend == "local" else None)
 
 
 class Progress:

@@ -53,21 +53,10 @@ from paretotune.search.trial import PendingTrial, Trial
 from paretotune.space import Config
 from paretotune.storage import StudyStore
 from paretotune.storage.retry import DEFAULT_RETRY_WINDOW_S, retry
+from paretotune.workers import lifecycle
 from paretotune.workers.executor import TrialExecutor
-from paretotune.workers.lifecycle import (
-    IDLE_POLL_S,
-    Heartbeat,
-    Monitor,
-    Outcome,
-    budget_left,
-    claim_trial,
-    finish,
-    heartbeat_interval,
-    release,
-    tell,
-    worker_id,
-)
-from paretotune.workers.pool import Progress
+from paretotune.workers.lifecycle import Heartbeat, Outcome
+from paretotune.workers.pool import Progress, check_int
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +227,7 @@ class StudySearcher(Searcher):
         self.storage_url = storage_url
         self.study_name = study_name
         self.n_trials = n_trials
-        self.driver = driver or worker_id("ray")
+        self.driver = driver or lifecycle.worker_id("ray")
         self.retry_window_s = retry_window_s
         self._init_runtime()
 
@@ -293,7 +282,7 @@ class StudySearcher(Searcher):
         """Heartbeat the held claims from wherever the searcher runs: the driver, or the
         cluster when Tune runs the experiment remotely (Ray Client)."""
         if self._heartbeat is None:
-            interval = heartbeat_interval(float(getattr(self.study, "worker_grace_s", 20.0)))
+            interval = lifecycle.heartbeat_interval(float(getattr(self.study, "worker_grace_s", 20.0)))
             self._heartbeat = Heartbeat(self.study.store, interval, name="paretotune-ray-heartbeat")
         return self._heartbeat
 
@@ -330,14 +319,14 @@ class StudySearcher(Searcher):
         if now < self._next_claim_at:
             return None
         heartbeat = self._start_heartbeat()
-        claimed = claim_trial(self.study, self.driver, self.n_trials, self.retry_window_s)
+        claimed = lifecycle.claim_trial(self.study, self.driver, self.n_trials, self.retry_window_s)
         if claimed is None:
-            if not budget_left(self.study, self.n_trials, self.retry_window_s) and not self.held_claims():
+            if not lifecycle.budget_left(self.study, self.n_trials, self.retry_window_s) and not self.held_claims():
                 self.finished = True
                 return Searcher.FINISHED
             # A trial in flight (here or on another worker) may still fail and free its slot,
             # or belong to a dead driver: the monitor reaps it after the grace period.
-            self._next_claim_at = now + IDLE_POLL_S
+            self._next_claim_at = now + lifecycle.IDLE_POLL_S
             return None
         heartbeat.hold(claimed.claim)
         with self._lock:
@@ -374,7 +363,7 @@ class StudySearcher(Searcher):
 
     def _tell(self, run: _Running) -> None:
         outcome = Outcome.from_dict(run.result or {}).with_extras(details={"driver": self.driver})
-        trial = tell(self.study, run.pending, outcome, self.retry_window_s, baseline_wait_s=0.0)
+        trial = lifecycle.tell(self.study, run.pending, outcome, self.retry_window_s, baseline_wait_s=0.0)
         if run.pending.is_baseline:
             self._baseline_done = trial.state == TrialState.COMPLETE
         self._finish(run, trial)
@@ -382,13 +371,13 @@ class StudySearcher(Searcher):
     def _finish(self, run: _Running, trial: Trial) -> None:
         if self._heartbeat is not None:
             self._heartbeat.release(run.claim)
-        if finish(self.study, run.claim, trial, self.n_trials, self.retry_window_s):
+        if lifecycle.finish(self.study, run.claim, trial, self.n_trials, self.retry_window_s):
             self.finished = True
 
     def _release(self, run: _Running) -> None:
         if self._heartbeat is not None:
             self._heartbeat.release(run.claim)
-        release(self.study, run.claim)
+        lifecycle.release(self.study, run.claim)
 
     def _fail_run(self, exc: BaseException) -> None:
         if self.error is None:
@@ -479,10 +468,8 @@ def _check_options(study: Study, options: Mapping[str, Any]) -> tuple[dict[str, 
     check_scheduler(study, options.get("scheduler"))
     resources = normalize_resources(options.get("resources_per_trial"))
     max_concurrent = options.get("max_concurrent")
-    if max_concurrent is not None and (
-        isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1
-    ):
-        raise ConfigError(f"max_concurrent must be an integer >= 1, got {max_concurrent!r}")
+    if max_concurrent is not None:
+        check_int("max_concurrent", max_concurrent, 1)
     return resources, max_concurrent
 
 
@@ -545,7 +532,7 @@ def run_ray(
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-        with _quiet_tune(), Monitor(study, progress, name="paretotune-ray-monitor"):
+        with _quiet_tune(), lifecycle.Monitor(study, progress, name="paretotune-ray-monitor"):
             try:
                 tuner.fit()
             finally:

@@ -273,5 +273,5 @@ def test_exporting_a_tensorrt_trial_without_tensorrt_names_what_is_missing(
 
     monkeypatch.setattr(availability, "importable", lambda name: name != "tensorrt")
 
-    with pytest.raises(EvaluationError, match=r"not available on this machine \(tensorrt not importable\)"):
+    with pytest.raises(EvaluationError, match=r"not available on this machine \(tensorrt not importable \(install paretotune\[gpu\]\)\)"):
         engines.get("tensorrt").require_here()

@@ -22,7 +22,8 @@ import paretotune as pt
 from paretotune.errors import ConfigError, EvaluationError, StorageError
 from paretotune.evaluators import slot as slot_mod
 from paretotune.evaluators.slot import TimingSlot
-from paretotune.search.specs import create_study_from_spec
+from paretotune.search import StudySpec
+from paretotune.search.studies import create_study_from_spec
 from paretotune.search.study import MISSING_METRIC_STOP_AFTER
 from paretotune.storage import StopKind, StudyStore
 from paretotune.storage.engine import mask, mask_url, resolve_url
@@ -204,7 +205,7 @@ def test_a_second_first_time_creation_joins_the_study(storage_url: str, monkeypa
         return None if len(looked) == 1 else real(name)
 
     monkeypatch.setattr(store, "load_spec", late_look)
-    second = create_study_from_spec("race", store, spec)
+    second = create_study_from_spec("race", store, StudySpec.from_dict(spec))
     assert second.name == "race"
     assert sum(1 for t in second.trials if t.is_baseline) == 1
 

@@ -44,13 +44,7 @@ class OpenVINOEngine(base.Engine):
     packages = ("openvino", "nncf", "onnx")
 
     def problem(self, *, has_module: bool, is_onnx: bool) -> str | None:
-        from paretotune.evaluators import availability
-
-        if not availability.importable("openvino"):
-            return "openvino not importable (install paretotune[cpu])"
-        if not is_onnx and not availability.importable("onnx"):
-            return "onnx not importable (needed to export the PyTorch model)"
-        return None
+        return self.missing_package({"openvino": "install paretotune[cpu]"}, is_onnx=is_onnx)
 
     def bit_width_problem(self, bit_width: int) -> str | None:
         from paretotune.evaluators import availability
