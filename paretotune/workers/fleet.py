@@ -266,15 +266,16 @@ class FleetWorker:
             if claimed is not None:
                 return study, claimed, target
             if not lifecycle.budget_left(study, target, self.window_s):
-                self.store.set_fleet(study.name, state=FleetState.DONE)
+                retry(self.store.set_fleet, study.name, state=FleetState.DONE, what="status", window_s=self.window_s)
                 log.info("study %r is done (%s)", study.name, self.store.stopped_reason(study.name) or
                          f"{target} completed trials")
         return None
 
     def _reap(self) -> None:
-        for row in self.store.fleet_studies(FleetState.OPEN):
+        """Reap the lost workers' trials of every OPEN study (an idle worker's chore)."""
+        for row in retry(self.store.fleet_studies, FleetState.OPEN, what="status", window_s=self.window_s):
             study = self._study(row["name"])
-            reap_stale(study, study.worker_grace_s)
+            retry(reap_stale, study, study.worker_grace_s, what="reap", window_s=self.window_s)
 
     def _run_one(self, study: Study, claimed: lifecycle.Claimed, target: int, heartbeat: lifecycle.Heartbeat,
                  row: _Row) -> None:
@@ -306,7 +307,7 @@ class FleetWorker:
         if trial is None:  # pragma: no cover - every path above tells the trial or raises
             return
         if lifecycle.finish(study, claimed.claim, trial, target, self.window_s):
-            self.store.set_fleet(study.name, state=FleetState.DONE)
+            retry(self.store.set_fleet, study.name, state=FleetState.DONE, what="status", window_s=self.window_s)
         self.stats.add(study.name, trial.state)
         if self.metrics is not None:
             self.metrics.observe(study.name, trial, outcome, time.monotonic() - started)
