@@ -19,7 +19,7 @@ import paretotune as pt
 from paretotune.cli import _fleet_rows, main
 from paretotune.storage import FleetState, StudyStore
 from paretotune.storage.store import claims_table
-from paretotune.workers.fleet import FleetWorker, rank, study_requirements, submit
+from paretotune.workers.fleet import FAIR_SHARE_SLACK, FleetWorker, rank, study_requirements, submit
 
 SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
 OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
@@ -54,8 +54,9 @@ def test_priority_first_then_fair_share(storage_url: str) -> None:
     FleetWorker(storage_url).run(exit_when_idle_s=0.5)
     shared = [s for s in _claim_order(storage_url) if s in ("a", "b")]
     assert sorted(shared) == ["a"] * 4 + ["b"] * 4
-    for i in range(1, len(shared) + 1):  # equal priorities take turns
-        assert abs(shared[:i].count("a") - shared[:i].count("b")) <= 1, shared
+    for i in range(1, len(shared) + 1):  # equal priorities take turns, FAIR_SHARE_SLACK apart at most
+        assert abs(shared[:i].count("a") - shared[:i].count("b")) <= FAIR_SHARE_SLACK + 1, shared
+    assert "a" in shared[:FAIR_SHARE_SLACK + 2] and "b" in shared[:FAIR_SHARE_SLACK + 2]
 
 
 def test_two_workers_serve_two_studies_without_loss_or_excess(storage_url: str) -> None:
@@ -130,6 +131,20 @@ def test_what_a_study_needs_comes_from_its_space() -> None:
     gpu = {"engines": ["torch", "onnxruntime", "tensorrt"], "gpus": ["NVIDIA H200"], "tags": ["fast-disk"]}
     assert rank(rows, cpu) == [] and [r["name"] for r in rank(rows, gpu)] == ["s"]
     assert rank(rows, {**gpu, "tags": []}) == []
+
+
+def test_a_warm_study_keeps_the_worker_within_the_slack() -> None:
+    caps = {"engines": [], "gpus": [], "tags": []}
+
+    def row(name: str, done: int, priority: int = 1) -> dict:
+        return {"name": name, "state": FleetState.OPEN, "priority": priority, "running": 0, "done": done,
+                "submitted_at": 0.0, "requires": {}}
+
+    names = lambda rows, warm: [r["name"] for r in rank(rows, caps, warm)]  # noqa: E731
+    assert names([row("a", 3), row("b", 1)], []) == ["b", "a"]  # fewest taken first
+    assert names([row("a", 3), row("b", 1)], ["a"]) == ["a", "b"]  # warm, 2 ahead: stays
+    assert names([row("a", 4), row("b", 1)], ["a"]) == ["b", "a"]  # 3 ahead: switches
+    assert names([row("a", 3), row("b", 1, priority=2)], ["a"]) == ["b", "a"]  # never over priority
 
 
 def test_the_metrics_endpoint_counts_what_ls_counts(storage_url: str) -> None:
