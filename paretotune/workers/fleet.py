@@ -241,6 +241,8 @@ class FleetWorker:
         self.stats = FleetStats()
         self._studies: dict[str, Study] = {}
         self._executors: OrderedDict[str, TrialExecutor] = OrderedDict()
+        #: studies this worker cannot run (its task does not load here), with why
+        self.cannot: dict[str, str] = {}
 
     def _study(self, name: str) -> Study:
         if name not in self._studies:
@@ -276,9 +278,16 @@ class FleetWorker:
         rows = retry(self.store.fleet_studies, FleetState.OPEN, what="status", window_s=self.window_s)
         for row in rank(rows, self.capabilities, list(self._executors)):
             target = row["target"]
-            if not target:
+            if not target or row["name"] in self.cannot:
                 continue
             study = self._study(row["name"])
+            try:
+                self._executor(study)  # the task loads here before a trial is claimed for it
+            except Exception as exc:  # this worker cannot run it: the study is not failed for that
+                self.cannot[study.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("worker %s cannot run study %r, leaving it to other workers: %s",
+                            self.worker, study.name, self.cannot[study.name])
+                continue
             if not retry(study.baseline_gate, what="status", window_s=self.window_s):
                 continue  # another worker runs its baseline: serve someone else meanwhile
             claimed = lifecycle.claim_trial(study, self.worker, target, self.window_s)

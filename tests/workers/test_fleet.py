@@ -195,3 +195,21 @@ def test_a_bad_submission_is_refused_before_anything_is_stored(storage_url: str,
     assert (row["name"], row["priority"], row["target"], row["state"]) == ("bad", 7, 3, FleetState.OPEN)
     assert main(["priority", "nope", "2", "--storage", storage_url]) == 1  # never submitted: one line
     assert main(["wait", "bad", "--storage", storage_url, "--timeout", "0"]) == 1  # no worker yet
+
+
+def test_a_worker_that_cannot_load_a_task_leaves_the_study_to_others(storage_url: str) -> None:
+    broken = _study(storage_url, "broken-here")
+    broken.store.engine.dispose()
+    submit(broken, n_trials=2)
+    store = StudyStore(storage_url)
+    spec = store.load_spec("broken-here")
+    with store.engine.begin() as conn:  # a task path this worker's environment cannot import
+        conn.execute(sa.text("UPDATE pt_studies SET spec = :spec WHERE name = 'broken-here'"),
+                     {"spec": __import__("json").dumps({**spec, "task": "no_such_module_here:task"})})
+    submit(_study(storage_url, "fine"), n_trials=2)
+    worker = FleetWorker(storage_url)
+    worker.run(exit_when_idle_s=0.5)
+    assert "no_such_module_here" in worker.cannot["broken-here"]
+    assert StudyStore(storage_url).claim_counts("broken-here") == {"active": 0, "done": 0, "released": 0}
+    assert pt.load_study("broken-here", storage_url).counts()["FAIL"] == 0  # not failed for this worker's sake
+    assert StudyStore(storage_url).claim_counts("fine")["done"] == 2
