@@ -115,6 +115,7 @@ def submit(
     n_trials: int | None = None,
     gpu: bool = False,
     tags: Sequence[str] = (),
+    resources_per_trial: Mapping[str, Any] | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Open a study to the fleet and return at once: every ``paretotune worker`` of its store
@@ -123,7 +124,7 @@ def submit(
     ``study``: a ``Study`` (``n_trials`` required unless it has a stored budget), or the path of
     a YAML spec (created or updated like ``paretotune run`` does; its ``budget.n_trials`` is
     the default). ``gpu`` and ``tags``: what a worker must have, besides the engines the space
-    names. Submitting again updates the priority and the budget, and reopens a cancelled study.
+    names; ``resources_per_trial``: what a Ray fleet places each trial with. Submitting again updates the priority and the budget, and reopens a cancelled study.
     """
     from paretotune.workers.fleet import check_priority
     from paretotune.workers.fleet import submit as open_to_fleet
@@ -139,6 +140,7 @@ def submit(
         budget = spec.n_trials if n_trials is None else n_trials
     if budget is None:
         raise ConfigError(f"n_trials: study {chosen.name!r} has no stored budget; give n_trials (an integer >= 1)")
-    requires = open_to_fleet(chosen, priority=priority, n_trials=budget, gpu=gpu, tags=tags)
+    requires = open_to_fleet(chosen, priority=priority, n_trials=budget, gpu=gpu, tags=tags,
+                             resources_per_trial=resources_per_trial)
     log.info("submitted %r (priority %d, budget %d, needs %s)", chosen.name, priority, budget, requires)
     return chosen

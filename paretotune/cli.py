@@ -181,8 +181,9 @@ def _print_front(study: Any, fmt: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.study is None:
         return _fleet_worker(args)
-    if args.tag or args.metrics_port is not None or args.exit_when_idle is not None:
-        raise ConfigError("--tag, --metrics-port and --exit-when-idle are for a fleet worker (no --study)")
+    if args.tag or args.metrics_port is not None or args.exit_when_idle is not None or args.backend != "local":
+        raise ConfigError("--tag, --metrics-port, --exit-when-idle and --backend are for a fleet worker (no --study); "
+                          "run one study on Ray with `paretotune run SPEC --backend ray`")
     from paretotune.search import load_study_from_store
     from paretotune.storage import StudyStore
     from paretotune.workers.lifecycle import worker_id
@@ -202,7 +203,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"worker {wid} joined {args.study!r} in {store.masked_url} (budget {n_trials})", file=sys.stderr)
     stats = run_worker(store, args.study, evaluator, n_trials=n_trials, worker=wid)
     print(f"worker done: {stats.completed} completed, {stats.failed} failed, {stats.invalid} invalid", file=sys.stderr)
-    stop = store.stopped(args.study)
+    return _stop_status(store, args.study)
+
+
+def _stop_status(store: Any, name: str) -> int:
+    """1, with the reason, when the study stopped on an error; else 0."""
+    stop = store.stopped(name)
     if stop is not None and stop.is_error:
         print(f"error: study stopped: {stop.reason}", file=sys.stderr)
         return 1
@@ -220,6 +226,21 @@ def _fleet_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"--metrics-port must be a port from 0 to 65535, got {args.metrics_port}")
     if args.exit_when_idle is not None and args.exit_when_idle < 0:
         raise ConfigError(f"--exit-when-idle must be >= 0 seconds, got {args.exit_when_idle}")
+    if args.backend == "ray":
+        from paretotune.workers.ray_fleet import run_ray_fleet
+
+        if args.metrics_port is not None:
+            raise ConfigError("--metrics-port is for a local fleet worker; a Ray fleet's metrics are Ray's own")
+        _flag_int("--max-concurrent", args.max_concurrent, 1)
+        print(f"fleet on Ray ({args.address or 'RAY_ADDRESS or a new local Ray'}) for {_storage(args) or 'the default store'}",
+              file=sys.stderr)
+        searcher = run_ray_fleet(StudyStore(_storage(args), create=False).url, address=args.address,
+                                 tags=args.tag or (), max_concurrent=args.max_concurrent,
+                                 exit_when_idle_s=args.exit_when_idle)
+        print(f"Ray fleet done: {searcher.asked} trials handed out", file=sys.stderr)
+        return 0
+    if args.address is not None or args.max_concurrent is not None:
+        raise ConfigError(f"--address and --max-concurrent apply to --backend ray only; got --backend {args.backend}")
     store = StudyStore(_storage(args), create=False)
     worker = FleetWorker(store, tags=args.tag or (), metrics_port=args.metrics_port)
     caps = worker.capabilities
@@ -253,8 +274,16 @@ def _fleet_rows(store: Any) -> tuple[list[str], list[dict[str, Any]]]:
 def cmd_submit(args: argparse.Namespace) -> int:
     from paretotune.api import submit
 
+    resources = None
+    if args.resources is not None:
+        try:
+            resources = json.loads(args.resources)
+        except ValueError as exc:
+            raise ConfigError(f"--resources must be a JSON object such as '{{\"cpu\": 1, \"gpu\": 1}}', got "
+                              f"{args.resources!r} ({exc})") from None
     study = submit(args.spec, _storage(args), priority=args.priority, n_trials=args.n_trials,
-                   gpu=args.gpu, tags=args.require_tag or (), load_if_exists=args.load_if_exists)
+                   gpu=args.gpu, tags=args.require_tag or (), resources_per_trial=resources,
+                   load_if_exists=args.load_if_exists)
     print(f"submitted {study.name!r} to the fleet of {study.store.masked_url} (priority {args.priority}, "
           f"budget {study.store.target(study.name)}); `paretotune wait {study.name}` blocks until it is done",
           file=sys.stderr)
@@ -324,13 +353,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
             print(f"error: {args.name!r} is still {row['state'].value} after {args.timeout:g} s", file=sys.stderr)
             return 1
         time.sleep(1.0)
-    study = _load(args)
-    _print_front(study, args.format)
-    stop = store.stopped(args.name)
-    if stop is not None and stop.is_error:
-        print(f"error: study stopped: {stop.reason}", file=sys.stderr)
-        return 1
-    return 0
+    _print_front(_load(args), args.format)
+    return _stop_status(store, args.name)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -458,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, help="fleet: serve Prometheus metrics on this port")
     w.add_argument("--exit-when-idle", type=float, metavar="S",
                    help="fleet: exit after S seconds with no runnable study (default: serve forever)")
+    w.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="fleet: run the trials here (local) or on a Ray cluster through Ray's placement")
+    w.add_argument("--address", help="fleet, backend ray: the Ray cluster (auto, host:port, ray://...)")
+    w.add_argument("--max-concurrent", type=int, help="fleet, backend ray: trials in flight at most")
     w.set_defaults(func=cmd_worker)
 
     sb = sub.add_parser("submit", help="create or update the study of a YAML spec and open it to the fleet")
@@ -467,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--n-trials", type=int, help="budget of completed trials (default: budget.n_trials)")
     sb.add_argument("--gpu", action="store_true", help="only workers with a GPU may run it")
     sb.add_argument("--require-tag", action="append", help="only workers offering this tag (repeatable)")
+    sb.add_argument("--resources", help='what a Ray fleet places each trial with, as JSON: \'{"cpu": 2, "gpu": 1}\'')
     sb.add_argument("--load-if-exists", action="store_true", help="continue a stored study whose spec differs")
     sb.set_defaults(func=cmd_submit)
 

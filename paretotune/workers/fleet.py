@@ -377,14 +377,20 @@ class FleetWorker:
 
 
 def submit(study: Study, *, priority: int = 1, n_trials: int, gpu: bool = False,
-           tags: Sequence[str] = ()) -> dict[str, Any]:
+           tags: Sequence[str] = (), resources_per_trial: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Open ``study`` to the fleet with a budget of ``n_trials`` completed trials; returns
-    what a worker needs to run it. Queues the baseline, so the first worker takes it."""
+    what a worker needs to run it. Queues the baseline, so the first worker takes it.
+    ``resources_per_trial`` (``{"cpu": 4, "gpu": 1}``) is what a Ray fleet places each trial with."""
     check_priority(priority)
     from paretotune.workers.pool import check_int
 
     check_int("n_trials", n_trials, 1)
     requires = study_requirements(study, gpu=gpu, tags=tags)
+    if resources_per_trial is not None:
+        from paretotune.workers.ray_backend import normalize_resources  # needs paretotune[ray]
+
+        requires["resources"] = normalize_resources(resources_per_trial)
+        requires["gpu"] = requires["gpu"] or requires["resources"].get("GPU", 0) > 0
     study.store.clear_stop(study.name)
     study.store.set_target(study.name, n_trials)
     study.enqueue_baseline()

@@ -61,7 +61,7 @@ from paretotune.workers.pool import Progress, check_int
 log = logging.getLogger(__name__)
 
 #: keys of the config a suggested trial carries to its actor, and of the result it reports
-TRIAL_KEY, CONFIG_KEY, RESULT_KEY = "pt_trial", "pt_config", "pt_result"
+TRIAL_KEY, CONFIG_KEY, RESULT_KEY, STUDY_KEY = "pt_trial", "pt_config", "pt_result", "pt_study"
 #: schedulers accepted by ``scheduler=``: FIFO only (see the module docstring)
 SCHEDULERS = (None, "fifo")
 DEFAULT_RESOURCES: dict[str, float] = {"CPU": 1.0}
@@ -168,6 +168,12 @@ def _trial_executor(payload: bytes, timeout_s: float | None) -> TrialExecutor:
 
 def ray_trial(config: dict[str, Any], payload: bytes, timeout_s: float | None) -> None:
     """The Tune function trainable: evaluate one config and report the outcome once."""
+    report_outcome(config, lambda: _trial_executor(payload, timeout_s))
+
+
+def report_outcome(config: dict[str, Any], executor: Any) -> None:
+    """Run the suggested config on the executor ``executor()`` gives (called once Ray's GPUs
+    are set for this actor) and report the outcome to the driver, once."""
     import ray
     from ray import tune
 
@@ -175,14 +181,14 @@ def ray_trial(config: dict[str, Any], payload: bytes, timeout_s: float | None) -
     # Exactly the GPUs Ray assigned (none for a CPU trial), numbered as NVML numbers them.
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-    executor = _trial_executor(payload, timeout_s)
+    runner: TrialExecutor = executor()
     started = time.time()
     tel: dict[str, Any] = {}
     if gpu_ids:
         with telemetry(gpu_ids) as tel:
-            outcome = executor.run(Config.from_json(config[CONFIG_KEY]))
+            outcome = runner.run(Config.from_json(config[CONFIG_KEY]))
     else:
-        outcome = executor.run(Config.from_json(config[CONFIG_KEY]))
+        outcome = runner.run(Config.from_json(config[CONFIG_KEY]))
     details: dict[str, Any] = {
         "worker": f"ray-{socket.gethostname()}-{os.getpid()}",
         "node_ip": ray.util.get_node_ip_address(),
@@ -200,6 +206,8 @@ def ray_trial(config: dict[str, Any], payload: bytes, timeout_s: float | None) -
 class _Running:
     claim: int
     pending: PendingTrial
+    study: Study
+    target: int
     result: dict[str, Any] | None = None
     asked_at: float = field(default_factory=time.time)
 
@@ -238,7 +246,8 @@ class StudySearcher(Searcher):
         self._deferred: list[_Running] = []
         self._lock = threading.Lock()
         self._next_claim_at = 0.0
-        self._baseline_done = False
+        #: studies whose baseline is told (relative metrics can be derived)
+        self._baseline_done: set[str] = set()
         #: the first error that ended the run early (re-raised by `run_ray`)
         self.error: BaseException | None = None
         self.finished = False
@@ -266,10 +275,8 @@ class StudySearcher(Searcher):
     @property
     def study(self) -> Study:
         if self._study is None:
-            store = self._store or self._retry(StudyStore, self.storage_url, what="connect")
-            self._store = store
             self._study = self._retry(
-                load_study_from_store, self.study_name, store, worker=self.driver, what="load study"
+                load_study_from_store, self.study_name, self.store, worker=self.driver, what="load study"
             )
         return self._study
 
@@ -278,12 +285,18 @@ class StudySearcher(Searcher):
         with self._lock:
             return [r.claim for r in self._running.values()] + [r.claim for r in self._deferred]
 
-    def _start_heartbeat(self) -> Heartbeat:
+    @property
+    def store(self) -> StudyStore:
+        if self._store is None:
+            self._store = self._retry(StudyStore, self.storage_url, what="connect")
+        return self._store
+
+    def _start_heartbeat(self, grace_s: float) -> Heartbeat:
         """Heartbeat the held claims from wherever the searcher runs: the driver, or the
         cluster when Tune runs the experiment remotely (Ray Client)."""
         if self._heartbeat is None:
-            interval = lifecycle.heartbeat_interval(float(getattr(self.study, "worker_grace_s", 20.0)))
-            self._heartbeat = Heartbeat(self.study.store, interval, name="paretotune-ray-heartbeat")
+            interval = lifecycle.heartbeat_interval(grace_s)
+            self._heartbeat = Heartbeat(self.store, interval, name="paretotune-ray-heartbeat")
         return self._heartbeat
 
     def close(self) -> None:
@@ -313,12 +326,14 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
 
     def _suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self.finished:
-            return Searcher.FINISHED
         now = time.monotonic()
-        if now < self._next_claim_at:
-            return None
-        heartbeat = self._start_heartbeat()
+        if self.finished or now < self._next_claim_at:
+            return Searcher.FINISHED if self.finished else None
+        return self._claim_next(trial_id, now)
+
+    def _claim_next(self, trial_id: str, now: float) -> dict[str, Any] | str | None:
+        """Claim and ask the next trial (None: none now, FINISHED: none ever)."""
+        heartbeat = self._start_heartbeat(float(getattr(self.study, "worker_grace_s", 20.0)))
         claimed = lifecycle.claim_trial(self.study, self.driver, self.n_trials, self.retry_window_s)
         if claimed is None:
             if not lifecycle.budget_left(self.study, self.n_trials, self.retry_window_s) and not self.held_claims():
@@ -328,11 +343,16 @@ class StudySearcher(Searcher):
             # or belong to a dead driver: the monitor reaps it after the grace period.
             self._next_claim_at = now + lifecycle.IDLE_POLL_S
             return None
+        return self._hand_out(trial_id, self.study, claimed, self.n_trials, heartbeat)
+
+    def _hand_out(self, trial_id: str, study: Study, claimed: lifecycle.Claimed, target: int,
+                  heartbeat: Heartbeat) -> dict[str, Any]:
         heartbeat.hold(claimed.claim)
         with self._lock:
-            self._running[trial_id] = _Running(claimed.claim, claimed.pending)
+            self._running[trial_id] = _Running(claimed.claim, claimed.pending, study, target)
         self.asked += 1
-        return {TRIAL_KEY: claimed.pending.number, CONFIG_KEY: claimed.pending.config.to_json()}
+        return {TRIAL_KEY: claimed.pending.number, CONFIG_KEY: claimed.pending.config.to_json(),
+                STUDY_KEY: study.name}
 
     # -- complete --------------------------------------------------------------------------------
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
@@ -349,10 +369,10 @@ class StudySearcher(Searcher):
                     if error
                     else "the Ray run ended before this trial reported"
                 )
-                self._finish(run, self._retry(self.study.tell_failure, run.pending, reason, what="tell"))
+                self._finish(run, self._retry(run.study.tell_failure, run.pending, reason, what="tell"))
                 return
             run.result = json.loads(raw)
-            if not run.pending.is_baseline and self._baseline_pending():
+            if not run.pending.is_baseline and self._baseline_pending(run.study):
                 with self._lock:
                     self._deferred.append(run)  # relative metrics need the baseline first
                 return
@@ -363,21 +383,25 @@ class StudySearcher(Searcher):
 
     def _tell(self, run: _Running) -> None:
         outcome = Outcome.from_dict(run.result or {}).with_extras(details={"driver": self.driver})
-        trial = lifecycle.tell(self.study, run.pending, outcome, self.retry_window_s, baseline_wait_s=0.0)
-        if run.pending.is_baseline:
-            self._baseline_done = trial.state == TrialState.COMPLETE
+        trial = lifecycle.tell(run.study, run.pending, outcome, self.retry_window_s, baseline_wait_s=0.0)
+        if run.pending.is_baseline and trial.state == TrialState.COMPLETE:
+            self._baseline_done.add(run.study.name)
         self._finish(run, trial)
 
     def _finish(self, run: _Running, trial: Trial) -> None:
         if self._heartbeat is not None:
             self._heartbeat.release(run.claim)
-        if lifecycle.finish(self.study, run.claim, trial, self.n_trials, self.retry_window_s):
-            self.finished = True
+        if lifecycle.finish(run.study, run.claim, trial, run.target, self.retry_window_s):
+            self._study_stopped(run.study)
+
+    def _study_stopped(self, study: Study) -> None:
+        """A failure too many stopped ``study``: a single-study run ends."""
+        self.finished = True
 
     def _release(self, run: _Running) -> None:
         if self._heartbeat is not None:
             self._heartbeat.release(run.claim)
-        lifecycle.release(self.study, run.claim)
+        lifecycle.release(run.study, run.claim)
 
     def _fail_run(self, exc: BaseException) -> None:
         if self.error is None:
@@ -387,22 +411,24 @@ class StudySearcher(Searcher):
         self.finished = True
 
     # -- the baseline ------------------------------------------------------------------------------
-    def _baseline_pending(self) -> bool:
-        """True while the baseline trial is queued or running (here or on another worker)."""
-        if self._baseline_done:
+    def _baseline_pending(self, study: Study) -> bool:
+        """True while the study's baseline trial is queued or running (here or elsewhere)."""
+        if study.name in self._baseline_done:
             return False
-        if self.study.baseline_trial() is not None:
-            self._baseline_done = True
+        if study.baseline_trial() is not None:
+            self._baseline_done.add(study.name)
             return False
-        states = [t.state for t in self.study.trials if t.is_baseline]
+        states = [t.state for t in study.trials if t.is_baseline]
         return bool(states) and states[-1] in (TrialState.RUNNING, TrialState.WAITING)
 
     def _flush_deferred(self) -> None:
-        """Tell the trials that waited for the baseline, once it is told (or failed)."""
-        if not self._deferred or self._baseline_pending():
+        """Tell the trials that waited for their study's baseline, once it is told (or failed)."""
+        if not self._deferred:
             return
         with self._lock:
-            ready, self._deferred = self._deferred, []
+            ready = [r for r in self._deferred if not self._baseline_pending(r.study)]
+            told = {id(r) for r in ready}
+            self._deferred = [r for r in self._deferred if id(r) not in told]
         for i, run in enumerate(ready):
             try:
                 self._tell(run)
@@ -423,7 +449,7 @@ class StudySearcher(Searcher):
             self._running, self._deferred = {}, []
         for run in runs:
             try:
-                self._finish(run, self.study.tell_failure(run.pending, reason))
+                self._finish(run, run.study.tell_failure(run.pending, reason))
             except Exception as exc:
                 log.warning("trial %d: could not record %r: %s", run.pending.number, reason, exc)
                 self._release(run)

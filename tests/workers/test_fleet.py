@@ -178,7 +178,7 @@ def test_the_metrics_endpoint_counts_what_ls_counts(storage_url: str) -> None:
         listed["completed"] + listed["failed"])
 
 
-def test_a_bad_submission_is_refused_before_anything_is_stored(storage_url: str, tmp_path: Path) -> None:
+def test_a_bad_submission_is_refused_before_anything_is_stored(storage_url: str, tmp_path: Path, capsys) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: bad\ntask: paretotune.testing:fake_evaluator\nspace: {dimensions: {x: {type: float, "
                     "low: 0.0, high: 1.0}}}\nobjectives: {accuracy: max}\nsampler: tpee\nbudget: {n_trials: 3}\n")
@@ -195,6 +195,16 @@ def test_a_bad_submission_is_refused_before_anything_is_stored(storage_url: str,
     assert (row["name"], row["priority"], row["target"], row["state"]) == ("bad", 7, 3, FleetState.OPEN)
     assert main(["priority", "nope", "2", "--storage", storage_url]) == 1  # never submitted: one line
     assert main(["wait", "bad", "--storage", storage_url, "--timeout", "0"]) == 1  # no worker yet
+    capsys.readouterr()
+    assert main(["ls", "--storage", storage_url, "--format", "json"]) == 0
+    (listed,) = __import__("json").loads(capsys.readouterr().out)
+    assert listed == {"study": "bad", "state": "open", "priority": 7, "completed": 0, "budget": 3, "running": 0,
+                      "failed": 0, "invalid": 0, "note": "waits for a worker"}
+    assert main(["worker", "--storage", storage_url, "--exit-when-idle", "3", "--tag", "t1"]) == 0
+    assert main(["workers", "--storage", storage_url, "--format", "json"]) == 0  # it retired on exit
+    assert __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1] or "[]") == []
+    assert main(["wait", "bad", "--storage", storage_url, "--format", "json"]) == 0
+    assert main(["worker", "--storage", storage_url, "--study", "bad", "--tag", "x"]) == 2  # fleet-only flag
 
 
 def test_a_worker_that_cannot_load_a_task_leaves_the_study_to_others(storage_url: str) -> None:
