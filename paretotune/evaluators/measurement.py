@@ -8,7 +8,8 @@ from typing import Any
 
 from paretotune.errors import EvaluationError
 
-#: The metric vocabulary an evaluator produces (the controller derives accuracy_drop and speedup).
+#: The metric vocabulary an evaluator produces (the controller derives accuracy_drop; `speedup`
+#: is the evaluator's paired measurement, and the controller's 1 for the baseline trial).
 METRIC_NAMES: tuple[str, ...] = (
     "latency_p50_ms",
     "latency_p90_ms",
@@ -19,6 +20,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "peak_memory_bytes",
     "build_s",
     "baseline_latency_p50_ms",
+    "speedup",
 )
 
 

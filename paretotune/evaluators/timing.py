@@ -1,10 +1,17 @@
-"""The timing harness: warm-up, windows until stable, percentiles (docs: BENCHMARKING.md)."""
+"""The timing harness: warm-up, windows until stable, percentiles, intervals (BENCHMARKING.md).
+
+`time_callable` / `time_samples` time one thing. `time_paired` times a candidate and a
+reference in the same process, interleaved window by window, so a slowdown that hits both
+(another tenant, a frequency drop) cancels in their ratio: the paired `speedup` is the median
+of the per-window ratios (rule 10). Every result keeps the per-call samples of its reported
+windows, from which `TimingResult.intervals` gives percentile-bootstrap intervals (rule 11).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +55,19 @@ class TimingPolicy:
         return asdict(self)
 
 
+MIN_SAMPLES_FOR_P99 = 100
+#: the confidence level of every interval the harness reports
+CI_LEVEL = 0.95
+#: bootstrap resamples per interval (percentile method)
+BOOTSTRAP_RESAMPLES = 1000
+#: how the intervals are made, as the details state it
+CI_METHOD = (
+    f"percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples) over the per-call samples of the "
+    "reported windows, within this process"
+)
+
+
+
 @dataclass(frozen=True)
 class TimingResult:
     """Per-batch latencies of the last `stable_windows` windows and what they mean."""
@@ -62,6 +82,18 @@ class TimingResult:
     windows: int
     window_p50_ms: list[float]
     measure_s: float
+    #: the per-call latencies (ms) of the reported windows, one array per window
+    window_samples_ms: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
+    #: wall seconds of each reported window (throughput's denominator)
+    window_wall_s: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    batch_size: int = 1
+
+    @property
+    def samples_ms(self) -> np.ndarray:
+        """Every per-call latency of the reported windows (ms), in order."""
+        if not self.window_samples_ms:
+            return np.zeros(0)
+        return np.concatenate(self.window_samples_ms)
 
     def details(self) -> dict[str, Any]:
         return {
@@ -74,56 +106,131 @@ class TimingResult:
             "gave_up": not self.stable,
         }
 
+    def intervals(self, level: float = CI_LEVEL, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Bootstrap `level` intervals of p50, p90, p99 (with >= 100 samples) and throughput,
+        by metric name (`bootstrap_intervals`). Compute it outside a timed window: it takes
+        a fraction of a second."""
+        return bootstrap_intervals(
+            self.samples_ms, batch_size=self.batch_size, wall_s=sum(self.window_wall_s), level=level, seed=seed
+        )
 
-MIN_SAMPLES_FOR_P99 = 100
+
+def bootstrap_intervals(
+    samples_ms: Sequence[float] | np.ndarray,
+    *,
+    batch_size: int = 1,
+    wall_s: float | None = None,
+    level: float = CI_LEVEL,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals (scipy.stats.bootstrap) of a timing's percentiles and
+    throughput from its per-call samples.
+
+    Throughput is samples / wall time; a resample's throughput is ``batch_size / mean`` of
+    its latencies, scaled by the measured wall time over the summed latencies (the harness's
+    own overhead between calls, constant across resamples). Seeded: the same samples always
+    give the same interval. Calls inside one process are not independent, so this is the
+    process's interval; `confirm` gives the interval over fresh processes.
+    """
+    from scipy import stats
+
+    if not 0 < level < 1:
+        raise ConfigError(f"level must be in (0, 1), got {level!r}")
+    x = np.asarray(samples_ms, dtype=np.float64).ravel()
+    if x.size < 2:
+        return {}
+    with_p99 = x.size >= MIN_SAMPLES_FOR_P99
+    total_ms = float(x.sum())
+    overhead = (wall_s * 1e3 / total_ms) if wall_s and total_ms > 0 else 1.0
+
+    def statistic(a: np.ndarray, axis: int = -1) -> np.ndarray:
+        rows = [np.percentile(a, 50, axis=axis), np.percentile(a, 90, axis=axis)]
+        if with_p99:
+            rows.append(np.percentile(a, 99, axis=axis))
+        rows.append(batch_size * 1e3 / (np.mean(a, axis=axis) * overhead))
+        return np.stack(rows)
+
+    if np.all(x == x[0]):  # no variation: the interval is the point (bootstrap would warn)
+        point = statistic(x[None, :])[:, 0]
+        low = high = point
+    else:
+        result = stats.bootstrap(
+            (x,), statistic, n_resamples=resamples, confidence_level=level, method="percentile",
+            rng=np.random.default_rng(seed), vectorized=True, batch=max(1, 2_000_000 // x.size),
+        )
+        low, high = result.confidence_interval.low, result.confidence_interval.high
+    names = ["latency_p50_ms", "latency_p90_ms", *(["latency_p99_ms"] if with_p99 else []), "throughput"]
+    return {n: (float(lo), float(hi)) for n, lo, hi in zip(names, low, high, strict=True)}
 
 
-def time_callable(run: Callable[[], object], batch_size: int, policy: TimingPolicy) -> TimingResult:
-    """Time `run` (one synchronous batch) with `policy`, using `time.perf_counter_ns`."""
+def order_statistic_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float, float] | None:
+    """The distribution-free interval for the median of a few values (one per fresh process):
+    the narrowest symmetric pair of order statistics whose coverage is at least `level`, or
+    the widest (min, max) when even that covers less. Returns (low, high, its exact
+    coverage): with 5 processes (min, max) covers 93.75%, never 95%, and says so."""
+    from scipy import stats
 
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n < 2:
+        return None
+    best = (xs[0], xs[-1], float(1 - 2 * stats.binom.cdf(0, n, 0.5)))
+    for k in range(1, n // 2):  # interval (x_(k+1), x_(n-k)) in 1-based order statistics
+        coverage = float(1 - 2 * stats.binom.cdf(k, n, 0.5))
+        if coverage < level:
+            break
+        best = (xs[k], xs[n - k - 1], coverage)
+    return best
+
+
+def _host_clock(run: Callable[[], object]) -> Callable[[], tuple[float]]:
     def sample() -> tuple[float]:
         t0 = time.perf_counter_ns()
         run()
         return ((time.perf_counter_ns() - t0) / 1e6,)
 
-    return time_samples(sample, batch_size, policy)[0]
+    return sample
 
 
-def time_samples(
-    sample: Callable[[], Sequence[float]], batch_size: int, policy: TimingPolicy
-) -> tuple[TimingResult, ...]:
-    """Time a batch that measures itself: `sample()` runs one batch and returns its latencies
-    in ms, one or more clocks (a GPU engine gives end-to-end and compute-only latency from
-    CUDA events). The first clock decides stability; every clock gets a result over the same
-    windows. Windows and throughput use the host clock (`sample` must synchronize)."""
-    start_all = time.perf_counter()
-    for _ in range(policy.warmup_iters):
-        sample()
-    windows: list[tuple[np.ndarray, float]] = []  # (latencies in ms per clock, wall seconds)
+def time_callable(run: Callable[[], object], batch_size: int, policy: TimingPolicy) -> TimingResult:
+    """Time `run` (one synchronous batch) with `policy`, using `time.perf_counter_ns`."""
+    return time_samples(_host_clock(run), batch_size, policy)[0]
+
+
+_Window = tuple[np.ndarray, float]  # (latencies in ms, one column per clock; wall seconds)
+
+
+def _window(sample: Callable[[], Sequence[float]], policy: TimingPolicy) -> _Window:
+    samples: list[Sequence[float]] = []
     min_window_ns = policy.min_window_ms * 1e6
-    stable = False
-    while len(windows) < policy.max_windows:
-        samples: list[Sequence[float]] = []
-        window_start = time.perf_counter_ns()
-        while True:
-            samples.append(sample())
-            now = time.perf_counter_ns()
-            if len(samples) >= policy.min_window_iters and now - window_start >= min_window_ns:
-                break
-        wall_s = (time.perf_counter_ns() - window_start) / 1e9
-        windows.append((np.asarray(samples, dtype=np.float64).reshape(len(samples), -1), wall_s))
-        if len(windows) >= policy.stable_windows:
-            p50s = [float(np.median(w[:, 0])) for w, _ in windows[-policy.stable_windows :]]
-            if max(p50s) / max(min(p50s), 1e-12) <= policy.max_spread:
-                stable = True
-                break
+    window_start = time.perf_counter_ns()
+    while True:
+        samples.append(sample())
+        now = time.perf_counter_ns()
+        if len(samples) >= policy.min_window_iters and now - window_start >= min_window_ns:
+            break
+    wall_s = (time.perf_counter_ns() - window_start) / 1e9
+    return np.asarray(samples, dtype=np.float64).reshape(len(samples), -1), wall_s
+
+
+def _stable(windows: list[_Window], policy: TimingPolicy) -> bool:
+    if len(windows) < policy.stable_windows:
+        return False
+    p50s = [float(np.median(w[:, 0])) for w, _ in windows[-policy.stable_windows :]]
+    return max(p50s) / max(min(p50s), 1e-12) <= policy.max_spread
+
+
+def _results(
+    windows: list[_Window], batch_size: int, policy: TimingPolicy, stable: bool, measure_s: float
+) -> tuple[TimingResult, ...]:
     kept = windows[-policy.stable_windows :]
     wall = sum(s for _, s in kept)
-    measure_s = time.perf_counter() - start_all
     results = []
     for clock in range(kept[0][0].shape[1]):
         window_p50 = [float(np.median(w[:, clock])) for w, _ in kept]
-        latencies = np.concatenate([w[:, clock] for w, _ in kept])
+        per_window = tuple(w[:, clock].copy() for w, _ in kept)
+        latencies = np.concatenate(per_window)
         n = int(latencies.size)
         results.append(
             TimingResult(
@@ -137,6 +244,103 @@ def time_samples(
                 windows=len(windows),
                 window_p50_ms=window_p50,
                 measure_s=measure_s,
+                window_samples_ms=per_window,
+                window_wall_s=tuple(s for _, s in kept),
+                batch_size=batch_size,
             )
         )
     return tuple(results)
+
+
+def time_samples(
+    sample: Callable[[], Sequence[float]], batch_size: int, policy: TimingPolicy
+) -> tuple[TimingResult, ...]:
+    """Time a batch that measures itself: `sample()` runs one batch and returns its latencies
+    in ms, one or more clocks (a GPU engine gives end-to-end and compute-only latency from
+    CUDA events). The first clock decides stability; every clock gets a result over the same
+    windows. Windows and throughput use the host clock (`sample` must synchronize)."""
+    start_all = time.perf_counter()
+    for _ in range(policy.warmup_iters):
+        sample()
+    windows: list[_Window] = []
+    stable = False
+    while len(windows) < policy.max_windows:
+        windows.append(_window(sample, policy))
+        if _stable(windows, policy):
+            stable = True
+            break
+    return _results(windows, batch_size, policy, stable, time.perf_counter() - start_all)
+
+
+@dataclass(frozen=True)
+class PairedTiming:
+    """A candidate and its reference timed in one process, interleaved window by window.
+
+    `candidate` has one result per clock of the candidate's sample (the first is end to end);
+    `ratios` are reference p50 / candidate p50 of each reported window pair, and `speedup`
+    their median (> 1: the candidate is faster).
+    """
+
+    candidate: tuple[TimingResult, ...]
+    reference: TimingResult
+    ratios: list[float]
+    speedup: float
+
+    @property
+    def ratio_spread(self) -> float:
+        """max/min of the per-window ratios."""
+        return max(self.ratios) / max(min(self.ratios), 1e-12)
+
+    def speedup_interval(
+        self, level: float = CI_LEVEL, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
+    ) -> tuple[float, float]:
+        """A percentile-bootstrap interval of `speedup`: each resample redraws the calls of
+        every window (candidate and reference alike, within their window) and takes the
+        median of the per-window ratios, as `speedup` does."""
+        rng = np.random.default_rng(seed)
+        per_window = []
+        for a, b in zip(self.candidate[0].window_samples_ms, self.reference.window_samples_ms, strict=True):
+            ra = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
+            rb = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+            per_window.append(rb / np.maximum(ra, 1e-12))
+        boot = np.median(np.stack(per_window), axis=0)
+        alpha = (1 - level) / 2
+        return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+
+
+def time_paired(
+    candidate: Callable[[], Sequence[float]],
+    reference: Callable[[], Sequence[float]],
+    batch_size: int,
+    policy: TimingPolicy,
+) -> PairedTiming:
+    """Time `candidate` and `reference` (sample functions, as `time_samples` takes) in
+    alternating windows: both warm up, then window pairs run in the order A B, B A, A B, ...
+    (the order flips each pair, so a steady drift does not favour either), each window as
+    `policy` says. It is stable when the last `stable_windows` windows of each are; otherwise
+    it gives up after `max_windows` pairs. Both results cover the same window pairs."""
+    start_all = time.perf_counter()
+    for _ in range(policy.warmup_iters):
+        candidate()
+        reference()
+    cand: list[_Window] = []
+    ref: list[_Window] = []
+    stable = False
+    while len(cand) < policy.max_windows:
+        if len(cand) % 2 == 0:
+            cand.append(_window(candidate, policy))
+            ref.append(_window(reference, policy))
+        else:
+            ref.append(_window(reference, policy))
+            cand.append(_window(candidate, policy))
+        if _stable(cand, policy) and _stable(ref, policy):
+            stable = True
+            break
+    measure_s = time.perf_counter() - start_all
+    candidate_results = _results(cand, batch_size, policy, stable, measure_s)
+    (reference_result,) = _results(ref, batch_size, policy, stable, measure_s)[:1]
+    ratios = [
+        r / max(c, 1e-12)
+        for r, c in zip(reference_result.window_p50_ms, candidate_results[0].window_p50_ms, strict=True)
+    ]
+    return PairedTiming(candidate_results, reference_result, ratios, float(np.median(ratios)))

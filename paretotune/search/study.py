@@ -51,7 +51,7 @@ from paretotune.search.proposals import (
     warm_start_configs,
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
-from paretotune.search.trial import PendingTrial, Trial, TrialState, trial_from_optuna
+from paretotune.search.trial import PendingTrial, Trial, TrialState, intervals_of, trial_from_optuna
 from paretotune.space import Config, Scenario, SearchSpace, Server, scenario_from_dict
 from paretotune.storage import StudyStore, is_transient, retry
 
@@ -314,6 +314,11 @@ class Study:
             metrics, dict(details or {}),
         )
         ot = pending._optuna_trial
+        intervals = intervals_of(details or {}, metrics)
+        if pending.is_baseline and "speedup" in metrics:
+            intervals["speedup"] = (1.0, 1.0)
+        if intervals:
+            ot.set_user_attr("intervals", {k: list(v) for k, v in intervals.items()})
         try:
             self._tell_metrics(ot, metrics)
         except UpdateFinishedTrialError:
@@ -327,7 +332,8 @@ class Study:
                 return Trial(pending.number, TrialState.FAIL, pending.config, reason=reason,
                              is_baseline=pending.is_baseline)
         return Trial(pending.number, TrialState.COMPLETE, pending.config, metrics,
-                     feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline)
+                     feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline,
+                     intervals=intervals)
 
     def _never_returned(self, missing: Sequence[str]) -> list[str]:
         """The metrics of ``missing`` that no completed trial has, once MISSING_METRIC_STOP_AFTER
@@ -371,16 +377,21 @@ class Study:
         if "accuracy" in metrics and "accuracy" in base.metrics:
             metrics["accuracy_drop"] = base.metrics["accuracy"] - metrics["accuracy"]
         lat = metrics.get("latency_p50_ms")
+        if pending.is_baseline and lat:
+            metrics["speedup"] = 1.0  # the baseline against itself, by construction
+            return None
+        if "speedup" in metrics:  # paired by the evaluator (TaskEvaluator: per-window ratios)
+            return None
         ref = metrics.get("baseline_latency_p50_ms")
-        if ref is None and base.config is not None and base.config.get("batch_size") == pending.config.get("batch_size"):
-            ref = base.metrics.get("latency_p50_ms")
         if lat and ref:
             metrics["speedup"] = ref / lat
         elif lat:
+            # another trial's latency is never the reference: it was timed in another process,
+            # at another time (BENCHMARKING.md rule 10)
             return (
-                f"speedup needs the baseline's latency at batch_size={pending.config.get('batch_size')}, "
-                f"but the baseline ran at batch_size={base.config.get('batch_size') if base.config else None}; "
-                "the evaluator can return `baseline_latency_p50_ms` for the trial's batch size"
+                "speedup needs a reference timed in the same process as the trial: the evaluator "
+                "returns `speedup` (paired) or `baseline_latency_p50_ms` (the unmodified model at "
+                f"batch_size={pending.config.get('batch_size')}, timed beside the trial)"
             )
         return None
 
