@@ -24,7 +24,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
-from paretotune.errors import StudyError
+from paretotune.errors import ConfigError, StudyError
 from paretotune.search.confirmations import Confirmation
 from paretotune.search.confirmations import confirmations as stored_confirmations
 from paretotune.search.objectives import (
@@ -36,10 +36,14 @@ from paretotune.search.objectives import (
     parse_objectives,
 )
 from paretotune.search.pareto import (
+    CONFIDENCE_LEVELS,
     Front,
+    at_resolution,
     finite,
     hypervolume,
     non_dominated,
+    non_dominated_with_intervals,
+    parse_resolution,
     reference_point,
     to_loss,
 )
@@ -422,14 +426,46 @@ class Study:
     def completed(self) -> list[Trial]:
         return [t for t in self.trials if t.state == TrialState.COMPLETE]
 
-    def pareto_front(self) -> Front:
-        """Feasible, non-dominated, completed trials (ordered by trial number)."""
+    def pareto_front(
+        self, *, confidence: float | None = None, resolution: Mapping[str, float] | None = None
+    ) -> Front:
+        """Feasible, non-dominated, completed trials (ordered by trial number).
+
+        Values are compared at a resolution (``pareto.DEFAULT_RESOLUTION``, accuracy to 1e-6,
+        updated by the spec's ``resolution`` and then by ``resolution``), so floating-point
+        noise never keeps a dominated trial on the front. ``confidence=0.95`` also ties two
+        timings whose 95% intervals overlap: a trial is then dominated only by one better
+        beyond the intervals in some objective and worse beyond them in none.
+        """
+        if confidence is not None and confidence not in CONFIDENCE_LEVELS:
+            raise ConfigError(
+                f"confidence must be None (the plain front) or one of {list(CONFIDENCE_LEVELS)} (the "
+                f"level of the intervals measurements carry), got {confidence!r}"
+            )
+        res = parse_resolution({**(self.spec.get("resolution") or {}), **(resolution or {})})
         feasible = [t for t in self.completed() if t.feasible]
         if not feasible:
-            return Front([], self.objectives)
+            return Front([], self.objectives, confidence=confidence, resolution=res)
         losses = np.array([self._loss(t) for t in feasible])
-        mask = non_dominated(losses)
-        return Front([t for t, keep in zip(feasible, mask, strict=True) if keep], self.objectives)
+        steps = [res.get(m, 0.0) for m in self.objectives]
+        if confidence is None:
+            mask = non_dominated(at_resolution(losses, steps))
+        else:
+            lows, highs = self._interval_losses(feasible)
+            mask = non_dominated_with_intervals(losses, lows, highs, steps)
+        kept = [t for t, keep in zip(feasible, mask, strict=True) if keep]
+        return Front(kept, self.objectives, confidence=confidence, resolution=res)
+
+    def _interval_losses(self, trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
+        """Each trial's objective intervals in minimization form (NaN where it has none)."""
+        lows = np.full((len(trials), len(self.objectives)), np.nan)
+        highs = np.full_like(lows, np.nan)
+        for i, t in enumerate(trials):
+            for k, (metric, direction) in enumerate(self.objectives.items()):
+                if metric in t.intervals:
+                    lo, hi = t.intervals[metric]
+                    lows[i, k], highs[i, k] = (lo, hi) if direction == "min" else (-hi, -lo)
+        return lows, highs
 
     def _loss(self, t: Trial) -> list[float]:
         return to_loss([t.metrics[m] for m in self.objectives], self.directions)
