@@ -36,6 +36,7 @@ from paretotune.evaluators.timing import (
     PairedTiming,
     TimingPolicy,
     TimingResult,
+    pair_side,
     time_paired,
     time_samples,
 )
@@ -281,6 +282,71 @@ class TaskEvaluator:
             },
         }
         return Measurement(metrics=metrics, details=details)
+
+    def measure_pair(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> Measurement:
+        """Time configs `a` and `b` in this process, interleaved window by window
+        (`time_paired`), for an A/B comparison (`paretotune.workers.confirm.compare`).
+
+        Both come from memory or the artifact cache when built before; their timings are made
+        now. The metrics are `a`'s; the details hold, for each side ("a", "b"), its metrics
+        and its per-window p50, p90, p99 (windows of >= 100 calls) and throughput, and
+        "window_ratios" (b's p50 / a's p50 per window pair).
+        """
+        if not isinstance(self.scenario, SingleStream):
+            raise ConfigError(
+                f"compare times configs in a closed loop (single_stream); this evaluator's scenario "
+                f"is {self.scenario.kind}"
+            )
+        specs = (self._resolve(a), self._resolve(b))
+        slots = [self._slot(spec.on_gpu) for spec in specs]
+        import contextlib
+
+        with contextlib.ExitStack() as held:
+            for slot in dict.fromkeys(slots):
+                held.enter_context(slot.shared())
+            sides = []
+            for spec in specs:
+                built, cache_hit, _ = self._get_built(spec, self._build_key(spec))
+                self._set_threads(spec.threads)
+                runner = self._runner(built, spec.threads, spec)
+                inputs = self._batch(spec.batch_size)
+                timed = runner.prepare_timed(inputs) if hasattr(runner, "prepare_timed") else host_clock(runner.prepare(inputs))
+                sides.append((spec, built, cache_hit, timed))
+            (spec_a, built_a, hit_a, timed_a), (spec_b, built_b, hit_b, timed_b) = sides
+            try:
+                with contextlib.ExitStack() as timing:
+                    for slot in dict.fromkeys(slots):
+                        timing.enter_context(slot.exclusive())
+                    paired = time_paired(
+                        timed_b, timed_a, spec_b.batch_size, self.timing,
+                        reference_batch_size=spec_a.batch_size,
+                        before_candidate=lambda: self._set_threads(spec_b.threads),
+                        before_reference=lambda: self._set_threads(spec_a.threads),
+                    )
+            except ParetotuneError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an engine failing to run fails the comparison
+                raise EvaluationError(f"timing {spec_a.engine} against {spec_b.engine} failed: {exc}") from exc
+        out: dict[str, Any] = {}
+        for name, spec, built, hit, result in (
+            ("a", spec_a, built_a, hit_a, paired.reference),
+            ("b", spec_b, built_b, hit_b, paired.candidate[0]),
+        ):
+            out[name] = {
+                **pair_side(result, accuracy=built.accuracy, model_bytes=float(built.model_bytes)),
+                "cache_hit": hit,
+                "engine": spec.engine,
+                "batch_size": spec.batch_size,
+                "threads": spec.threads,
+            }
+        details = {
+            **out,
+            "window_ratios": [1.0 / r for r in paired.ratios],  # b / a per window pair
+            "timing": "paired: a and b interleaved window by window in this process",
+            "timing_policy": self.timing.to_dict(),
+            "hardware": hardware_fingerprint(spec_a.threads),
+        }
+        return Measurement(metrics=dict(out["a"]["metrics"]), details=details)
 
     def build_artifact(self, config: Mapping[str, Any]) -> BuiltArtifact:
         """The built artifact of `config`: from memory or the artifact cache, else built now."""

@@ -164,26 +164,6 @@ def bootstrap_intervals(
     return {n: (float(lo), float(hi)) for n, lo, hi in zip(names, low, high, strict=True)}
 
 
-def order_statistic_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float, float] | None:
-    """The distribution-free interval for the median of a few values (one per fresh process):
-    the narrowest symmetric pair of order statistics whose coverage is at least `level`, or
-    the widest (min, max) when even that covers less. Returns (low, high, its exact
-    coverage): with 5 processes (min, max) covers 93.75%, never 95%, and says so."""
-    from scipy import stats
-
-    xs = sorted(float(v) for v in values)
-    n = len(xs)
-    if n < 2:
-        return None
-    best = (xs[0], xs[-1], float(1 - 2 * stats.binom.cdf(0, n, 0.5)))
-    for k in range(1, n // 2):  # interval (x_(k+1), x_(n-k)) in 1-based order statistics
-        coverage = float(1 - 2 * stats.binom.cdf(k, n, 0.5))
-        if coverage < level:
-            break
-        best = (xs[k], xs[n - k - 1], coverage)
-    return best
-
-
 def _host_clock(run: Callable[[], object]) -> Callable[[], tuple[float]]:
     def sample() -> tuple[float]:
         t0 = time.perf_counter_ns()
@@ -313,34 +293,85 @@ def time_paired(
     reference: Callable[[], Sequence[float]],
     batch_size: int,
     policy: TimingPolicy,
+    *,
+    reference_batch_size: int | None = None,
+    before_candidate: Callable[[], None] | None = None,
+    before_reference: Callable[[], None] | None = None,
 ) -> PairedTiming:
     """Time `candidate` and `reference` (sample functions, as `time_samples` takes) in
     alternating windows: both warm up, then window pairs run in the order A B, B A, A B, ...
     (the order flips each pair, so a steady drift does not favour either), each window as
     `policy` says. It is stable when the last `stable_windows` windows of each are; otherwise
-    it gives up after `max_windows` pairs. Both results cover the same window pairs."""
+    it gives up after `max_windows` pairs. Both results cover the same window pairs.
+    `before_candidate` / `before_reference` run before each of that side's windows, untimed
+    (setting a thread count that differs between them); `reference_batch_size` is the
+    reference's, for its throughput (default `batch_size`)."""
     start_all = time.perf_counter()
-    for _ in range(policy.warmup_iters):
-        candidate()
-        reference()
     cand: list[_Window] = []
     ref: list[_Window] = []
     stable = False
+
+    def window_a() -> None:
+        if before_candidate is not None:
+            before_candidate()
+        cand.append(_window(candidate, policy))
+
+    def window_b() -> None:
+        if before_reference is not None:
+            before_reference()
+        ref.append(_window(reference, policy))
+
+    if before_candidate is not None:
+        before_candidate()
+    for _ in range(policy.warmup_iters):
+        candidate()
+    if before_reference is not None:
+        before_reference()
+    for _ in range(policy.warmup_iters):
+        reference()
     while len(cand) < policy.max_windows:
-        if len(cand) % 2 == 0:
-            cand.append(_window(candidate, policy))
-            ref.append(_window(reference, policy))
-        else:
-            ref.append(_window(reference, policy))
-            cand.append(_window(candidate, policy))
+        for step in ((window_a, window_b) if len(cand) % 2 == 0 else (window_b, window_a)):
+            step()
         if _stable(cand, policy) and _stable(ref, policy):
             stable = True
             break
     measure_s = time.perf_counter() - start_all
     candidate_results = _results(cand, batch_size, policy, stable, measure_s)
-    (reference_result,) = _results(ref, batch_size, policy, stable, measure_s)[:1]
+    (reference_result,) = _results(ref, reference_batch_size or batch_size, policy, stable, measure_s)[:1]
     ratios = [
         r / max(c, 1e-12)
         for r, c in zip(reference_result.window_p50_ms, candidate_results[0].window_p50_ms, strict=True)
     ]
     return PairedTiming(candidate_results, reference_result, ratios, float(np.median(ratios)))
+
+
+def timing_metrics(result: TimingResult) -> dict[str, float]:
+    """A result's metrics by name: p50, p90, throughput and (with >= 100 samples) p99."""
+    metrics = {"latency_p50_ms": result.p50_ms, "latency_p90_ms": result.p90_ms, "throughput": result.throughput}
+    if result.p99_ms is not None:
+        metrics["latency_p99_ms"] = result.p99_ms
+    return metrics
+
+
+def window_values(result: TimingResult) -> dict[str, list[float]]:
+    """Each reported window's p50, p90, throughput and (windows of >= 100 calls) p99: the
+    values an A/B test ranks (`paretotune.search.comparisons`)."""
+    out: dict[str, list[float]] = {"latency_p50_ms": [], "latency_p90_ms": [], "throughput": []}
+    for w, wall in zip(result.window_samples_ms, result.window_wall_s, strict=True):
+        out["latency_p50_ms"].append(float(np.percentile(w, 50)))
+        out["latency_p90_ms"].append(float(np.percentile(w, 90)))
+        out["throughput"].append(result.batch_size * w.size / wall if wall > 0 else 0.0)
+    if result.window_samples_ms and all(w.size >= MIN_SAMPLES_FOR_P99 for w in result.window_samples_ms):
+        out["latency_p99_ms"] = [float(np.percentile(w, 99)) for w in result.window_samples_ms]
+    return out
+
+
+def pair_side(result: TimingResult, **metrics: float) -> dict[str, Any]:
+    """One side of an A/B measurement's details: its metrics (timings plus `metrics`), its
+    per-window values, sample count and stability."""
+    return {
+        "metrics": {**timing_metrics(result), **metrics},
+        "windows": window_values(result),
+        "n_samples": result.n_samples,
+        "stable": result.stable,
+    }

@@ -84,8 +84,8 @@ def non_dominated_with_intervals(
     # better[i, j, k]: row i beats row j in objective k beyond the noise
     better = np.where(both, hi[:, None, :] < lo[None, :, :], pts[:, None, :] < pts[None, :, :])
     beats = better.any(axis=2)
-    dominated = (beats & ~beats.T).any(axis=0)
-    return ~dominated
+    dominated: np.ndarray = np.asarray((beats & ~beats.T).any(axis=0), dtype=bool)
+    return np.logical_not(dominated)
 
 
 def to_loss(values: Sequence[float], directions: Sequence[str]) -> list[float]:

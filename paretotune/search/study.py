@@ -25,6 +25,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
 from paretotune.errors import ConfigError, StudyError
+from paretotune.search.comparisons import Comparison
+from paretotune.search.comparisons import comparisons as stored_comparisons
 from paretotune.search.confirmations import Confirmation
 from paretotune.search.confirmations import confirmations as stored_confirmations
 from paretotune.search.objectives import (
@@ -543,6 +545,27 @@ class Study:
         from paretotune.workers.confirm import confirm  # measuring is the workers' job
 
         return confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
+
+    def compare(
+        self,
+        a: Trial | int,
+        b: Trial | int,
+        *,
+        evaluator: Any = None,
+        processes: int | None = None,
+        show_progress: bool | None = None,
+    ) -> Comparison:
+        """An A/B verdict: trials ``a`` and ``b`` measured side by side in ``processes`` fresh
+        processes (default 5), interleaved inside each; one line per metric of the study
+        ("trial 12 is 8.1% faster than trial 4 at p50 (...)" or "no significant difference").
+        Stored; read again with ``comparisons()`` (``paretotune.search.comparisons``)."""
+        from paretotune.workers.confirm import compare  # measuring is the workers' job
+
+        return compare(self, a, b, evaluator=evaluator, processes=processes, show_progress=show_progress)
+
+    def comparisons(self, run_id: str | None = None) -> list[Comparison]:
+        """The stored A/B comparisons of this study, oldest first."""
+        return stored_comparisons(self, run_id=run_id)
 
     def confirmations(self, run_id: str | None = None) -> list[Confirmation]:
         """The summaries of a stored confirmation run (default: the latest; [] if none)."""

@@ -17,9 +17,9 @@ from paretotune.evaluators.timing import (
     MIN_SAMPLES_FOR_P99,
     TimingPolicy,
     bootstrap_intervals,
-    order_statistic_interval,
     time_callable,
 )
+from paretotune.search.stats import order_statistic_interval
 
 from _evmodels import PERTURBER, SleepingRunner, write_factor
 
