@@ -189,3 +189,18 @@ def test_the_interval_over_processes_states_its_coverage() -> None:
     lo, hi, coverage = order_statistic_interval(list(range(20)))
     assert coverage >= 0.95 and 0 < lo < hi < 19
     assert order_statistic_interval([1.0]) is None
+
+
+def test_measure_pair_times_two_configs_side_by_side(tiny_evaluator: TaskEvaluator) -> None:
+    a, b = {"engine": "torch", "batch_size": 1}, {"engine": "onnxruntime", "batch_size": 4, "threads": 2}
+    m = tiny_evaluator.measure_pair(a, b)
+    da, db = m.details["a"], m.details["b"]
+    assert m.metrics == da["metrics"] and da["engine"] == "torch" and db["engine"] == "onnxruntime"
+    assert db["batch_size"] == 4 and db["threads"] == 2
+    windows = len(da["windows"]["latency_p50_ms"])
+    assert windows == len(db["windows"]["latency_p50_ms"]) == len(m.details["window_ratios"]) == 3
+    ratios = [y / x for x, y in zip(da["windows"]["latency_p50_ms"], db["windows"]["latency_p50_ms"], strict=True)]
+    assert m.details["window_ratios"] == pytest.approx(ratios)
+    again = tiny_evaluator.measure_pair(a, b)  # built once; timed again
+    assert again.details["a"]["cache_hit"] == again.details["b"]["cache_hit"] == "memory"
+    assert again.details["a"]["windows"] != da["windows"]
