@@ -204,7 +204,7 @@ class SleepEvaluator:
         details = {
             **result.details(), **{f"{k}_ci": list(v) for k, v in result.intervals().items()},
             "speedup_ci": list(paired.speedup_interval()), "ci_level": CI_LEVEL,
-            "baseline": {"window_ratios": paired.ratios},
+            "baseline": {"window_ratios": paired.window_ratios, "block_ratios": paired.ratios},
         }
         return Measurement(metrics=metrics, details=details)
 
@@ -217,7 +217,8 @@ class SleepEvaluator:
             "a": pair_side(paired.reference, accuracy=1.0 - float(a.get("x", 0.0)) ** 2 / 10),
             "b": pair_side(paired.candidate[0], accuracy=1.0 - float(b.get("x", 0.0)) ** 2 / 10),
         }
-        details = {**sides, "window_ratios": [1.0 / r for r in paired.ratios], "timing": "paired (fake waits)"}
+        details = {**sides, "window_ratios": [1.0 / r for r in paired.window_ratios],
+                   "block_ratios": [1.0 / r for r in paired.ratios], "timing": "paired (fake waits)"}
         return Measurement(metrics=dict(sides["a"]["metrics"]), details=details)
 
 

@@ -35,6 +35,9 @@ class TimingPolicy:
     stable_windows: int = 3
     max_windows: int = 8
     max_spread: float = 1.10
+    #: paired timing alternates the two sides in blocks of at least this many ms (and one
+    #: call) inside each window, so both see the same moments of a shared machine
+    pair_block_ms: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("warmup_iters", "min_window_iters", "stable_windows", "max_windows"):
@@ -48,6 +51,8 @@ class TimingPolicy:
             )
         if not self.min_window_ms >= 0:
             raise ConfigError(f"TimingPolicy.min_window_ms must be >= 0, got {self.min_window_ms}")
+        if not self.pair_block_ms >= 0:
+            raise ConfigError(f"TimingPolicy.pair_block_ms must be >= 0, got {self.pair_block_ms}")
         if not self.max_spread >= 1.0:
             raise ConfigError(f"TimingPolicy.max_spread must be >= 1.0, got {self.max_spread}")
 
@@ -254,38 +259,83 @@ def time_samples(
 
 @dataclass(frozen=True)
 class PairedTiming:
-    """A candidate and its reference timed in one process, interleaved window by window.
+    """A candidate and its reference timed in one process, interleaved.
 
     `candidate` has one result per clock of the candidate's sample (the first is end to end);
-    `ratios` are reference p50 / candidate p50 of each reported window pair, and `speedup`
-    their median (> 1: the candidate is faster).
+    `ratios` are reference p50 / candidate p50 of each block pair of the reported windows
+    (blocks of `TimingPolicy.pair_block_ms`, alternating inside each window), and `speedup`
+    their median (> 1: the candidate is faster); `window_ratios` are the same per window.
     """
 
     candidate: tuple[TimingResult, ...]
     reference: TimingResult
     ratios: list[float]
     speedup: float
+    window_ratios: list[float] = field(default_factory=list)
 
     @property
     def ratio_spread(self) -> float:
         """max/min of the per-window ratios."""
-        return max(self.ratios) / max(min(self.ratios), 1e-12)
+        values = self.window_ratios or self.ratios
+        return max(values) / max(min(values), 1e-12)
 
     def speedup_interval(
         self, level: float = CI_LEVEL, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
     ) -> tuple[float, float]:
-        """A percentile-bootstrap interval of `speedup`: each resample redraws the calls of
-        every window (candidate and reference alike, within their window) and takes the
-        median of the per-window ratios, as `speedup` does."""
-        rng = np.random.default_rng(seed)
-        per_window = []
-        for a, b in zip(self.candidate[0].window_samples_ms, self.reference.window_samples_ms, strict=True):
-            ra = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-            rb = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
-            per_window.append(rb / np.maximum(ra, 1e-12))
-        boot = np.median(np.stack(per_window), axis=0)
-        alpha = (1 - level) / 2
-        return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+        """A percentile-bootstrap interval (scipy.stats.bootstrap) of `speedup`, the median of
+        the block ratios, resampling the blocks."""
+        from scipy import stats
+
+        x = np.asarray(self.ratios, dtype=np.float64)
+        if x.size < 2 or np.all(x == x[0]):
+            return self.speedup, self.speedup
+        result = stats.bootstrap(
+            (x,), np.median, n_resamples=resamples, confidence_level=level, method="percentile",
+            rng=np.random.default_rng(seed), vectorized=True,
+        )
+        return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _paired_window(
+    sides: tuple[Callable[[], Sequence[float]], Callable[[], Sequence[float]]],
+    befores: tuple[Callable[[], None] | None, Callable[[], None] | None],
+    policy: TimingPolicy,
+    flip: bool,
+) -> tuple[_Window, _Window, list[float]]:
+    """One window of each side, made of alternating blocks (A B, B A, ...); each side's window
+    ends as `policy` says, counting only its own calls and time. Returns both windows and the
+    reference / candidate p50 ratio of each block pair."""
+    samples: tuple[list[Sequence[float]], list[Sequence[float]]] = ([], [])
+    walls = [0, 0]  # ns of each side's own blocks
+    ratios: list[float] = []
+    block_ns = policy.pair_block_ms * 1e6
+    min_window_ns = policy.min_window_ms * 1e6
+
+    def done(i: int) -> bool:
+        return len(samples[i]) >= policy.min_window_iters and walls[i] >= min_window_ns
+
+    k = 0
+    while not (done(0) and done(1)):
+        p50s = [0.0, 0.0]
+        for i in ((0, 1) if (k % 2 == 0) != flip else (1, 0)):
+            before = befores[i]
+            if before is not None:
+                before()
+            block: list[Sequence[float]] = []
+            start = time.perf_counter_ns()
+            while True:
+                block.append(sides[i]())
+                if time.perf_counter_ns() - start >= block_ns:
+                    break
+            walls[i] += time.perf_counter_ns() - start
+            samples[i].extend(block)
+            p50s[i] = float(np.median([b[0] for b in block]))
+        ratios.append(p50s[1] / max(p50s[0], 1e-12))
+        k += 1
+    windows = tuple(
+        (np.asarray(samples[i], dtype=np.float64).reshape(len(samples[i]), -1), walls[i] / 1e9) for i in (0, 1)
+    )
+    return windows[0], windows[1], ratios
 
 
 def time_paired(
@@ -298,51 +348,43 @@ def time_paired(
     before_candidate: Callable[[], None] | None = None,
     before_reference: Callable[[], None] | None = None,
 ) -> PairedTiming:
-    """Time `candidate` and `reference` (sample functions, as `time_samples` takes) in
-    alternating windows: both warm up, then window pairs run in the order A B, B A, A B, ...
-    (the order flips each pair, so a steady drift does not favour either), each window as
-    `policy` says. It is stable when the last `stable_windows` windows of each are; otherwise
-    it gives up after `max_windows` pairs. Both results cover the same window pairs.
-    `before_candidate` / `before_reference` run before each of that side's windows, untimed
+    """Time `candidate` and `reference` (sample functions, as `time_samples` takes) side by
+    side: both warm up, then each window of the policy is run for both at once, alternating
+    blocks of `policy.pair_block_ms` (A B, B A, A B, ...: the order flips each block pair, so a
+    steady drift favours neither), and each side's window ends as `policy` says, counting its
+    own calls and time. It is stable when the last `stable_windows` windows of each are;
+    otherwise it gives up after `max_windows`. Both results cover the same windows.
+    `before_candidate` / `before_reference` run before each of that side's blocks, untimed
     (setting a thread count that differs between them); `reference_batch_size` is the
     reference's, for its throughput (default `batch_size`)."""
     start_all = time.perf_counter()
+    befores = (before_candidate, before_reference)
+    for fn, before in ((candidate, before_candidate), (reference, before_reference)):
+        if before is not None:
+            before()
+        for _ in range(policy.warmup_iters):
+            fn()
     cand: list[_Window] = []
     ref: list[_Window] = []
+    block_ratios: list[list[float]] = []
     stable = False
-
-    def window_a() -> None:
-        if before_candidate is not None:
-            before_candidate()
-        cand.append(_window(candidate, policy))
-
-    def window_b() -> None:
-        if before_reference is not None:
-            before_reference()
-        ref.append(_window(reference, policy))
-
-    if before_candidate is not None:
-        before_candidate()
-    for _ in range(policy.warmup_iters):
-        candidate()
-    if before_reference is not None:
-        before_reference()
-    for _ in range(policy.warmup_iters):
-        reference()
     while len(cand) < policy.max_windows:
-        for step in ((window_a, window_b) if len(cand) % 2 == 0 else (window_b, window_a)):
-            step()
+        c, r, ratios = _paired_window((candidate, reference), befores, policy, flip=len(cand) % 2 == 1)
+        cand.append(c)
+        ref.append(r)
+        block_ratios.append(ratios)
         if _stable(cand, policy) and _stable(ref, policy):
             stable = True
             break
     measure_s = time.perf_counter() - start_all
     candidate_results = _results(cand, batch_size, policy, stable, measure_s)
     (reference_result,) = _results(ref, reference_batch_size or batch_size, policy, stable, measure_s)[:1]
-    ratios = [
+    window_ratios = [
         r / max(c, 1e-12)
         for r, c in zip(reference_result.window_p50_ms, candidate_results[0].window_p50_ms, strict=True)
     ]
-    return PairedTiming(candidate_results, reference_result, ratios, float(np.median(ratios)))
+    kept = [x for ratios in block_ratios[-policy.stable_windows :] for x in ratios]
+    return PairedTiming(candidate_results, reference_result, kept, float(np.median(kept)), window_ratios)
 
 
 def timing_metrics(result: TimingResult) -> dict[str, float]:

@@ -6,7 +6,8 @@ interleaved window by window inside each) and stores one row per process and sid
 one line per metric of the study:
 
 - A timing (p50, p90, p99, throughput, and `speedup` through p50) is the median over processes
-  of each process's median per-window ratio a / b, with the distribution-free interval of that
+  of each process's median per-window ratio a / b (for p50, per block: the sides alternate in
+  blocks inside every window), with the distribution-free interval of that
   median over processes (`stats.order_statistic_interval`, its exact level stated: with 5
   processes, min to max at 93.8%). The test is Mann-Whitney U on the per-window values after
   dividing out each process's level (so a slow process is not evidence for either side): the
@@ -168,7 +169,11 @@ def _per_process(metric: str, a_details: Sequence[Mapping[str, Any]], b_details:
         wb = (db.get("windows") or {}).get(metric)
         if not wa or not wb or len(wa) != len(wb) or min(wa + wb) <= 0:
             return None
-        ratios.append(statistics.median(x / y for x, y in zip(wa, wb, strict=True)))
+        blocks = da.get("block_ratios") if metric == "latency_p50_ms" else None
+        if blocks:  # p50 of alternating blocks inside each window (b / a): finer pairing
+            ratios.append(statistics.median(1.0 / x for x in blocks))
+        else:
+            ratios.append(statistics.median(x / y for x, y in zip(wa, wb, strict=True)))
         level = math.exp(statistics.fmean(math.log(v) for v in wa + wb))
         norm_a += [v / level for v in wa]
         norm_b += [v / level for v in wb]
