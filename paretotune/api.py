@@ -7,32 +7,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from paretotune.errors import ConfigError
-from paretotune.search import Study, build_spec, create_study_from_spec, load_study_from_store
+from paretotune.search import Study, StudySpec, create_study_from_spec, load_study_from_store
+from paretotune.search.samplers import DEFAULT_SAMPLER
 from paretotune.space import Scenario, SearchSpace, SingleStream, scenario_from_dict
 from paretotune.storage import StudyStore
 
 log = logging.getLogger(__name__)
-
-
-def resolve_task(task: Any) -> tuple[Any, str | None]:
-    """(task object, import path or None). An import path is loaded and the task validated:
-    a broken task is rejected here, before any trial runs."""
-    if task is None:
-        return None, None
-    path = task if isinstance(task, str) else None
-    if path is not None:
-        from paretotune.evaluators import load_task
-
-        task = load_task(path)
-        if not callable(task) and not hasattr(task, "layers"):
-            raise ConfigError(
-                f"task {path!r} names a {type(task).__name__}, not a paretotune Task or a "
-                "callable(config) -> metrics"
-            )
-    validate = getattr(task, "validate", None)
-    if callable(validate):
-        validate()
-    return task, path
 
 
 def _resolve_space(space: Any, task: Any, scenario: Any = None) -> SearchSpace:
@@ -65,7 +45,7 @@ def create_study(
     space: SearchSpace | Mapping[str, Any] | str | None = None,
     objectives: Mapping[str, str] | Sequence[str],
     constraints: Mapping[str, Any] | None = None,
-    sampler: str | Mapping[str, Any] = "tpe",
+    sampler: str | Mapping[str, Any] = DEFAULT_SAMPLER,
     seed: int | None = None,
     task: Any = None,
     extra_metrics: Sequence[str] = (),
@@ -94,35 +74,28 @@ def create_study(
     highest QPS whose p99 meets the bound, by MLPerf LoadGen, with the dynamic batcher's
     settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.
     """
+    given = {k: v for k, v in locals().items() if k in StudySpec.FIELDS}  # the study's fields, once
     chosen = scenario_from_dict(scenario)
     if not isinstance(chosen, SingleStream):
         from paretotune.evaluators.serving import require_loadgen
 
         require_loadgen(chosen)  # refused now, with the install line, not in every trial
-    task_obj, task_path = resolve_task(task)
+    from paretotune.evaluators.task import resolve_task  # loads the task's own imports late
+
+    task_obj, task_path = resolve_task(task, validate=True)
     if accuracy_range is None:
         declared = getattr(task_obj, "accuracy_range", None)
         if declared is not None and tuple(declared) != (0.0, 1.0):
             accuracy_range = tuple(declared)
     space = _resolve_space(space, task_obj, chosen)
-    if isinstance(space, SearchSpace) and not space.is_bound and task_obj is not None and hasattr(task_obj, "layers"):
-        space = space.bind(task_obj.layers)
-    spec = build_spec(
-        space=space,  # type: ignore[arg-type]
-        objectives=objectives,
-        constraints=constraints,
-        sampler=sampler,
-        seed=seed,
-        task=task_path,
-        extra_metrics=extra_metrics,
-        trial_timeout_s=trial_timeout_s,
-        max_failures=max_failures,
-        worker_grace_s=worker_grace_s,
-        duplicates=duplicates,
-        warm_start=warm_start,
-        accuracy_range=accuracy_range,
-        scenario=chosen,
-    )
+    if isinstance(space, SearchSpace) and task_obj is not None and hasattr(task_obj, "layers"):
+        from paretotune.evaluators.config import check_space_keys
+
+        check_space_keys(list(space.dimensions))  # a pt.Task's evaluator takes only its own keys
+        if not space.is_bound:
+            space = space.bind(task_obj.layers)
+    spec = StudySpec(**{**given, "space": space, "task": task_path, "accuracy_range": accuracy_range,
+                        "scenario": chosen})
     study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
     study.task = task_obj
     return study

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from paretotune.display import format_value
 from paretotune.errors import ConfigError, ParetotuneError, TaskError
 from paretotune.storage import mask
 
@@ -26,18 +27,7 @@ STORAGE_ENV = "PARETOTUNE_STORAGE"
 
 # -- formatting ---------------------------------------------------------------------------------
 def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, Mapping):
-        counts: dict[str, int] = {}
-        for x in v.values():
-            counts[str(x)] = counts.get(str(x), 0) + 1
-        return "/".join(f"{k}:{n}" for k, n in sorted(counts.items()))
-    return str(v)
+    return format_value(v, mapping="counts")
 
 
 #: metrics a table shows besides the objectives and constraints (json and csv show all)
@@ -190,7 +180,8 @@ def _print_front(study: Any, fmt: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from paretotune.search import load_study_from_store
     from paretotune.storage import StudyStore
-    from paretotune.workers.loop import run_worker, worker_id
+    from paretotune.workers.lifecycle import worker_id
+    from paretotune.workers.loop import run_worker
     from paretotune.workers.pool import resolve_evaluator
 
     store = StudyStore(_storage(args), create=False)
@@ -206,9 +197,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"worker {wid} joined {args.study!r} in {store.masked_url} (budget {n_trials})", file=sys.stderr)
     stats = run_worker(store, args.study, evaluator, n_trials=n_trials, worker=wid)
     print(f"worker done: {stats.completed} completed, {stats.failed} failed, {stats.invalid} invalid", file=sys.stderr)
-    reason = store.stopped_reason(args.study)
-    if reason and not reason.startswith("finished:"):
-        print(f"error: study stopped: {reason}", file=sys.stderr)
+    stop = store.stopped(args.study)
+    if stop is not None and stop.is_error:
+        print(f"error: study stopped: {stop.reason}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,7 +17,6 @@ import contextlib
 import datetime as _dt
 import html
 import itertools
-import json
 import logging
 import os
 import tempfile
@@ -25,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from paretotune.display import format_value
 from paretotune.errors import ConfigError, StudyError
+from paretotune.search.trial import TrialState
 from paretotune.storage import mask
 
 if TYPE_CHECKING:
@@ -79,29 +80,17 @@ def _text(value: Any) -> str:
     return html.escape(mask(str(value)))
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, Mapping):
-        return json.dumps(dict(value), sort_keys=True)
-    return str(value)
-
-
 def _get(config: Mapping[str, Any] | None, key: str) -> Any:
     return None if config is None else config.get(key)
 
 
 def _label(value: Any) -> str:
-    return "(not set)" if value is None else _fmt(value)
+    return "(not set)" if value is None else format_value(value)
 
 
 def _config_label(trial: Trial) -> str:
     config = trial.config.to_dict() if trial.config is not None else {}
-    parts = [f"{k}={_fmt(v)}" for k, v in config.items() if not isinstance(v, Mapping)]
+    parts = [f"{k}={format_value(v)}" for k, v in config.items() if not isinstance(v, Mapping)]
     return mask(", ".join(parts))
 
 
@@ -248,7 +237,7 @@ def _parallel_figure(study: Study, completed: list[Trial]) -> Any | None:
             distinct = sorted({float(v) for v in values if v is not None})
             if len(distinct) <= 8:  # a choice: ticks at its values
                 dimension["tickvals"] = distinct
-                dimension["ticktext"] = [_fmt(v) for v in distinct]
+                dimension["ticktext"] = [format_value(v) for v in distinct]
             dimensions.append(dimension)
         else:
             labels = sorted({_label(v) for v in values})
@@ -293,7 +282,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         cells = []
         for value in row:
             cls = ' class="num"' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-            cells.append(f"<td{cls}>{_text(_fmt(value))}</td>")
+            cells.append(f"<td{cls}>{_text(format_value(value))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -376,7 +365,7 @@ def render_report(study: Study, *, title: str | None = None) -> str:
         raise ConfigError("the report needs plotly: pip install 'paretotune[report]'") from exc
 
     trials = study.trials
-    completed = [t for t in trials if t.state.value == "COMPLETE"]
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
     front = list(study.pareto_front())
     front_numbers = {t.number for t in front}
     front95 = list(study.pareto_front(confidence=0.95))

@@ -26,12 +26,11 @@ import yaml
 
 from paretotune import yamlsafe
 from paretotune.errors import ConfigError
+from paretotune.search.spec import StudySpec
 
-SPEC_KEYS = {
-    "name", "storage", "task", "space", "objectives", "constraints", "sampler", "seed",
-    "extra_metrics", "trial_timeout_s", "max_failures", "worker_grace_s", "duplicates",
-    "warm_start", "accuracy_range", "scenario", "budget",
-}
+#: a spec file's keys: the study's own (`StudySpec.FIELDS`), plus where and how long to run it
+RUN_KEYS = ("name", "storage", "budget")
+SPEC_KEYS = {*RUN_KEYS, *StudySpec.FIELDS}
 REQUIRED = ("name", "objectives")
 BUDGET_KEYS = {"n_trials", "n_workers", "confirm"}
 #: the largest spec file read (a spec is a page of YAML; see yamlsafe.MAX_NODES for aliases)
@@ -82,12 +81,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
     task = data.get("task")
     if task is not None and (not isinstance(task, str) or ":" not in task):
         raise _fail(source, f"task must be an import path 'package.module:attribute', got {task!r}")
-    args: dict[str, Any] = {
-        k: data[k]
-        for k in ("task", "objectives", "constraints", "sampler", "seed", "extra_metrics", "trial_timeout_s",
-                  "max_failures", "worker_grace_s", "duplicates", "warm_start", "accuracy_range", "scenario")
-        if k in data and data[k] is not None
-    }
+    args: dict[str, Any] = {k: data[k] for k in StudySpec.FIELDS if k != "space" and data.get(k) is not None}
     if isinstance(args.get("constraints"), Mapping):
         args["constraints"] = {k: tuple(v) if isinstance(v, list) else v for k, v in args["constraints"].items()}
     args["space"] = data.get("space", "standard")

@@ -172,7 +172,7 @@ fi
 # -- 6. NVML telemetry --------------------------------------------------------------------------
 run "NVML telemetry" 30 "$OUT/telemetry.log" -- "$PYTHON" - <<'PY'
 import sys
-from paretotune.workers import devices
+from paretotune.evaluators import devices
 try:
     import pynvml  # noqa: F401
 except ImportError:

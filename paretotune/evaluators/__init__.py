@@ -9,7 +9,7 @@ from paretotune.evaluators.cache import ArtifactCache
 from paretotune.evaluators.evaluator import TaskEvaluator
 from paretotune.evaluators.hardware import hardware_fingerprint
 from paretotune.evaluators.measurement import METRIC_NAMES, Measurement
-from paretotune.evaluators.task import Task, as_evaluator, load_task
+from paretotune.evaluators.task import Task, as_evaluator, load_task, resolve_task
 from paretotune.evaluators.timing import TimingPolicy
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "as_evaluator",
     "hardware_fingerprint",
     "load_task",
+    "resolve_task",
 ]

@@ -121,7 +121,7 @@ def gpu_build_identity() -> dict[str, object]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    from paretotune.workers.devices import device_name, visible_device_ids
+    from paretotune.evaluators.devices import device_name, visible_device_ids
 
     visible = visible_device_ids() or ["0"]  # the engines open the first visible device
     name = device_name(visible[0])

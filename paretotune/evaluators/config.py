@@ -7,7 +7,7 @@ reads them for every engine alike, and leaves the rules that are not data to `En
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -155,6 +155,18 @@ def _choice(config: Mapping[str, Any], key: str, allowed: tuple[Any, ...]) -> An
 
 def known_keys() -> list[str]:
     return [*COMMON_DEFAULTS, *engines.option_names()]
+
+
+def check_space_keys(names: Sequence[str]) -> None:
+    """Refuse, at `create_study`, a space dimension a `pt.Task` evaluator does not know:
+    otherwise every trial would fail on it (``x_``-prefixed keys are the user's own)."""
+    known = known_keys()
+    unknown = [n for n in names if n not in known and not n.startswith(USER_KEY_PREFIX)]
+    if unknown:
+        raise ConfigError(
+            f"space: unknown dimension(s) {unknown} for a pt.Task evaluator; known keys are "
+            f"{sorted(known)} (keys starting with {USER_KEY_PREFIX!r} are left to the user)"
+        )
 
 
 def resolve_config(config: Mapping[str, Any], layers: Mapping[str, str]) -> BuildSpec:

@@ -71,6 +71,11 @@ class _Built:
     runners: dict[Any, Any] = field(default_factory=dict)
 
 
+#: where a trial's built artifact came from: this process's memory, the on-disk artifact cache,
+#: or a build just now
+ARTIFACT_SOURCES = ("memory", "disk", "built")
+
+
 @dataclass(frozen=True)
 class BuiltArtifact:
     """One configuration built for deployment (`TaskEvaluator.build_artifact`).
@@ -108,7 +113,7 @@ class TaskEvaluator:
     environment's `PARETOTUNE_TIMING_SLOT=off` turns it off everywhere); `reference`: how the
     reference of `speedup` is timed (`REFERENCE_POLICIES`): "paired" (default) times the
     unmodified model interleaved with the trial, window by window, in the same process, so
-    `speedup` is the median of the per-window ratios; "none" skips it (no `speedup`, no
+    `speedup` is the median of the per-block ratios; "none" skips it (no `speedup`, no
     `baseline_latency_p50_ms`). A timing never comes from the artifact cache.
     """
 
@@ -162,7 +167,7 @@ class TaskEvaluator:
         if not isinstance(self.scenario, SingleStream):
             return self._evaluate_serving(spec, slot, started)
         key = self._build_key(spec)
-        built, cache_hit, phase_build = self._get_built(spec, key)
+        built, source, phase_build = self._get_built(spec, key)
         self._set_threads(spec.threads)
         runner = self._runner(built, spec.threads, spec)
         inputs = self._batch(spec.batch_size)
@@ -213,7 +218,7 @@ class TaskEvaluator:
             **intervals,
             "ci_level": CI_LEVEL,
             "ci_method": CI_METHOD,
-            **_trial_details(spec, built, cache_hit, slot, slot_wait_s, reset, "timing"),
+            **_trial_details(spec, built, source, slot, slot_wait_s, reset, "timing"),
             "batch_size": spec.batch_size,
             "baseline": self._reference_details(paired),
             "timing_policy": self.timing.to_dict(),
@@ -236,7 +241,7 @@ class TaskEvaluator:
         from paretotune.evaluators.serving import NoValidQPS, measure_serving
 
         key = self._build_key(spec)
-        built, cache_hit, phase_build = self._get_built(spec, key)
+        built, source, phase_build = self._get_built(spec, key)
         self._set_threads(spec.threads)
         samples = max(QSL_MIN_SAMPLES, next(iter(self.task.example_inputs.values())).shape[0])
         inputs = self.task.timing_batch(samples)
@@ -274,7 +279,7 @@ class TaskEvaluator:
             "scenario": self.scenario.to_dict(),
             "serving": serving,
             "batcher": spec.batcher.to_dict(),
-            **_trial_details(spec, built, cache_hit, slot, slot.last_wait_s, reset, "serving"),
+            **_trial_details(spec, built, source, slot, slot.last_wait_s, reset, "serving"),
             "phases_s": {
                 "build": round(phase_build, 4),
                 "measure": round(time.perf_counter() - measured, 4),
@@ -334,7 +339,8 @@ class TaskEvaluator:
         ):
             out[name] = {
                 **pair_side(result, accuracy=built.accuracy, model_bytes=float(built.model_bytes)),
-                "cache_hit": hit,
+                "artifact_source": hit,
+                "cache_hit": hit != "built",
                 "engine": spec.engine,
                 "batch_size": spec.batch_size,
                 "threads": spec.threads,
@@ -353,8 +359,7 @@ class TaskEvaluator:
         """The built artifact of `config`: from memory or the artifact cache, else built now."""
         spec = self._resolve(config)
         key = self._build_key(spec)
-        built, hit, _ = self._get_built(spec, key)
-        source = "built" if hit is False else str(hit)
+        built, source, _ = self._get_built(spec, key)
         return BuiltArtifact(
             spec.engine, built.artifact, spec, built.accuracy, source, key, dict(built.details)
         )
@@ -405,13 +410,14 @@ class TaskEvaluator:
 
     # -- building --------------------------------------------------------------------------
 
-    def _get_built(self, spec: BuildSpec, key: str) -> tuple[_Built, str | bool, float]:
+    def _get_built(self, spec: BuildSpec, key: str) -> tuple[_Built, str, float]:
+        """(the build, where it came from: one of ARTIFACT_SOURCES, seconds it took)."""
         started = time.perf_counter()
         if key in self._built:
             self._built.move_to_end(key)
             return self._built[key], "memory", time.perf_counter() - started
         built = self._from_disk(spec, key)
-        hit: str | bool = "disk"
+        source = "disk"
         if built is None:
             try:
                 built = self._build(spec)
@@ -429,11 +435,11 @@ class TaskEvaluator:
                 "details": built.details,
             }
             self.cache.put(key, meta, built.artifact)
-            hit = False
+            source = "built"
         self._built[key] = built
         while len(self._built) > self.memory_slots:
             self._built.popitem(last=False)
-        return built, hit, time.perf_counter() - started
+        return built, source, time.perf_counter() - started
 
     def _from_disk(self, spec: BuildSpec, key: str) -> _Built | None:
         """The artifact cache's entry for `key`, or None when it has none that is usable; a torch
@@ -659,11 +665,12 @@ def _torch_family(spec: BuildSpec) -> Any:
 
 
 def _trial_details(
-    spec: BuildSpec, built: _Built, cache_hit: Any, slot: TimingSlot, wait_s: float, reset: bool, phase: str
+    spec: BuildSpec, built: _Built, source: str, slot: TimingSlot, wait_s: float, reset: bool, phase: str
 ) -> dict[str, Any]:
     """What every measurement's details say about its build, machine and timing slot."""
     out: dict[str, Any] = {
-        "cache_hit": cache_hit,
+        "artifact_source": source,  # one of ARTIFACT_SOURCES
+        "cache_hit": source != "built",
         "engine": spec.engine,
         "build": spec.build_dict(),
         "threads": spec.threads,

@@ -7,21 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paretotune.errors import EvaluationError
+from paretotune.metrics import MEASURED_METRICS
 
-#: The metric vocabulary an evaluator produces (the controller derives accuracy_drop; `speedup`
-#: is the evaluator's paired measurement, and the controller's 1 for the baseline trial).
-METRIC_NAMES: tuple[str, ...] = (
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "latency_p99_ms",
-    "throughput",
-    "accuracy",
-    "model_bytes",
-    "peak_memory_bytes",
-    "build_s",
-    "baseline_latency_p50_ms",
-    "speedup",
-)
+#: the metrics a single-stream evaluation returns (the vocabulary is `paretotune.metrics`;
+#: `speedup` is the evaluator's paired measurement, and the study's 1 for the baseline trial)
+METRIC_NAMES: tuple[str, ...] = MEASURED_METRICS
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,8 @@ def build_onnxruntime(
                     nodes_to_quantize=nodes,
                     nodes_to_exclude=exclude,
                     # MatMul/Gemm outputs stay fp32 (MatMulIntegerToFloat): re-quantizing them
-                    # to uint8 cost MiniLM 0.05 of fidelity; Conv keeps its int8 output so
+                    # to uint8 costs a transformer's accuracy (MiniLM's fidelity, in
+                    # benchmarks/engines.py); Conv keeps its int8 output so
                     # conv -> relu -> pool -> conv chains stay in int8.
                     extra_options={
                         **extra,

@@ -474,6 +474,27 @@ def load_task(path: str) -> Any:
     return obj
 
 
+def resolve_task(task: Any, *, validate: bool = False) -> tuple[Any, str | None]:
+    """(task object, import path or None) for a Task, any callable(config) -> metrics, or an
+    import path, which is loaded. The one resolver: `create_study` validates (``validate``:
+    the Task's own checks), so a broken task is rejected before any trial runs; the workers
+    and `export` resolve the study's stored path with it."""
+    if task is None:
+        return None, None
+    path = task if isinstance(task, str) else None
+    if path is not None:
+        task = load_task(path)
+        if not callable(task) and not hasattr(task, "layers"):
+            raise ConfigError(
+                f"task {path!r} names a {type(task).__name__}, not a paretotune Task or a "
+                "callable(config) -> metrics"
+            )
+    check = getattr(task, "validate", None) if validate else None
+    if callable(check):
+        check()
+    return task, path
+
+
 def as_evaluator(
     obj: Any, cache_dir: str | os.PathLike[str] | None = None, *, scenario: Any = None
 ) -> Callable[[Mapping[str, Any]], Any]:

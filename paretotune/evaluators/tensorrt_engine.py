@@ -22,6 +22,8 @@ included) and the compute alone, reported separately. The pycuda context pushed 
 popped at exit (pycuda aborts the process when its context stack is not empty).
 
 `tensorrt` and `pycuda` are imported only inside the functions that build or run an engine.
+Per-layer precision and the precision checks live in `tensorrt_precision.py`, strong typing's
+ONNX casts in `tensorrt_casts.py`; this module builds, caches and runs the engine.
 """
 
 from __future__ import annotations
@@ -31,15 +33,32 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from paretotune.errors import EvaluationError, InvalidConfigError
+from paretotune.errors import EvaluationError
+from paretotune.evaluators.tensorrt_casts import (
+    CastReport,
+    cast_nodes_to_half,
+    half_plan,
+    has_fp8_qdq,
+)
+from paretotune.evaluators.tensorrt_precision import (
+    PRECISION_FLAGS,
+    STRONGLY_TYPED_MAJOR,
+    apply_layer_precisions,
+    check_gpu_supports,
+    check_strongly_typed,
+    layer_node_map,
+    node_precisions,
+    precisions_needed,
+    strongly_typed,
+    trt_major,
+    type_name,
+)
 
 if TYPE_CHECKING:
-    import onnx
 
     from paretotune.evaluators.cache import ArtifactCache
     from paretotune.evaluators.config import BuildSpec
@@ -48,18 +67,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENGINE_FORMAT = 1  # bump when the engine cache layout changes
-#: precision name -> the tensorrt.DataType attribute
-TRT_DTYPES = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}
-#: precision name -> the BuilderFlag that allows it (fp32 needs none)
-PRECISION_FLAGS = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}
-#: minimum compute capability for each precision's fast kernels
-MIN_CAPABILITY = {"fp16": (5, 3), "int8": (6, 1), "bf16": (8, 0), "fp8": (8, 9)}
-#: layer types never constrained: weights, casts and shape plumbing keep their own types
-SKIPPED_LAYER_TYPES = ("CONSTANT", "SHAPE", "IDENTITY", "CAST", "QUANTIZE", "DEQUANTIZE")
-#: the first TensorRT major version without weak typing (precision flags, calibrators)
-STRONGLY_TYPED_MAJOR = 11
-FLOAT_TENSOR_TYPES = ("FLOAT", "HALF", "BF16")
-#: TensorRT I/O type -> numpy dtype name (BF16/FP8 I/O has no numpy type: never used here)
 NUMPY_TYPES = {
     "FLOAT": "float32",
     "HALF": "float16",
@@ -73,475 +80,13 @@ NUMPY_TYPES = {
 
 def numpy_dtype(trt_dtype: Any) -> np.dtype[Any]:
     """The numpy dtype of a TensorRT I/O tensor type."""
-    name = _type_name(trt_dtype)
+    name = type_name(trt_dtype)
     if name not in NUMPY_TYPES:
         raise EvaluationError(
             f"a TensorRT engine input or output has type {name}, which numpy cannot hold; "
             f"supported I/O types: {sorted(NUMPY_TYPES)}"
         )
     return np.dtype(NUMPY_TYPES[name])
-
-
-# -- per-layer precision: PyTorch layer -> ONNX nodes -> TensorRT layers ------------------------
-
-
-def layer_node_map(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[str]]:
-    """PyTorch layer name -> the ONNX nodes it became: its MatMul/Gemm/Conv and every other node
-    of the same module scope (the bias Add of a MatMul), so the whole layer gets its precision."""
-    from paretotune.evaluators.onnx_graph import layer_nodes, module_path
-
-    found = {name: list(nodes) for name, nodes in layer_nodes(model, layers).items()}
-    wanted = set(layers)
-    for node in model.graph.node:
-        scope = module_path(node)
-        if scope in wanted and node.name and node.name not in found[scope]:
-            found[scope].append(node.name)
-    return found
-
-
-def node_precisions(
-    layer_precisions: Sequence[tuple[str, str]], node_map: Mapping[str, Sequence[str]]
-) -> tuple[dict[str, str], list[str]]:
-    """(ONNX node -> precision, PyTorch layers with no node in the graph)."""
-    out: dict[str, str] = {}
-    unmapped = []
-    for layer, precision in layer_precisions:
-        nodes = node_map.get(layer) or []
-        if not nodes:
-            unmapped.append(layer)
-        for node in nodes:
-            out[node] = precision
-    return out, unmapped
-
-
-def _owner(layer_name: str, nodes_longest_first: Sequence[str]) -> str | None:
-    """The ONNX node a TensorRT layer came from: the parser names a node's layers after the
-    node, uniquifying extra layers with a suffix ("/fc1/Gemm", "/fc1/Gemm_1")."""
-    for node in nodes_longest_first:
-        if layer_name == node or layer_name.startswith(node + "_"):
-            return node
-    return None
-
-
-def _type_name(value: Any) -> str:
-    """'HALF' for trt.DataType.HALF (its str is 'DataType.HALF'), or a fake's plain name."""
-    name = getattr(value, "name", None)
-    return str(name if isinstance(name, str) else value).rsplit(".", 1)[-1]
-
-
-@dataclass
-class PrecisionReport:
-    """What `apply_layer_precisions` set: node -> TensorRT layers constrained, the nodes that
-    matched no TensorRT layer, and the other layers pinned to the build's precision."""
-
-    layers: dict[str, list[str]] = field(default_factory=dict)
-    unmatched_nodes: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
-    #: other float layers pinned to the build's own precision (fp32 at bit_width 32)
-    pinned_layers: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "constrained_layers": self.layers,
-            "unmatched_nodes": self.unmatched_nodes,
-            "flags": self.flags,
-            "pinned_layers": len(self.pinned_layers),
-        }
-
-
-def apply_layer_precisions(
-    network: Any,
-    config: Any,
-    assignments: Mapping[str, str],
-    trt: Any,
-    pin_others: str | None = None,
-) -> PrecisionReport:
-    """Constrain each TensorRT layer made from an ONNX node in `assignments` (node ->
-    fp32|fp16|bf16|int8): `layer.precision` and the type of each float output, then set
-    OBEY_PRECISION_CONSTRAINTS and the flag each precision needs on `config`.
-
-    `pin_others` (a precision, "fp32" at bit_width 32) constrains every other float layer to
-    it: a global FP16 flag set for one fp16 layer would otherwise let TensorRT run every
-    unconstrained layer in fp16 too. TensorRT 10 only (weak typing).
-
-    `network` is an INetworkDefinition (num_layers, get_layer), `config` an IBuilderConfig
-    (set_flag) and `trt` the tensorrt module (DataType, BuilderFlag, LayerType): parameters, so
-    a recording fake stands in for all three. Network outputs keep the model's declared type,
-    so the engine's I/O stays what the task feeds and reads (TensorRT converts at the edge).
-    """
-    report = PrecisionReport()
-    if not assignments:
-        return report
-    nodes = sorted(assignments, key=len, reverse=True)
-    skipped = {getattr(trt.LayerType, t) for t in SKIPPED_LAYER_TYPES if hasattr(trt.LayerType, t)}
-    pinned: list[str] = []
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.type in skipped:
-            continue
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if any(_type_name(t.dtype) not in FLOAT_TENSOR_TYPES for t in outputs):
-            continue  # shape/index arithmetic: never forced to a float precision
-        node = _owner(layer.name, nodes)
-        if node is None and pin_others is None:
-            continue
-        precision = assignments[node] if node is not None else str(pin_others)
-        dtype = getattr(trt.DataType, TRT_DTYPES[precision])
-        layer.precision = dtype
-        for j, tensor in enumerate(outputs):
-            if not tensor.is_network_output:
-                layer.set_output_type(j, dtype)
-        if node is None:
-            pinned.append(layer.name)
-        else:
-            report.layers.setdefault(node, []).append(layer.name)
-    report.unmatched_nodes = [n for n in sorted(assignments) if n not in report.layers]
-    report.pinned_layers = pinned
-    if report.layers:
-        flags = {"OBEY_PRECISION_CONSTRAINTS"}
-        flags |= {
-            PRECISION_FLAGS[assignments[n]] for n in report.layers if assignments[n] != "fp32"
-        }
-        for flag in sorted(flags):
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-        report.flags = sorted(flags)
-    return report
-
-
-# -- precision flags and what the GPU supports ---------------------------------------------------
-
-
-def precisions_needed(spec: BuildSpec, has_fp8_qdq: bool = False) -> list[str]:
-    """The reduced precisions a build enables, from bit_width, `half`, per-layer precision and
-    the model's FP8 Q/DQ nodes (TensorRT takes FP8 from explicit quantization only)."""
-    needed: set[str] = set()
-    if spec.bit_width == 16:
-        needed.add(spec.option("half"))
-    if spec.bit_width == 8:
-        needed.add("int8")
-    needed |= {p for _, p in spec.layer_precisions if p != "fp32"}
-    if has_fp8_qdq:
-        needed.add("fp8")
-    return sorted(needed)
-
-
-def trt_major(trt: Any) -> int:
-    """The major version of the tensorrt module (`__version__` "11.4.0.106" -> 11)."""
-    version = str(getattr(trt, "__version__", ""))
-    head = version.split(".", 1)[0]
-    if not head.isdigit():
-        raise EvaluationError(
-            f"tensorrt.__version__ is {version!r}; expected a version such as '10.16.1.11'"
-        )
-    return int(head)
-
-
-def strongly_typed(trt: Any) -> bool:
-    """True for TensorRT 11 and later: every network is strongly typed, precision comes from the
-    graph's types, and there are no precision builder flags or int8 calibrators."""
-    return trt_major(trt) >= STRONGLY_TYPED_MAJOR
-
-
-def check_gpu_supports(
-    precisions: Sequence[str], capability: tuple[int, int], gpu_name: str, trt: Any
-) -> None:
-    """InvalidConfigError naming the precision when this GPU or TensorRT build lacks it: the
-    builder flag under weak typing (TensorRT 10), the data type under strong typing (11)."""
-    strong = strongly_typed(trt)
-    for precision in precisions:
-        if strong:
-            dtype = TRT_DTYPES[precision]
-            if not hasattr(trt.DataType, dtype):
-                raise InvalidConfigError(
-                    f"{precision} is not buildable with TensorRT {trt.__version__}: it has no "
-                    f"DataType.{dtype}"
-                )
-        else:
-            flag = PRECISION_FLAGS[precision]
-            if not hasattr(trt.BuilderFlag, flag):
-                raise InvalidConfigError(
-                    f"{precision} is not buildable with TensorRT "
-                    f"{getattr(trt, '__version__', '?')}: it has no BuilderFlag.{flag}"
-                )
-        need = MIN_CAPABILITY[precision]
-        if tuple(capability) < need:
-            raise InvalidConfigError(
-                f"{precision} is not buildable on {gpu_name} (compute capability "
-                f"{capability[0]}.{capability[1]}); TensorRT needs {need[0]}.{need[1]} or newer"
-            )
-
-
-def check_strongly_typed(
-    spec: BuildSpec, assignments: Mapping[str, str], model: onnx.ModelProto, version: str
-) -> None:
-    """InvalidConfigError for what TensorRT 11 cannot build: int8 without Q/DQ nodes (its
-    calibrators are gone), and a per-layer int8 node that no DequantizeLinear feeds."""
-    if spec.bit_width == 8 and spec.option("int8_source") != "qdq":
-        raise InvalidConfigError(
-            f"int8_source={spec.option('int8_source')!r} is not buildable with TensorRT "
-            f"{version}: TensorRT 11 removed the int8 calibrators and takes int8 only from "
-            "Q/DQ nodes; allowed there: int8_source='qdq'"
-        )
-    int8 = sorted(n for n, p in assignments.items() if p == "int8")
-    if not int8:
-        return
-    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    nodes = {n.name: n for n in model.graph.node}
-    missing = [n for n in int8 if not any(i in dequantized for i in nodes[n].input)]
-    if missing:
-        raise InvalidConfigError(
-            f"precision 'int8' for ONNX nodes {missing} is not buildable with TensorRT {version}: "
-            "strong typing takes int8 from Q/DQ nodes, and no DequantizeLinear feeds them "
-            "(a layer in excluded_layers, or one ONNX Runtime's quantizer left in float)"
-        )
-
-
-# -- strong typing: fp16/bf16 from Casts in the ONNX graph -------------------------------------
-
-#: precision name -> onnx.TensorProto element type
-ONNX_HALF_TYPES = {"fp16": 10, "bf16": 16}  # TensorProto.FLOAT16, TensorProto.BFLOAT16
-ONNX_FLOAT = 1  # TensorProto.FLOAT
-#: largest finite value of each half type: float constants are clipped to it, so a mask of
-#: float32's lowest value stays finite (it would become -inf, and 0 * -inf is NaN)
-HALF_MAX = {10: 65504.0, 16: 3.3895313892515355e38}
-#: ops never run in half: their output type is an attribute or a fixed type, or they are the
-#: Q/DQ and cast plumbing whose types the graph already states
-NEVER_HALF = frozenset({
-    "Shape", "Size", "Constant", "ConstantOfShape", "Cast", "CastLike", "QuantizeLinear",
-    "DequantizeLinear", "DynamicQuantizeLinear", "Range", "RandomNormal", "RandomNormalLike",
-    "RandomUniform", "RandomUniformLike", "Multinomial", "EyeLike", "If", "Loop", "Scan",
-})
-#: op -> float inputs that keep float32 (Resize's roi and scales)
-FLOAT_INPUTS = {"Resize": frozenset({1, 2}), "Upsample": frozenset({1})}
-#: op -> float outputs whose type is not the inputs' (LayerNormalization's mean and inv std dev)
-FLOAT_OUTPUTS = {"LayerNormalization": frozenset({1, 2})}
-
-
-def half_plan(
-    model: onnx.ModelProto, spec: BuildSpec, assignments: Mapping[str, str]
-) -> dict[str, str]:
-    """ONNX node -> fp16|bf16 for a strongly typed build: at bit_width 16 every node in the
-    `half` precision except the per-layer fp32 ones; otherwise only the per-layer fp16/bf16
-    nodes. Nodes that cannot run in half are left out later, by `cast_nodes_to_half`."""
-    plan: dict[str, str] = {}
-    if spec.bit_width == 16:
-        half = spec.option("half")
-        plan = {n.name: half for n in model.graph.node if n.name}
-    for node, precision in assignments.items():
-        if precision in ONNX_HALF_TYPES:
-            plan[node] = precision
-        else:
-            plan.pop(node, None)  # fp32 (or int8 from Q/DQ) keeps its graph types
-    return plan
-
-
-@dataclass
-class CastReport:
-    """What `cast_nodes_to_half` did: nodes per half type, Casts and converted constants put in,
-    and the planned nodes left in float (with why)."""
-
-    half_nodes: dict[str, int] = field(default_factory=dict)
-    casts: int = 0
-    constants: int = 0
-    left_in_float: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "half_nodes": self.half_nodes,
-            "casts_inserted": self.casts,
-            "constants_converted": self.constants,
-            "left_in_float": dict(sorted(self.left_in_float.items())[:20]),
-            "left_in_float_count": len(self.left_in_float),
-        }
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor name -> ONNX element type, from the graph and ONNX shape inference."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:  # noqa: BLE001 - inference failing leaves types unknown, not wrong
-        logger.debug("ONNX shape inference failed before the half casts: %s", exc)
-        inferred = model
-    graph = inferred.graph
-    types: dict[str, int] = {}
-    for info in [*graph.value_info, *graph.input, *graph.output]:
-        if info.type.HasField("tensor_type"):
-            types[info.name] = info.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    return types
-
-
-def _constant_array(node: onnx.NodeProto) -> np.ndarray | None:
-    """The float32 value of a Constant node, when it holds one."""
-    from onnx import helper, numpy_helper
-
-    for attr in node.attribute:
-        if attr.name == "value" and attr.t.data_type == ONNX_FLOAT:
-            return numpy_helper.to_array(attr.t)
-        if attr.name in ("value_float", "value_floats"):
-            return np.asarray(helper.get_attribute_value(attr), dtype=np.float32)
-    return None
-
-
-def _half_initializer(name: str, values: np.ndarray, elem_type: int) -> onnx.TensorProto:
-    """`values` (float32) as an fp16 or bf16 initializer, finite values clipped to its range."""
-    from onnx import helper, numpy_helper
-
-    values = np.asarray(values, dtype=np.float32)
-    limit = HALF_MAX[elem_type]
-    values = np.where(np.isfinite(values), np.clip(values, -limit, limit), values)
-    if elem_type == ONNX_HALF_TYPES["fp16"]:
-        return numpy_helper.from_array(values.astype(np.float16), name)
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # nearest even
-    rounded[np.isnan(values)] = 0x7FC0
-    return helper.make_tensor(name, elem_type, list(values.shape), rounded.tobytes(), raw=True)
-
-
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Every tensor name the subgraphs of a control-flow node read (outer-scope ones too)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            for inner in graph.node:
-                names.update(inner.input)
-                names |= _subgraph_inputs(inner)
-    return names
-
-
-def cast_nodes_to_half(
-    model: onnx.ModelProto, plan: Mapping[str, str]
-) -> tuple[onnx.ModelProto, CastReport]:
-    """A copy of `model` where each node of `plan` (node -> fp16|bf16) computes in that type.
-
-    Each float32 input of such a node is read through a Cast (one per tensor and type), or as a
-    converted initializer when it is a constant; each float32 output is produced in half and
-    cast back to float32 under its own name wherever a float consumer or the graph's outputs
-    need it. The graph's inputs and outputs keep their types. Nodes that cannot run in half
-    (NEVER_HALF ops, other domains, unknown input types) stay in float32 and are reported.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    types = _elem_types(model)
-    constants: dict[str, np.ndarray] = {}
-    for node in graph.node:
-        if node.op_type == "Constant" and len(node.output) == 1:
-            value = _constant_array(node)
-            if value is not None:
-                constants[node.output[0]] = value
-    initializers = {i.name: i for i in graph.initializer if i.data_type == ONNX_FLOAT}
-    report = CastReport()
-
-    def float_inputs(node: onnx.NodeProto) -> list[int]:
-        keep = FLOAT_INPUTS.get(node.op_type, frozenset())
-        return [i for i, name in enumerate(node.input)
-                if name and i not in keep and types.get(name) == ONNX_FLOAT]
-
-    compute: dict[str, int] = {}  # node name -> the half type it computes in
-    for node in graph.node:
-        precision = plan.get(node.name)
-        if precision is None:
-            continue
-        why = None
-        if node.op_type in NEVER_HALF:
-            why = f"{node.op_type} keeps its graph types"
-        elif node.domain not in ("", "ai.onnx"):
-            why = f"op {node.domain}.{node.op_type} of another domain"
-        elif any(name and name not in types for name in node.input):
-            why = "an input of unknown type"
-        elif not float_inputs(node):
-            why = "no float32 input"
-        if why is None:
-            compute[node.name] = ONNX_HALF_TYPES[precision]
-        elif any(name and types.get(name) == ONNX_FLOAT for name in node.output):
-            report.left_in_float[node.name] = why
-
-    produced: dict[str, tuple[str, int]] = {}  # float32 tensor -> (half name, half type)
-    for node in graph.node:
-        if node.name in compute:
-            skip = FLOAT_OUTPUTS.get(node.op_type, frozenset())
-            for j, name in enumerate(node.output):
-                if name and j not in skip and types.get(name) == ONNX_FLOAT:
-                    produced[name] = (f"{name}__half", compute[node.name])
-    float_needed = {o.name for o in graph.output}
-    for node in graph.node:
-        if node.name not in compute:
-            float_needed.update(node.input)
-            float_needed |= _subgraph_inputs(node)
-
-    names = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
-    variants: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-    suffix = {10: "fp16", 16: "bf16"}
-
-    def variant(name: str, elem_type: int) -> str:
-        """The name of `name` in `elem_type`, putting in its Cast or constant on first use."""
-        if name in produced and produced[name][1] == elem_type:
-            return produced[name][0]
-        key = (name, elem_type)
-        if key in variants:
-            return variants[key]
-        target = f"{name}__{suffix[elem_type]}"
-        while target in names:
-            target += "_"
-        names.add(target)
-        source = name if name not in produced else produced[name][0]
-        if name in initializers or name in constants:
-            values = constants.get(name)
-            if values is None:
-                values = numpy_helper.to_array(initializers[name])
-            graph.initializer.append(_half_initializer(target, values, elem_type))
-            report.constants += 1
-        else:
-            new_nodes.append(helper.make_node(
-                "Cast", [source], [target], to=elem_type, name=f"{target}/Cast"
-            ))
-            report.casts += 1
-        variants[key] = target
-        return target
-
-    for node in list(graph.node):
-        if node.name in compute:
-            elem_type = compute[node.name]
-            for i in float_inputs(node):
-                node.input[i] = variant(node.input[i], elem_type)
-            new_nodes.append(node)
-            report.half_nodes[suffix[elem_type]] = report.half_nodes.get(suffix[elem_type], 0) + 1
-            for j, name in enumerate(node.output):
-                if name in produced:
-                    node.output[j] = produced[name][0]
-                    if name in float_needed:  # back to float32, under the original name
-                        new_nodes.append(helper.make_node(
-                            "Cast", [produced[name][0]], [name], to=ONNX_FLOAT,
-                            name=f"{name}__float/Cast",
-                        ))
-                        report.casts += 1
-            continue
-        new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.value_info[:]  # stale for the renamed tensors; TensorRT infers its own shapes
-    return out, report
-
-
-def has_fp8_qdq(model: onnx.ModelProto) -> bool:
-    """True when a QuantizeLinear of the model produces FLOAT8E4M3FN (its zero point's type)."""
-    from onnx import TensorProto
-
-    fp8 = {getattr(TensorProto, n) for n in ("FLOAT8E4M3FN", "FLOAT8E5M2") if hasattr(TensorProto, n)}
-    inits = {init.name: init.data_type for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
-            if inits.get(node.input[2]) in fp8:
-                return True
-    return False
 
 
 # -- the optimization profile --------------------------------------------------------------------
@@ -915,22 +460,21 @@ class TensorRTRunner:
     def _enqueue(self, buffers: _Buffers, copies: bool, events: Sequence[Any] = ()) -> None:
         """H2D, compute, D2H on the stream; `events` (4) mark start, compute start/end, end."""
         driver, stream = self._driver, self._stream
-        if events:
-            events[0].record(stream)
-        if copies:
-            for name in self.inputs:
-                driver.memcpy_htod_async(buffers.device[name], buffers.host[name], stream)
-        if events:
-            events[1].record(stream)
+
+        def mark(i: int) -> None:
+            if events:
+                events[i].record(stream)
+
+        mark(0)
+        for name in self.inputs if copies else ():
+            driver.memcpy_htod_async(buffers.device[name], buffers.host[name], stream)
+        mark(1)
         if not self._context.execute_async_v3(stream.handle):
             raise EvaluationError("TensorRT execute_async_v3 failed")
-        if events:
-            events[2].record(stream)
-        if copies:
-            for name in self.outputs:
-                driver.memcpy_dtoh_async(buffers.host[name], buffers.device[name], stream)
-        if events:
-            events[3].record(stream)
+        mark(2)
+        for name in self.outputs if copies else ():
+            driver.memcpy_dtoh_async(buffers.host[name], buffers.device[name], stream)
+        mark(3)
 
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         """One batch end to end (copies in, compute, copies out, synchronize)."""

@@ -1,9 +1,9 @@
 """The timing harness: warm-up, windows until stable, percentiles, intervals (BENCHMARKING.md).
 
 `time_callable` / `time_samples` time one thing. `time_paired` times a candidate and a
-reference in the same process, interleaved window by window, so a slowdown that hits both
-(another tenant, a frequency drop) cancels in their ratio: the paired `speedup` is the median
-of the per-window ratios (rule 10). Every result keeps the per-call samples of its reported
+reference in the same process, interleaved (alternating blocks inside every window), so a
+slowdown that hits both (another tenant, a frequency drop) cancels in their ratio: the paired
+`speedup` is the median of the per-block ratios (rule 10). Every result keeps the per-call samples of its reported
 windows, from which `TimingResult.intervals` gives percentile-bootstrap intervals (rule 11).
 """
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from paretotune.search.objectives import METRICS, Constraint
 from paretotune.search.pareto import Front
 from paretotune.search.samplers import register_sampler, sampler_names
-from paretotune.search.specs import build_spec, create_study_from_spec, load_study_from_store
+from paretotune.search.spec import StudySpec
+from paretotune.search.studies import create_study_from_spec, load_study_from_store
 from paretotune.search.study import Study
 from paretotune.search.trial import PendingTrial, Trial, TrialState
 
@@ -17,7 +18,7 @@ __all__ = [
     "Study",
     "Trial",
     "TrialState",
-    "build_spec",
+    "StudySpec",
     "create_study_from_spec",
     "load_study_from_store",
     "register_sampler",

@@ -15,10 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from optuna._hypervolume import compute_hypervolume
-from optuna.study._multi_objective import _is_pareto_front
 
 from paretotune.errors import ConfigError
+from paretotune.search._optuna import compute_hypervolume, is_pareto_front
 from paretotune.search.objectives import OPERATORS
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ def non_dominated(losses: np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated rows of a (n, m) minimization matrix."""
     if len(losses) == 0:
         return np.zeros(0, dtype=bool)
-    return _is_pareto_front(np.asarray(losses, dtype=float), assume_unique_lexsorted=False)
+    return is_pareto_front(np.asarray(losses, dtype=float), assume_unique_lexsorted=False)
 
 
 def reference_point(baseline_loss: Sequence[float], margin: float = REFERENCE_MARGIN) -> np.ndarray:

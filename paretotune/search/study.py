@@ -25,6 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
 from paretotune.errors import ConfigError, StudyError
+from paretotune.search import _optuna
 from paretotune.search.comparisons import Comparison
 from paretotune.search.comparisons import comparisons as stored_comparisons
 from paretotune.search.confirmations import Confirmation
@@ -34,8 +35,6 @@ from paretotune.search.objectives import (
     Constraint,
     out_of_domain,
     parse_accuracy_range,
-    parse_constraints,
-    parse_objectives,
 )
 from paretotune.search.pareto import (
     CONFIDENCE_LEVELS,
@@ -57,9 +56,10 @@ from paretotune.search.proposals import (
     warm_start_configs,
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
+from paretotune.search.spec import StudySpec
 from paretotune.search.trial import PendingTrial, Trial, TrialState, intervals_of, trial_from_optuna
-from paretotune.space import Config, Scenario, SearchSpace, Server, scenario_from_dict
-from paretotune.storage import StudyStore, is_transient, retry
+from paretotune.space import Config, Scenario, Server
+from paretotune.storage import StopKind, StudyStore, is_transient, retry
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,6 @@ log = logging.getLogger(__name__)
 BASELINE_WAIT_S = 3600.0
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 DEFAULT_WORKER_GRACE_S = 20.0
-#: a stop reason that starts with this is a normal end, not an error
-FINISHED = "finished:"
 #: evaluations lacking an objective or constraint metric before the study stops, when no
 #: completed trial ever had that metric (a single trial without it is just that trial's FAIL)
 MISSING_METRIC_STOP_AFTER = 3
@@ -85,21 +83,20 @@ class Study:
     def __init__(self, name: str, store: StudyStore, spec: dict[str, Any], *, worker: str = "main") -> None:
         self.name = name
         self.store = store
+        #: the stored JSON form; `definition` is it parsed
         self.spec = spec
-        self.space = SearchSpace.from_dict(spec["space"])
-        extra = list(spec.get("extra_metrics") or [])
-        self.objectives: dict[str, str] = parse_objectives(spec["objectives"], extra)
-        self.constraints: list[Constraint] = parse_constraints(
-            {k: tuple(v) for k, v in (spec.get("constraints") or {}).items()}, extra
-        )
-        self.trial_timeout_s = float(spec.get("trial_timeout_s") or DEFAULT_TRIAL_TIMEOUT_S)
+        self.definition = definition = StudySpec.from_dict(spec)
+        self.space = definition.space
+        self.objectives: dict[str, str] = dict(definition.objectives)
+        self.constraints: list[Constraint] = list(definition.constraints)
+        self.trial_timeout_s = float(definition.trial_timeout_s or DEFAULT_TRIAL_TIMEOUT_S)
         #: seconds without a heartbeat before a running trial's worker is declared lost
-        self.worker_grace_s = float(spec.get("worker_grace_s") or DEFAULT_WORKER_GRACE_S)
-        self.task_path: str | None = spec.get("task")
+        self.worker_grace_s = float(definition.worker_grace_s or DEFAULT_WORKER_GRACE_S)
+        self.task_path: str | None = definition.task
         #: the range a valid `accuracy` lies in (the task's declared range, default [0, 1])
-        self.accuracy_range = parse_accuracy_range(spec.get("accuracy_range"))
+        self.accuracy_range = parse_accuracy_range(definition.accuracy_range)
         #: how each trial is timed: single_stream (closed loop), or LoadGen's server / offline
-        self.scenario: Scenario = scenario_from_dict(spec.get("scenario"))
+        self.scenario: Scenario = definition.scenario  # type: ignore[assignment]  # parsed
         if isinstance(self.scenario, Server) and not any(c.metric == "server_qps" for c in self.constraints):
             # a config that sustains no load within the p99 bound (server_qps 0) is measured,
             # and it is not a deployable point
@@ -252,14 +249,29 @@ class Study:
 
     def tell_failure_by_number(self, number: int, reason: str) -> bool:
         """FAIL a RUNNING trial by number (reaper, interrupted ask). False if it had finished."""
-        storage = self._optuna._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self._optuna._study_id, number)
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            storage.set_trial_state_values(trial_id, OptunaState.FAIL)
-        except UpdateFinishedTrialError:
+        return _optuna.fail_running(self._optuna, number, reason)
+
+    def fail_lost(self, number: int, reason: str, max_retries: int) -> bool:
+        """FAIL a RUNNING trial whose worker was lost, and queue its config again (at most
+        ``max_retries`` times per config; a baseline stays the baseline). False when the trial
+        had already finished, or another reaper got to it first."""
+        frozen = _optuna.mark_if_running(self._optuna, number, "reaped_at", time.time())
+        if frozen is None or not self.tell_failure_by_number(number, reason):
             return False
+        retries = int(frozen.user_attrs.get("retries", 0))
+        if retries < max_retries and frozen.params:
+            attrs: dict[str, object] = {"retries": retries + 1, "retry_of": number}
+            if frozen.user_attrs.get("baseline"):
+                attrs["baseline"] = True
+            self._optuna.enqueue_trial(frozen.params, user_attrs=attrs, skip_if_exists=False)
+            log.warning("trial %d: %s; re-queued (retry %d)", number, reason, retries + 1)
+        else:
+            log.warning("trial %d: %s; not retried", number, reason)
         return True
+
+    def trial_state(self, number: int) -> TrialState:
+        """Trial ``number``'s state, read afresh from the store."""
+        return trial_from_optuna(_optuna.frozen_trial(self._optuna, number), self.space, self.is_feasible).state
 
     def tell_invalid(self, pending: PendingTrial, reason: str) -> Trial:
         pending._optuna_trial.set_user_attr("invalid_reason", reason)
@@ -330,7 +342,7 @@ class Study:
         except UpdateFinishedTrialError:
             # Either an earlier attempt of this tell got through before the connection
             # dropped, or a reaper declared our worker lost. The measurement is stored anyway.
-            frozen = self._optuna._storage.get_trial(ot._trial_id)
+            frozen = _optuna.frozen_trial_of(self._optuna, ot)
             if frozen.state != OptunaState.COMPLETE:
                 reason = frozen.user_attrs.get("fail_reason", f"finished as {frozen.state.name} elsewhere")
                 log.warning("trial %d was finished elsewhere (%s); its measurement is kept in the store",
@@ -370,7 +382,7 @@ class Study:
             if "Study.stop" not in str(exc):
                 raise
             self.exhausted = True
-            self.store.stop_study(self.name, f"{FINISHED} every config of the space was evaluated")
+            self.store.stop_study(self.name, "every config of the space was evaluated", StopKind.FINISHED)
 
     def _derive(self, pending: PendingTrial, metrics: dict[str, float], wait_s: float) -> str | None:
         """Fill in accuracy_drop and speedup against the baseline. Returns why not, if not."""
@@ -386,7 +398,7 @@ class Study:
         if pending.is_baseline and lat:
             metrics["speedup"] = 1.0  # the baseline against itself, by construction
             return None
-        if "speedup" in metrics:  # paired by the evaluator (TaskEvaluator: per-window ratios)
+        if "speedup" in metrics:  # paired by the evaluator (TaskEvaluator: per-block ratios)
             return None
         ref = metrics.get("baseline_latency_p50_ms")
         if lat and ref:
@@ -517,9 +529,7 @@ class Study:
         stopped. ``evaluator``: a ``pt.Task``, any ``callable(config) -> dict of metrics``, or
         None to load the task import path stored with the study.
         """
-        from paretotune.workers import run_study  # the one late import into workers/
-
-        run_study(
+        _workers().run_study(
             self,
             evaluator,
             n_trials=n_trials,
@@ -542,9 +552,7 @@ class Study:
         """Re-measure ``trials`` (default: the Pareto front) in ``processes`` fresh processes
         (default 3), with the baseline beside each, and return their median numbers and spread
         (``paretotune.workers.confirm``). Stored; read again with ``confirmations()``."""
-        from paretotune.workers.confirm import confirm  # measuring is the workers' job
-
-        return confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
+        return _workers().confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
 
     def compare(
         self,
@@ -559,9 +567,7 @@ class Study:
         processes (default 5), interleaved inside each; one line per metric of the study
         ("trial 12 is 8.1% faster than trial 4 at p50 (...)" or "no significant difference").
         Stored; read again with ``comparisons()`` (``paretotune.search.comparisons``)."""
-        from paretotune.workers.confirm import compare  # measuring is the workers' job
-
-        return compare(self, a, b, evaluator=evaluator, processes=processes, show_progress=show_progress)
+        return _workers().compare(self, a, b, evaluator=evaluator, processes=processes, show_progress=show_progress)
 
     def comparisons(self, run_id: str | None = None) -> list[Comparison]:
         """The stored A/B comparisons of this study, oldest first."""
@@ -589,3 +595,11 @@ class Study:
             "hypervolume": hv,
             "stopped_reason": self.store.stopped_reason(self.name),
         }
+
+
+def _workers() -> Any:
+    """The one late import into ``workers/`` (DESIGN.md): running and measuring trials is their
+    job, and they import ``search``, so ``search`` reaches them only here, at call time."""
+    import paretotune.workers
+
+    return paretotune.workers

@@ -44,7 +44,7 @@ class Trial:
     duration_s: float | None = None
     duplicate_of: int | None = None
     #: metric -> (low, high): the measurement's 95% interval of that metric (timings, from the
-    #: harness's bootstrap; `speedup` from its per-window ratios); empty when it gave none
+    #: harness's bootstrap; `speedup` from its per-block ratios); empty when it gave none
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

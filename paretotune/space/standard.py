@@ -183,8 +183,8 @@ def _engine_dimensions(
         rules += [{"engine": e, "quant_mode": m} for e in modes for m in values if m not in caps[e]["int8_modes"]]
     channel = [e for e in int8 if caps[e]["per_channel"]]
     if channel:
-        # per-channel weight scales by default: they keep accuracy (all-MiniLM-L6-v2 int8
-        # dynamic: fidelity 0.992 against 0.957 per-tensor) at no speed cost
+        # per-channel weight scales by default: they keep more accuracy than per-tensor at no
+        # speed cost (benchmarks/engines.py times and scores both; docs/benchmarks.md)
         dims["per_channel"] = Choice([False, True], default=True, when={"engine": channel, "bit_width": 8})
     groups: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
     for engine, c in caps.items():

@@ -16,6 +16,8 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,31 @@ studies_table = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("stopped_reason", sa.Text, nullable=True),
     sa.Column("target", sa.Integer, nullable=True),
+    sa.Column("stopped_kind", sa.String(16), nullable=True),
 )
+
+
+class StopKind(str, Enum):
+    """Why a study stopped taking trials: a normal end, or a reason to tell the user."""
+
+    FINISHED = "finished"  # nothing left to try (every config of a finite space was evaluated)
+    FAILED = "failed"  # max_failures trials failed
+    ABORTED = "aborted"  # a fatal problem: an evaluator that never returns a needed metric, say
+
+
+@dataclass(frozen=True)
+class StudyStop:
+    """A study's stop as stored: its kind and the sentence that explains it."""
+
+    kind: StopKind
+    reason: str
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind is not StopKind.FINISHED
+
+    def __str__(self) -> str:
+        return self.reason
 
 #: One row per budget slot a worker holds. ``active`` while its trial runs, then ``done``
 #: (the trial completed: it counts against the budget) or ``released`` (failed or invalid:
@@ -99,6 +125,27 @@ confirmations_table = sa.Table(
 ACTIVE, DONE, RELEASED = "active", "done", "released"
 
 
+def _add_new_columns(engine: sa.engine.Engine) -> None:
+    """Add the nullable columns a newer version declares to tables an older one created (the
+    only schema change these tables have had: ``create_all`` adds whole tables only)."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:
+                raise StorageError(f"table {table.name} lacks the column {column.name}, which cannot be added")
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+            except sa.exc.SQLAlchemyError:  # another process added it first
+                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise
+            log.info("store: added column %s.%s", table.name, column.name)
+
+
 def _wrap(exc: Exception, what: str) -> StorageError:
     return StorageError(f"{what}: {mask(str(exc).splitlines()[0])}")
 
@@ -144,6 +191,7 @@ class StudyStore:
             raise StorageError(f"{self.masked_url} holds no paretotune studies (no table {studies_table.name})")
         try:
             metadata.create_all(self.engine)  # only adds tables a newer version introduced
+            _add_new_columns(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise _wrap(exc, f"cannot create tables in {self.masked_url}") from None
         self._optuna: Any = None
@@ -210,25 +258,37 @@ class StudyStore:
             row = conn.execute(sa.select(studies_table.c.target).where(studies_table.c.name == name)).first()
         return None if row is None else row[0]
 
-    def stop_study(self, name: str, reason: str) -> None:
-        """Mark the study stopped: every worker stops claiming (a fatal spec error, say)."""
+    def stop_study(self, name: str, reason: str, kind: StopKind = StopKind.ABORTED) -> None:
+        """Mark the study stopped: every worker stops claiming. The first stop stays."""
         with self.engine.begin() as conn:
             conn.execute(
                 studies_table.update()
                 .where(studies_table.c.name == name, studies_table.c.stopped_reason.is_(None))
-                .values(stopped_reason=reason)
+                .values(stopped_reason=reason, stopped_kind=StopKind(kind).value)
             )
 
     def clear_stop(self, name: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(studies_table.update().where(studies_table.c.name == name).values(stopped_reason=None))
+            conn.execute(studies_table.update().where(studies_table.c.name == name)
+                         .values(stopped_reason=None, stopped_kind=None))
 
-    def stopped_reason(self, name: str) -> str | None:
+    def stopped(self, name: str) -> StudyStop | None:
+        """The study's stop, or None while it takes trials."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(studies_table.c.stopped_reason).where(studies_table.c.name == name)
+                sa.select(studies_table.c.stopped_reason, studies_table.c.stopped_kind)
+                .where(studies_table.c.name == name)
             ).first()
-        return None if row is None else row[0]
+        if row is None or row[0] is None:
+            return None
+        reason, kind = row
+        if kind is None:  # written before stops had kinds, when a finished one began "finished:"
+            kind = StopKind.FINISHED if reason.startswith("finished:") else StopKind.ABORTED
+        return StudyStop(StopKind(kind), reason)
+
+    def stopped_reason(self, name: str) -> str | None:
+        stop = self.stopped(name)
+        return None if stop is None else stop.reason
 
     # -- budget claims ----------------------------------------------------------------------------
     def claim(self, study: str, worker: str, target: int) -> int | None:

@@ -75,7 +75,8 @@ def trial_process(fd: int) -> None:
 
 def pool_worker() -> None:
     """A local-pool worker: its arguments arrive pickled on stdin."""
-    from paretotune.workers.loop import raise_on_sigterm, run_worker, worker_id
+    from paretotune.workers.lifecycle import worker_id
+    from paretotune.workers.loop import raise_on_sigterm, run_worker
 
     raise_on_sigterm()
     args = pickle.loads(sys.stdin.buffer.read())

@@ -113,9 +113,10 @@ def confirm(
         with TrialExecutor(run_evaluator, timeout_s=study.trial_timeout_s) as executor:
             for i, (number, config, role) in enumerate(order):
                 outcome = executor.run(config)
-                error = outcome.error or (f"invalid: {outcome.invalid}" if outcome.invalid else None)
+                error = (None if outcome.state == TrialState.COMPLETE else
+                         outcome.reason if outcome.state == TrialState.FAIL else f"invalid: {outcome.reason}")
                 study.store.record_confirmation(
-                    study.name, run_id, p, number, config.to_json(), outcome.metrics,
+                    study.name, run_id, p, number, config.to_json(), outcome.metrics if error is None else None,
                     {"role": role, **_timing_details(outcome.details)}, error,
                 )
                 if progress:
@@ -130,7 +131,7 @@ def confirm(
 
 
 def _timing_details(details: dict[str, Any]) -> dict[str, Any]:
-    keep = ("stable", "spread", "windows", "n_samples", "cache_hit", "hardware", "ci_level")
+    keep = ("stable", "spread", "windows", "n_samples", "cache_hit", "artifact_source", "hardware", "ci_level")
     return {k: v for k, v in details.items() if k in keep or k.endswith("_ci")}
 
 
@@ -231,7 +232,8 @@ def compare(
     for p in range(processes):
         with TrialExecutor(measure, timeout_s=study.trial_timeout_s) as executor:
             outcome = executor.run(config_a)
-        error = outcome.error or (f"invalid: {outcome.invalid}" if outcome.invalid else None)
+        error = (None if outcome.state == TrialState.COMPLETE else
+                 outcome.reason if outcome.state == TrialState.FAIL else f"invalid: {outcome.reason}")
         shared = {k: v for k, v in outcome.details.items() if k not in ("a", "b")}
         for role, t, side in ((COMPARE_A, ta, "a"), (COMPARE_B, tb, "b")):
             got = outcome.details.get(side) or {}

@@ -16,26 +16,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
 
 from paretotune.space import Config
+from paretotune.workers.lifecycle import Outcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one evaluation gave: metrics, or an error/invalid reason. Never both."""
-
-    metrics: dict[str, Any] | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    invalid: str | None = None
-    elapsed_s: float = 0.0
 
 
 def _signal_reason(code: int) -> str:
@@ -90,7 +79,7 @@ class TrialExecutor:
             waited = time.monotonic() - t0
             if self.timeout_s is not None and waited >= self.timeout_s:
                 self.kill()
-                return Outcome(error=f"timeout after {self.timeout_s:g} s", elapsed_s=waited)
+                return Outcome.failed(f"timeout after {self.timeout_s:g} s", waited)
             step = 1.0 if self.timeout_s is None else max(0.0, min(1.0, self.timeout_s - waited))
             try:
                 ready = self._conn.poll(step)
@@ -103,10 +92,10 @@ class TrialExecutor:
                     return self._dead(t0)
                 elapsed = time.monotonic() - t0
                 if msg[0] == "ok":
-                    return Outcome(metrics=msg[1], details=msg[2], elapsed_s=elapsed)
+                    return Outcome.complete(msg[1], msg[2], elapsed)
                 if msg[0] == "invalid":
-                    return Outcome(invalid=msg[1], elapsed_s=elapsed)
-                return Outcome(error=msg[1], elapsed_s=elapsed)
+                    return Outcome.invalid(msg[1], elapsed)
+                return Outcome.failed(msg[1], elapsed)
             if self._proc is None or self._proc.poll() is not None:
                 return self._dead(t0)
             if on_wait is not None:
@@ -120,7 +109,7 @@ class TrialExecutor:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._cleanup()
-        return Outcome(error=_signal_reason(code), elapsed_s=time.monotonic() - t0)
+        return Outcome.failed(_signal_reason(code), time.monotonic() - t0)
 
     def kill(self) -> None:
         """Kill the trial process and every process it started."""

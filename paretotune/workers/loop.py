@@ -9,39 +9,35 @@ delivered is spooled to disk before the worker gives up, and delivered by the ne
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from paretotune.errors import StorageError, StudyError
-from paretotune.evaluators.slot import timing_slot
-from paretotune.search import PendingTrial, Study, Trial, TrialState, load_study_from_store
+from paretotune.evaluators.devices import telemetry
+from paretotune.search import Study, Trial, TrialState, load_study_from_store
 from paretotune.space import Config
 from paretotune.storage import StudyStore
-from paretotune.workers.devices import telemetry
-from paretotune.workers.executor import Outcome, TrialExecutor
+from paretotune.workers.executor import TrialExecutor
+from paretotune.workers.lifecycle import (
+    IDLE_POLL_S,
+    Claimed,
+    Heartbeat,
+    budget_left,
+    claim_trial,
+    deliver_spool,
+    finish,
+    heartbeat_interval,
+    release,
+    tell,
+    worker_id,
+)
 from paretotune.workers.reaper import reap_stale
-from paretotune.workers.retry import DEFAULT_RETRY_WINDOW_S, Spool, retry
+from paretotune.workers.retry import DEFAULT_RETRY_WINDOW_S, retry
 
 log = logging.getLogger(__name__)
-
-#: seconds an idle worker waits before re-checking for a released budget slot
-IDLE_POLL_S = 0.2
-
-
-def heartbeat_interval(grace_s: float) -> float:
-    """Five heartbeats fit in one grace period."""
-    return max(0.2, min(2.0, grace_s / 5))
-
-
-def worker_id(prefix: str = "w") -> str:
-    return f"{prefix}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -49,62 +45,6 @@ class WorkerStats:
     completed: int = 0
     failed: int = 0
     invalid: int = 0
-
-
-class _Heartbeat:
-    """Keeps the active claim's heartbeat fresh from a thread, so a long build stays alive."""
-
-    def __init__(self, store: StudyStore, interval_s: float) -> None:
-        self._store = store
-        self._interval = interval_s
-        self._claim: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="paretotune-heartbeat", daemon=True)
-        self._thread.start()
-
-    def set(self, claim: int | None) -> None:
-        self._claim = claim
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            claim = self._claim
-            if claim is None:
-                continue
-            try:
-                self._store.heartbeat([claim])
-            except Exception as exc:  # a store hiccup must not kill the heartbeat thread
-                log.debug("heartbeat failed: %s", exc)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def max_failures_for(study: Study, target: int) -> int:
-    configured = study.spec.get("max_failures")
-    return int(configured) if configured else max(20, target)
-
-
-def deliver_spool(study: Study, window_s: float) -> int:
-    """Store measurements an earlier worker on this machine could not deliver."""
-    spool = Spool(study.name)
-    entries = spool.take_all()
-    delivered = 0
-    for i, entry in enumerate(entries):
-        try:
-            retry(
-                study.store.record_measurement, study.name, entry["trial_number"], entry["config_hash"],
-                entry["config"], entry["metrics"], entry["details"], what="delivering spooled measurement",
-                window_s=window_s,
-            )
-            delivered += 1
-        except Exception:
-            for rest in entries[i:]:
-                spool.put(rest)
-            raise
-    if delivered:
-        log.warning("delivered %d spooled measurement(s) of %r", delivered, study.name)
-    return delivered
 
 
 class Interrupted(KeyboardInterrupt):
@@ -138,38 +78,13 @@ def _fail_interrupted(study: Study, number: int, signame: str) -> None:
         log.debug("could not record trial %d as interrupted: %s", number, exc)
 
 
-def _ask(study: Study) -> PendingTrial:
-    """The sampler's work (TPE/GP model fitting: CPU-heavy) waits while another worker times:
-    it holds the machine's timing slot shared (`evaluators.slot`). Only the ask: a tell may
-    wait for the baseline, whose timing would then wait for it."""
-    with timing_slot().shared():
-        return study.ask()
-
-
-def _tell(study: Study, pending: PendingTrial, outcome: Outcome, worker: str, window_s: float) -> Trial:
-    if outcome.invalid is not None:
-        return retry(study.tell_invalid, pending, outcome.invalid, what="tell", window_s=window_s)
-    if outcome.error is not None:
-        return retry(study.tell_failure, pending, outcome.error, what="tell", window_s=window_s)
-    details = dict(outcome.details)
-    details.setdefault("worker", worker)
-    details.setdefault("elapsed_s", outcome.elapsed_s)
-    metrics = outcome.metrics or {}
-    try:
-        return retry(study.tell, pending, metrics, details, what="tell", window_s=window_s)
-    except StudyError:
-        raise
-    except Exception as exc:
-        spool = Spool(study.name)
-        spool.put({
-            "trial_number": pending.number, "config_hash": pending.config.hash,
-            "config": pending.config.to_json(), "metrics": metrics, "details": details,
-        })
-        raise StorageError(
-            f"the store stayed unreachable for {window_s:g} s; the measurement of trial "
-            f"{pending.number} is kept in {spool.path} and will be delivered by the next worker "
-            f"of {study.name!r} on this machine"
-        ) from exc
+def _count(stats: WorkerStats, trial: Trial) -> None:
+    if trial.state == TrialState.INVALID:
+        stats.invalid += 1
+    elif trial.state == TrialState.COMPLETE:
+        stats.completed += 1
+    else:
+        stats.failed += 1
 
 
 def run_worker(
@@ -192,7 +107,6 @@ def run_worker(
     study = retry(load_study_from_store, study_name, store, worker=worker, what="load study", window_s=w)
     timeout = trial_timeout_s if trial_timeout_s is not None else study.trial_timeout_s
     grace = study.worker_grace_s
-    max_failures = max_failures_for(study, n_trials)
 
     def reap_now() -> None:
         retry(reap_stale, study, grace, what="reap", window_s=w)
@@ -200,7 +114,7 @@ def run_worker(
     study.on_wait = reap_now
     stats = WorkerStats()
     deliver_spool(study, w)
-    heartbeat = _Heartbeat(store, heartbeat_interval(grace))
+    heartbeat = Heartbeat(store, heartbeat_interval(grace))
     executor = TrialExecutor(evaluator, timeout_s=timeout)
     try:
         while stop is None or not stop.is_set():
@@ -210,66 +124,54 @@ def run_worker(
                 reap_now()
                 time.sleep(IDLE_POLL_S)
                 continue
-            claim = retry(store.claim, study_name, worker, n_trials, what="claim", window_s=w)
-            if claim is None:
-                if retry(store.stopped_reason, study_name, what="status", window_s=w):
-                    break
-                counts = retry(store.claim_counts, study_name, what="status", window_s=w)
-                if counts["done"] >= n_trials or counts["active"] == 0:
+            study.last_asked = None
+            try:
+                claimed: Claimed | None = claim_trial(study, worker, n_trials, w)
+            except KeyboardInterrupt as exc:  # between the ask and the bind
+                if study.last_asked is not None:
+                    _fail_interrupted(study, study.last_asked, getattr(exc, "signame", "SIGINT"))
+                raise
+            if claimed is None:
+                if not budget_left(study, n_trials, w):
                     break
                 # A running trial may still fail and free its slot, or its worker may be dead:
                 # whichever process notices first reaps it.
                 reap_now()
                 time.sleep(IDLE_POLL_S)
                 continue
-            heartbeat.set(claim)
-            completed = False
+            heartbeat.hold(claimed.claim)
+            trial: Trial | None = None
+            stop_now = False
             masked: set[int | signal.Signals] | None = None
-            pending: PendingTrial | None = None
-            study.last_asked = None
             try:
-                pending = retry(_ask, study, what="ask", window_s=w)
-                retry(store.bind_claim, claim, pending.number, what="claim", window_s=w)
                 with telemetry() as gpu:  # {} without an NVIDIA driver
-                    outcome = executor.run(pending.config)
-                if outcome.metrics is not None:
-                    for k, v in gpu.items():
-                        outcome.metrics.setdefault(k, v)
-                trial = _tell(study, pending, outcome, worker, w)
-                completed = trial.state == TrialState.COMPLETE
-                if trial.state == TrialState.INVALID:
-                    stats.invalid += 1
-                elif completed:
-                    stats.completed += 1
-                else:
-                    stats.failed += 1
+                    outcome = executor.run(claimed.pending.config)
+                trial = tell(study, claimed.pending, outcome.with_extras(gpu, {"worker": worker}), w)
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from the pool (Interrupted)
                 # a second signal (the pool's SIGTERM) must not cut this record short: hold
                 # them until the claim is settled below
                 masked = _hold_signals()
-                number = pending.number if pending is not None else study.last_asked
-                if number is not None and not completed:
-                    _fail_interrupted(study, number, getattr(exc, "signame", "SIGINT"))
+                if trial is None:
+                    _fail_interrupted(study, claimed.pending.number, getattr(exc, "signame", "SIGINT"))
                 raise
             finally:
-                heartbeat.set(None)
+                heartbeat.release(claimed.claim)
                 try:
-                    retry(store.finish_claim, claim, completed=completed, what="claim", window_s=w)
+                    if trial is None:
+                        release(study, claimed.claim)
+                    else:
+                        stop_now = finish(study, claimed.claim, trial, n_trials, w)
                 except Exception as exc:  # the reaper will release it
-                    log.warning("could not finish claim %d: %s", claim, exc)
+                    log.warning("could not finish claim %d: %s", claimed.claim, exc)
                 finally:
                     if masked is not None:
                         signal.pthread_sigmask(signal.SIG_SETMASK, masked)
-            if on_trial is not None:
-                on_trial(trial)
-            if trial.state == TrialState.FAIL:
-                n_failed = retry(study.counts, what="status", window_s=w)[TrialState.FAIL.value]
-                if n_failed >= max_failures:
-                    store.stop_study(
-                        study_name,
-                        f"{n_failed} trials failed (max_failures={max_failures}); last: {trial.reason}",
-                    )
-                    break
+            if trial is not None:
+                _count(stats, trial)
+                if on_trial is not None:
+                    on_trial(trial)
+            if stop_now:
+                break
     finally:
         executor.close()
         heartbeat.close()

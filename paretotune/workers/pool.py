@@ -8,7 +8,6 @@ import pickle
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,31 +16,34 @@ import cloudpickle
 
 from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, TrialState
-from paretotune.search.study import FINISHED
+from paretotune.workers.lifecycle import PROGRESS_POLL_S, Monitor
 from paretotune.workers.loop import run_worker
 from paretotune.workers.reaper import reap_stale
-from paretotune.workers.retry import is_transient, note_store_failure
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
-PROGRESS_POLL_S = 1.0
 
 
-def study_task(study: Study, given: Any = None, *, purpose: str = "an evaluator must be given") -> Any:
+def study_task(study: Study, given: Any = None, *, purpose: str = "an evaluator must be given",
+               need_task: bool = False) -> Any:
     """The task (or evaluator) behind ``given``, else the one attached at creation, else the
-    import path stored with the study, loaded. Raises ConfigError naming ``purpose``."""
+    import path stored with the study, loaded (`evaluators.resolve_task`). Raises ConfigError
+    naming ``purpose`` when there is none, or (``need_task``) when it is not a ``pt.Task``."""
+    from paretotune.evaluators import Task, resolve_task
+
     if given is None:
         given = study.task
     if given is None:
         if not study.task_path:
             raise ConfigError(f"study {study.name!r} stores no task import path, so {purpose}")
         given = study.task_path
-    if isinstance(given, str):
-        from paretotune.evaluators import load_task
-
-        given = load_task(given)
-    return given
+    task, _ = resolve_task(given)
+    if need_task and not isinstance(task, Task):
+        raise ConfigError(
+            f"{purpose}: a pt.Task is needed, got {type(task).__name__} (task={study.task_path!r})"
+        )
+    return task
 
 
 def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
@@ -51,7 +53,7 @@ def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
     return as_evaluator(study_task(study, evaluator), scenario=study.scenario)
 
 
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
         maximum is not None and value > maximum
     ):
@@ -80,8 +82,8 @@ def check_budget(
     Local workers are processes on this machine, so their number is capped (max_local_workers)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    _check_int(trials_field, n_trials, 1)
-    _check_int(workers_field, n_workers, 1, max_local_workers() if backend == "local" else None)
+    check_int(trials_field, n_trials, 1)
+    check_int(workers_field, n_workers, 1, max_local_workers() if backend == "local" else None)
 
 
 class Progress:
@@ -153,18 +155,6 @@ def _spawn_worker(args: bytes, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _monitor_tick(study: Study, progress: Progress) -> None:
-    """Refresh the progress bar and reap trials of lost workers; an outage only pauses both."""
-    try:
-        progress.update()
-        reap_stale(study, study.worker_grace_s)
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        note_store_failure()
-        log.debug("monitor: store unavailable (%s)", type(exc).__name__)
-
-
 def run_local(
     study: Study,
     evaluator: Callable[..., Any],
@@ -176,20 +166,10 @@ def run_local(
 ) -> None:
     progress = Progress(study, n_trials, show_progress)
     try:
+        monitor = Monitor(study, progress)
         if n_workers == 1:
-            done = threading.Event()
-
-            def monitor() -> None:
-                while not done.wait(PROGRESS_POLL_S):
-                    _monitor_tick(study, progress)
-
-            thread = threading.Thread(target=monitor, daemon=True)
-            thread.start()
-            try:
+            with monitor:
                 run_worker(study.store, study.name, evaluator, n_trials=n_trials, trial_timeout_s=trial_timeout_s)
-            finally:
-                done.set()
-                thread.join()
             return
         args = pickle.dumps(
             {
@@ -210,7 +190,7 @@ def run_local(
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(PROGRESS_POLL_S)
-                _monitor_tick(study, progress)
+                monitor.tick()
                 for i, p in enumerate(procs):
                     # A worker that died (OOM-killed, say) while the budget is open is replaced;
                     # its trial is reaped after the grace period and retried.
@@ -242,7 +222,7 @@ def run_local(
         for p in procs:
             if p.returncode != 0:
                 log.warning("worker process %d exited with code %s", p.pid, p.returncode)
-        _monitor_tick(study, progress)
+        monitor.tick()
     finally:
         progress.close()
 
@@ -288,11 +268,12 @@ def run_study(
             study, evaluator, n_trials=n_trials, n_workers=n_workers,
             trial_timeout_s=trial_timeout_s, show_progress=show_progress,
         )
-    reason = study.store.stopped_reason(study.name)
-    if reason and reason.startswith(FINISHED):
-        log.info("study %r %s", study.name, reason)
-    elif reason:
-        raise StudyError(f"study {study.name!r} stopped: {reason}")
+    stop = study.store.stopped(study.name)
+    if stop is not None and stop.is_error:
+        raise StudyError(f"study {study.name!r} stopped: {stop.reason}")
+    if stop is not None:
+        log.info("study %r finished: %s", study.name, stop.reason)
+    reason = None if stop is None else stop.reason
     counts = study.counts()
     if counts["COMPLETE"] < n_trials and not reason:
         raise StudyError(

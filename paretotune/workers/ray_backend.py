@@ -47,16 +47,16 @@ import cloudpickle
 from ray.tune.search import Searcher
 
 from paretotune.errors import ConfigError, StudyError
+from paretotune.evaluators.devices import describe_devices, telemetry
 from paretotune.search import Study, TrialState, load_study_from_store
 from paretotune.search.trial import PendingTrial, Trial
 from paretotune.space import Config
 from paretotune.storage import StudyStore
-from paretotune.storage.retry import DEFAULT_RETRY_WINDOW_S, is_transient, note_store_failure, retry
-from paretotune.workers.devices import describe_devices, telemetry
+from paretotune.storage.retry import DEFAULT_RETRY_WINDOW_S, retry
+from paretotune.workers import lifecycle
 from paretotune.workers.executor import TrialExecutor
-from paretotune.workers.loop import IDLE_POLL_S, heartbeat_interval, max_failures_for, worker_id
-from paretotune.workers.pool import PROGRESS_POLL_S, Progress
-from paretotune.workers.reaper import reap_stale
+from paretotune.workers.lifecycle import Heartbeat, Outcome
+from paretotune.workers.pool import Progress, check_int
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,11 @@ def ray_trial(config: dict[str, Any], payload: bytes, timeout_s: float | None) -
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     executor = _trial_executor(payload, timeout_s)
     started = time.time()
+    tel: dict[str, Any] = {}
     if gpu_ids:
         with telemetry(gpu_ids) as tel:
             outcome = executor.run(Config.from_json(config[CONFIG_KEY]))
     else:
-        tel = {}
         outcome = executor.run(Config.from_json(config[CONFIG_KEY]))
     details: dict[str, Any] = {
         "worker": f"ray-{socket.gethostname()}-{os.getpid()}",
@@ -191,15 +191,7 @@ def ray_trial(config: dict[str, Any], payload: bytes, timeout_s: float | None) -
     }
     if gpu_ids:
         details.update(describe_devices(gpu_ids))
-    result = {
-        "metrics": outcome.metrics,
-        "details": details,
-        "trial_details": outcome.details,
-        "telemetry": tel,
-        "error": outcome.error,
-        "invalid": outcome.invalid,
-        "elapsed_s": outcome.elapsed_s,
-    }
+    result = outcome.with_extras(tel, details).to_dict()
     tune.report({RESULT_KEY: json.dumps(result, default=str)})
 
 
@@ -235,7 +227,7 @@ class StudySearcher(Searcher):
         self.storage_url = storage_url
         self.study_name = study_name
         self.n_trials = n_trials
-        self.driver = driver or worker_id("ray")
+        self.driver = driver or lifecycle.worker_id("ray")
         self.retry_window_s = retry_window_s
         self._init_runtime()
 
@@ -252,8 +244,7 @@ class StudySearcher(Searcher):
         self.finished = False
         #: trials this searcher asked the sampler for
         self.asked = 0
-        self._beat_stop = threading.Event()
-        self._beat: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
 
     # Tune pickles its search algorithm (tuner.pkl, experiment snapshots): keep it to the
     # settings, never an engine or a thread lock.
@@ -287,30 +278,18 @@ class StudySearcher(Searcher):
         with self._lock:
             return [r.claim for r in self._running.values()] + [r.claim for r in self._deferred]
 
-    def _start_heartbeat(self) -> None:
+    def _start_heartbeat(self) -> Heartbeat:
         """Heartbeat the held claims from wherever the searcher runs: the driver, or the
         cluster when Tune runs the experiment remotely (Ray Client)."""
-        if self._beat is not None:
-            return
-        interval = heartbeat_interval(float(getattr(self.study, "worker_grace_s", 20.0)))
-
-        def beat() -> None:
-            while not self._beat_stop.wait(interval):
-                try:
-                    self.study.store.heartbeat(self.held_claims())
-                except Exception as exc:  # an outage only pauses the heartbeat
-                    if is_transient(exc):
-                        note_store_failure()
-                    log.debug("heartbeat failed: %s", exc)
-
-        self._beat = threading.Thread(target=beat, name="paretotune-ray-heartbeat", daemon=True)
-        self._beat.start()
+        if self._heartbeat is None:
+            interval = lifecycle.heartbeat_interval(float(getattr(self.study, "worker_grace_s", 20.0)))
+            self._heartbeat = Heartbeat(self.study.store, interval, name="paretotune-ray-heartbeat")
+        return self._heartbeat
 
     def close(self) -> None:
-        self._beat_stop.set()
-        if self._beat is not None:
-            self._beat.join(timeout=10)
-            self._beat = None
+        if self._heartbeat is not None:
+            self._heartbeat.close()
+            self._heartbeat = None
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w", encoding="utf-8") as fh:
@@ -339,30 +318,21 @@ class StudySearcher(Searcher):
         now = time.monotonic()
         if now < self._next_claim_at:
             return None
-        study = self.study
-        store = study.store
-        self._start_heartbeat()
-        claim = self._retry(store.claim, self.study_name, self.driver, self.n_trials, what="claim")
-        if claim is None:
-            stopped = self._retry(store.stopped_reason, self.study_name, what="status")
-            counts = self._retry(store.claim_counts, self.study_name, what="status")
-            if (stopped or counts["done"] >= self.n_trials) and not self.held_claims():
+        heartbeat = self._start_heartbeat()
+        claimed = lifecycle.claim_trial(self.study, self.driver, self.n_trials, self.retry_window_s)
+        if claimed is None:
+            if not lifecycle.budget_left(self.study, self.n_trials, self.retry_window_s) and not self.held_claims():
                 self.finished = True
                 return Searcher.FINISHED
             # A trial in flight (here or on another worker) may still fail and free its slot,
             # or belong to a dead driver: the monitor reaps it after the grace period.
-            self._next_claim_at = now + IDLE_POLL_S
+            self._next_claim_at = now + lifecycle.IDLE_POLL_S
             return None
-        try:
-            pending = self._retry(study.ask, what="ask")
-            self._retry(store.bind_claim, claim, pending.number, what="claim")
-        except BaseException:
-            store.finish_claim(claim, completed=False)
-            raise
+        heartbeat.hold(claimed.claim)
         with self._lock:
-            self._running[trial_id] = _Running(claim, pending)
+            self._running[trial_id] = _Running(claimed.claim, claimed.pending)
         self.asked += 1
-        return {TRIAL_KEY: pending.number, CONFIG_KEY: pending.config.to_json()}
+        return {TRIAL_KEY: claimed.pending.number, CONFIG_KEY: claimed.pending.config.to_json()}
 
     # -- complete --------------------------------------------------------------------------------
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
@@ -392,43 +362,22 @@ class StudySearcher(Searcher):
             self._fail_run(exc)
 
     def _tell(self, run: _Running) -> None:
-        study, res = self.study, run.result or {}
-        if res.get("invalid") is not None:
-            trial = self._retry(study.tell_invalid, run.pending, res["invalid"], what="tell")
-        elif res.get("error") is not None:
-            trial = self._retry(study.tell_failure, run.pending, res["error"], what="tell")
-        else:
-            metrics = dict(res.get("metrics") or {})
-            for name, value in (res.get("telemetry") or {}).items():
-                metrics.setdefault(name, value)
-            details = dict(res.get("trial_details") or {})
-            for name, value in (res.get("details") or {}).items():
-                details.setdefault(name, value)
-            details.setdefault("elapsed_s", res.get("elapsed_s"))
-            details.setdefault("driver", self.driver)
-            trial = self._retry(study.tell, run.pending, metrics, details, baseline_wait_s=0.0, what="tell")
+        outcome = Outcome.from_dict(run.result or {}).with_extras(details={"driver": self.driver})
+        trial = lifecycle.tell(self.study, run.pending, outcome, self.retry_window_s, baseline_wait_s=0.0)
         if run.pending.is_baseline:
             self._baseline_done = trial.state == TrialState.COMPLETE
         self._finish(run, trial)
 
     def _finish(self, run: _Running, trial: Trial) -> None:
-        study = self.study
-        self._retry(study.store.finish_claim, run.claim, completed=trial.state == TrialState.COMPLETE, what="claim")
-        if trial.state != TrialState.FAIL:
-            return
-        n_failed = self._retry(study.counts, what="status")[TrialState.FAIL.value]
-        limit = max_failures_for(study, self.n_trials)
-        if n_failed >= limit:
-            study.store.stop_study(
-                self.study_name, f"{n_failed} trials failed (max_failures={limit}); last: {trial.reason}"
-            )
+        if self._heartbeat is not None:
+            self._heartbeat.release(run.claim)
+        if lifecycle.finish(self.study, run.claim, trial, self.n_trials, self.retry_window_s):
             self.finished = True
 
     def _release(self, run: _Running) -> None:
-        try:
-            self.study.store.finish_claim(run.claim, completed=False)
-        except Exception as exc:  # the store is what failed: the reaper will release it
-            log.warning("could not release claim %d: %s", run.claim, exc)
+        if self._heartbeat is not None:
+            self._heartbeat.release(run.claim)
+        lifecycle.release(self.study, run.claim)
 
     def _fail_run(self, exc: BaseException) -> None:
         if self.error is None:
@@ -508,35 +457,6 @@ def concurrency_for(
     return max(1, min(limit, remaining))
 
 
-class _Monitor:
-    """Driver thread: reaps trials of lost workers (a killed driver's, say) and refreshes the
-    progress bar, as the local pool's controller does."""
-
-    def __init__(self, study: Study, progress: Progress) -> None:
-        self.study, self.progress = study, progress
-        self.grace_s = float(getattr(study, "worker_grace_s", 20.0))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="paretotune-ray-monitor", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(PROGRESS_POLL_S):
-            try:
-                reap_stale(self.study, self.grace_s)
-                self.progress.update()
-            except Exception as exc:  # an outage only pauses the monitor
-                if not is_transient(exc):
-                    log.warning("Ray driver monitor: %s: %s", type(exc).__name__, exc)
-                note_store_failure()
-
-    def __enter__(self) -> _Monitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -548,10 +468,8 @@ def _check_options(study: Study, options: Mapping[str, Any]) -> tuple[dict[str, 
     check_scheduler(study, options.get("scheduler"))
     resources = normalize_resources(options.get("resources_per_trial"))
     max_concurrent = options.get("max_concurrent")
-    if max_concurrent is not None and (
-        isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1
-    ):
-        raise ConfigError(f"max_concurrent must be an integer >= 1, got {max_concurrent!r}")
+    if max_concurrent is not None:
+        check_int("max_concurrent", max_concurrent, 1)
     return resources, max_concurrent
 
 
@@ -614,7 +532,7 @@ def run_ray(
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-        with _quiet_tune(), _Monitor(study, progress):
+        with _quiet_tune(), lifecycle.Monitor(study, progress, name="paretotune-ray-monitor"):
             try:
                 tuner.fit()
             finally:

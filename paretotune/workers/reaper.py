@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import datetime
 import logging
-import time
 
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
-from paretotune.search import Study
+from paretotune.search import Study, TrialState
 from paretotune.workers.retry import store_healthy_for
 
 log = logging.getLogger(__name__)
@@ -40,47 +38,16 @@ def reap_stale(study: Study, grace_s: float, *, max_retries: int = MAX_RETRIES) 
         number = claim["trial_number"]
         if number is None:
             continue
-        if _fail_and_requeue(study, number, f"worker lost: no heartbeat from {claim['worker']} for {grace_s:g} s",
-                             max_retries):
+        if study.fail_lost(number, f"worker lost: no heartbeat from {claim['worker']} for {grace_s:g} s",
+                           max_retries):
             reaped.append(number)
-        elif _state(study, number) == OptunaState.COMPLETE:
+        elif study.trial_state(number) == TrialState.COMPLETE:
             store.finish_claim_forced(claim["id"], completed=True)
     held = store.active_trial_numbers(study.name)
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_s)
     for ft in study.optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
         if ft.number in held or ft.datetime_start is None or ft.datetime_start > cutoff:
             continue
-        if _fail_and_requeue(study, ft.number, "worker lost: its trial was never claimed", max_retries):
+        if study.fail_lost(ft.number, "worker lost: its trial was never claimed", max_retries):
             reaped.append(ft.number)
     return reaped
-
-
-def _state(study: Study, number: int) -> OptunaState:
-    ostudy = study.optuna_study
-    trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, number)
-    return ostudy._storage.get_trial(trial_id).state
-
-
-def _fail_and_requeue(study: Study, number: int, reason: str, max_retries: int) -> bool:
-    ostudy = study.optuna_study
-    storage = ostudy._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, number)
-    frozen = storage.get_trial(trial_id)
-    if frozen.state != OptunaState.RUNNING:
-        return False
-    try:
-        storage.set_trial_user_attr(trial_id, "reaped_at", time.time())
-    except UpdateFinishedTrialError:
-        return False
-    if not study.tell_failure_by_number(number, reason):
-        return False
-    retries = int(frozen.user_attrs.get("retries", 0))
-    if retries < max_retries and frozen.params:
-        attrs: dict[str, object] = {"retries": retries + 1, "retry_of": number}
-        if frozen.user_attrs.get("baseline"):
-            attrs["baseline"] = True
-        ostudy.enqueue_trial(frozen.params, user_attrs=attrs, skip_if_exists=False)
-        log.warning("trial %d: %s; re-queued (retry %d)", number, reason, retries + 1)
-    else:
-        log.warning("trial %d: %s; not retried", number, reason)
-    return True

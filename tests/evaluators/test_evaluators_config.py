@@ -85,3 +85,18 @@ def test_excluded_layers_come_from_fp32_precision() -> None:
         LAYERS,
     )
     assert spec.excluded_layers == ("fc2",)
+
+
+def test_create_study_refuses_a_dimension_the_task_evaluator_does_not_know(tmp_path, tiny_task) -> None:
+    """A typo in a space key would fail every trial: create_study names it and the known keys."""
+    import paretotune as pt
+
+    task = tiny_task
+    space = pt.SearchSpace({"engine": pt.Choice(["torch"]), "bitwidth": pt.Choice([8, 32])})
+    with pytest.raises(pt.ConfigError, match=r"unknown dimension\(s\) \['bitwidth'\].*'bit_width'"):
+        pt.create_study("typo", storage=f"sqlite:///{tmp_path}/s.db", space=space, task=task,
+                        objectives={"accuracy": "max"})
+    mine = pt.SearchSpace({"engine": pt.Choice(["torch"]), "x_note": pt.Choice(["a", "b"])})
+    study = pt.create_study("mine", storage=f"sqlite:///{tmp_path}/s.db", space=mine, task=task,
+                            objectives={"accuracy": "max"})
+    assert list(study.space.dimensions) == ["engine", "x_note"]

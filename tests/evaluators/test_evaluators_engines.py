@@ -139,13 +139,13 @@ def test_cache_skips_a_second_build(tiny_task: Task, tmp_path) -> None:
     config = {**ORT, "bit_width": 8, "quant_mode": "static"}
     first = TaskEvaluator(tiny_task, cache_dir=tmp_path, timing=FAST)
     a = first(config)
-    assert first.builds == 1 and a.details["cache_hit"] is False
+    assert first.builds == 1 and a.details["cache_hit"] is False and a.details["artifact_source"] == "built"
     b = first({**config, "batch_size": 8, "threads": 2})  # batch size and threads only: same engine
-    assert first.builds == 1 and b.details["cache_hit"] == "memory"
+    assert first.builds == 1 and b.details["cache_hit"] is True and b.details["artifact_source"] == "memory"
     assert b.metrics["accuracy"] == a.metrics["accuracy"] and b.details["threads"] == 2
     second = TaskEvaluator(tiny_task, cache_dir=tmp_path, timing=FAST)  # another worker process
     c = second(config)
-    assert second.builds == 0 and c.details["cache_hit"] == "disk"
+    assert second.builds == 0 and c.details["cache_hit"] is True and c.details["artifact_source"] == "disk"
     assert c.metrics["accuracy"] == a.metrics["accuracy"]
     assert c.metrics["model_bytes"] == a.metrics["model_bytes"]
 

@@ -20,6 +20,7 @@ from paretotune.evaluators.torch_engine import to_tensors
 pytest.importorskip("openvino", reason="openvino not importable (install paretotune[cpu])")
 
 from paretotune.evaluators import openvino_engine as ove  # noqa: E402
+from paretotune.evaluators import openvino_ir as ovir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +123,7 @@ def test_prepare_sets_inputs_once_and_the_timed_call_repeats(minilm: Model) -> N
 def test_int8_nncf_keeps_the_declared_fidelity_on_the_digits_cnn(digits: Model) -> None:
     _needs_nncf()
     artifact = digits.build(8)
-    assert ove.quantized_weight_ops(artifact)  # it is quantized at all
+    assert ovir.quantized_weight_ops(artifact)  # it is quantized at all
     assert digits.fidelity(artifact, 8) >= TOLERANCE[8]
 
 
@@ -131,27 +132,27 @@ def test_int8_nncf_on_minilm_keeps_fidelity_and_leaves_fp32_layers_unquantized(
 ) -> None:
     _needs_nncf()
     artifact = minilm.build(8, (QUERY,))
-    quantized = ove.quantized_weight_ops(artifact)
-    ops = ove.map_excluded_layers(
-        minilm.onnx, ove.load_model(artifact), minilm.layers, [QUERY, KEY]
+    quantized = ovir.quantized_weight_ops(artifact)
+    ops = ovir.map_excluded_layers(
+        minilm.onnx, ovir.load_model(artifact), minilm.layers, [QUERY, KEY]
     )
     assert ops[QUERY] and ops[KEY]
     assert not set(ops[QUERY]) & set(quantized)  # no FakeQuantize, no int8 weights
     assert set(ops[KEY]) <= set(quantized)  # its neighbour is int8
-    assert len(quantized) == len(ove.weight_ops(ove.load_model(artifact))) - 1
+    assert len(quantized) == len(ovir.weight_ops(ovir.load_model(artifact))) - 1
     assert minilm.fidelity(artifact, 8) >= TOLERANCE[8]
 
 
 def test_per_layer_fp32_on_the_cnn_by_module_and_by_onnx_node_name(digits: Model) -> None:
     _needs_nncf()
-    everything = ove.quantized_weight_ops(digits.build(8))
+    everything = ovir.quantized_weight_ops(digits.build(8))
     artifact = digits.build(8, ("fc1", "/conv2/Conv"))
-    quantized = ove.quantized_weight_ops(artifact)
+    quantized = ovir.quantized_weight_ops(artifact)
     assert set(everything) - set(quantized) == {
         "/fc1/Gemm/WithoutBiases",
         "/conv2/Conv/WithoutBiases",
     }
-    int4 = ove.quantized_weight_ops(digits.build(4, ("fc2",)))
+    int4 = ovir.quantized_weight_ops(digits.build(4, ("fc2",)))
     assert "/fc2/Gemm/WithoutBiases" not in int4 and "/fc1/Gemm/WithoutBiases" in int4
 
 
@@ -167,18 +168,18 @@ def test_int4_weight_only(digits: Model, minilm: Model) -> None:
     """int4 targets Linear/MatMul: in the CNN only fc1 gets int4, NNCF keeps convolutions and
     the last layer at int8; in MiniLM every encoder MatMul is int4."""
     _needs_nncf()
-    cnn = ove.quantized_weight_ops(digits.build(4))
+    cnn = ovir.quantized_weight_ops(digits.build(4))
     assert [op for op, how in cnn.items() if "i4" in how] == ["/fc1/Gemm/WithoutBiases"]
     assert all("u8" in cnn[op] for op in cnn if "Conv" in op)
     assert digits.fidelity(digits.build(4), 4) >= TOLERANCE[4]
-    transformer = ove.quantized_weight_ops(minilm.build(4))
+    transformer = ovir.quantized_weight_ops(minilm.build(4))
     assert sum("i4" in how for how in transformer.values()) >= 30
     assert minilm.fidelity(minilm.build(4), 4) >= TOLERANCE[4]
 
 
 def test_transformer_detection(digits: Model, minilm: Model) -> None:
-    assert ove.is_transformer(ove.load_model(minilm.build(32)))
-    assert not ove.is_transformer(ove.load_model(digits.build(32)))
+    assert ovir.is_transformer(ovir.load_model(minilm.build(32)))
+    assert not ovir.is_transformer(ovir.load_model(digits.build(32)))
 
 
 # -- bf16 -----------------------------------------------------------------------------------
@@ -288,8 +289,8 @@ def test_the_artifact_round_trips_through_bytes_and_a_directory(
 ) -> None:
     bit_width = 8 if ove.availability(8) is None else 32
     artifact = digits.build(bit_width)
-    xml, weights = ove.unpack_ir(artifact)
-    assert xml.lstrip().startswith(b"<?xml") and ove.pack_ir(xml, weights) == artifact
+    xml, weights = ovir.unpack_ir(artifact)
+    assert xml.lstrip().startswith(b"<?xml") and ovir.pack_ir(xml, weights) == artifact
     paths = ove.write_ir(artifact, tmp_path / "1")
     assert [p.name for p in paths] == ["model.xml", "model.bin"]
     again = ove.read_ir(tmp_path / "1")
@@ -300,7 +301,7 @@ def test_the_artifact_round_trips_through_bytes_and_a_directory(
         ove.OpenVINORunner(artifact, 1, bit_width, {}).run(inputs),
     )
     with pytest.raises(EvaluationError, match="header announces"):
-        ove.unpack_ir(artifact[:-1])
+        ovir.unpack_ir(artifact[:-1])
     # the same build gives the same bytes (no counter-made op names): a stable cache entry
     assert ove.build_openvino(digits.onnx, bit_width, {}, digits.task, digits.layers) == artifact
 
@@ -320,7 +321,7 @@ def test_a_planted_artifact_runs_no_code(digits: Model, tmp_path: Path) -> None:
         ove.OpenVINORunner(planted, 1, 32, {})
     # the right header around a pickle: OpenVINO's XML parser refuses it
     with pytest.raises(EvaluationError, match="not a readable IR"):
-        ove.OpenVINORunner(ove.pack_ir(planted, b""), 1, 32, {})
+        ove.OpenVINORunner(ovir.pack_ir(planted, b""), 1, 32, {})
     assert not marker.exists()
     pickle.loads(planted)  # the plant is live: it would have left the marker
     assert marker.exists()

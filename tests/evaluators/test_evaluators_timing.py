@@ -202,5 +202,5 @@ def test_measure_pair_times_two_configs_side_by_side(tiny_evaluator: TaskEvaluat
     ratios = [y / x for x, y in zip(da["windows"]["latency_p50_ms"], db["windows"]["latency_p50_ms"], strict=True)]
     assert m.details["window_ratios"] == pytest.approx(ratios)
     again = tiny_evaluator.measure_pair(a, b)  # built once; timed again
-    assert again.details["a"]["cache_hit"] == again.details["b"]["cache_hit"] == "memory"
+    assert again.details["a"]["artifact_source"] == again.details["b"]["artifact_source"] == "memory"
     assert again.details["a"]["windows"] != da["windows"]

@@ -41,6 +41,6 @@ def test_an_exported_bundle_carries_the_trials_latest_confirmation(digits_study:
     readme = (bundle.path / "README.md").read_text()
     assert "Confirmed in 2 fresh processes: p50" in readme
     # a trial never confirmed says so in its README
-    from paretotune.export import _confirmation_line
+    from paretotune.export.manifest import confirmation_line as _confirmation_line
 
     assert _confirmation_line(None).startswith("Not confirmed")

@@ -135,13 +135,17 @@ def test_load_exported_reproduces_the_onnx_trial(digits_study: Recorded, tmp_pat
         model({"pixels": one})
 
 
+def _cache_copy(recorded: Recorded, tmp_path: Path, trial: int) -> tuple[Path, str]:
+    """A copy of the study's artifact cache to tamper with, and the cache key of `trial`."""
+    cache = tmp_path / "cache"
+    shutil.copytree(recorded.cache_dir, cache)
+    config = recorded.study.trial(trial).config
+    return cache, TaskEvaluator(load_task("examples.digits:task"), cache_dir=cache).build_artifact(config).cache_key
+
+
 def test_verification_catches_a_corrupted_cached_artifact(digits_study: Recorded, tmp_path: Path) -> None:
     study = digits_study.study
-    cache = tmp_path / "cache"
-    shutil.copytree(digits_study.cache_dir, cache)
-    key = TaskEvaluator(load_task("examples.digits:task"), cache_dir=cache).build_artifact(
-        study.trial(ORT_TRIAL).config
-    ).cache_key
+    cache, key = _cache_copy(digits_study, tmp_path, ORT_TRIAL)
     blob = cache / f"{key}.bin"
     model = onnx.load_from_string(blob.read_bytes())
     rng = np.random.default_rng(0)
@@ -170,11 +174,7 @@ def test_verification_catches_a_corrupted_cached_artifact(digits_study: Recorded
 
 def test_a_planted_pickle_in_the_cache_is_not_run_at_export(digits_study: Recorded, tmp_path: Path) -> None:
     study = digits_study.study
-    cache = tmp_path / "cache"
-    shutil.copytree(digits_study.cache_dir, cache)
-    key = TaskEvaluator(load_task("examples.digits:task"), cache_dir=cache).build_artifact(
-        study.trial(TORCH_TRIAL).config
-    ).cache_key
+    cache, key = _cache_copy(digits_study, tmp_path, TORCH_TRIAL)
     marker = tmp_path / "planted-code-ran"
     plant_pickle(cache, key, marker)
     bundle = pt.export(study, TORCH_TRIAL, tmp_path / "bundle", cache_dir=cache)

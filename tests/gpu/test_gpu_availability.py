@@ -51,7 +51,7 @@ def test_this_machine_offers_what_its_probes_find_and_says_why(task: Task) -> No
     else:
         assert problems["torch_cuda"] == "no CUDA device: torch.cuda.is_available() is False"
     if not availability.importable("tensorrt"):
-        assert problems["tensorrt"] == "tensorrt not importable"
+        assert problems["tensorrt"] == "tensorrt not importable (install paretotune[gpu])"
     if "CUDAExecutionProvider" not in availability.ort_providers():
         assert "no CUDAExecutionProvider" in problems["onnxruntime_cuda"]
 
@@ -62,7 +62,7 @@ def test_a_cpu_box_offers_only_cpu_engines_and_says_why(
     _machine(monkeypatch, **CPU_BOX)
     assert task.available_engines() == ["torch", "onnxruntime"]
     problems = task.unavailable_engines()
-    assert problems["tensorrt"] == "tensorrt not importable"
+    assert problems["tensorrt"] == "tensorrt not importable (install paretotune[gpu])"
     assert problems["torch_cuda"] == "no CUDA device: torch.cuda.is_available() is False"
     assert "no CUDAExecutionProvider" in problems["onnxruntime_cuda"]
 

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from paretotune.errors import InvalidConfigError
-from paretotune.evaluators import availability, torch_cuda_engine
-from paretotune.workers import devices
+from paretotune.evaluators import availability, devices, torch_cuda_engine
 
 from _gpumodels import small_task
 

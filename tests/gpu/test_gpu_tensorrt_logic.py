@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 from paretotune.errors import EvaluationError, InvalidConfigError
 from paretotune.evaluators import Task
 from paretotune.evaluators import tensorrt_engine as te
+from paretotune.evaluators import tensorrt_precision as tp
 from paretotune.evaluators.config import resolve_config
 from paretotune.evaluators.onnxruntime_engine import export_onnx
 from paretotune.export import triton_config
@@ -81,7 +82,7 @@ def _network() -> FakeNetwork:
 
 def test_layer_precisions_set_precision_output_types_and_flags() -> None:
     network, config = _network(), FakeConfig()
-    report = te.apply_layer_precisions(
+    report = tp.apply_layer_precisions(
         network, config, {"/fc1/Gemm": "fp16", "/conv1/Conv": "int8", "/fc2/Gemm": "fp32"}, FAKE_TRT
     )
     by_name = {layer.name: layer for layer in network.layers}
@@ -108,7 +109,7 @@ def test_the_longest_node_name_owns_a_layer() -> None:
         [FakeLayer("/fc/Gemm", "MATRIX_MULTIPLY", [FakeTensor()]),
          FakeLayer("/fc/Gemm_1", "MATRIX_MULTIPLY", [FakeTensor()])]
     )
-    te.apply_layer_precisions(
+    tp.apply_layer_precisions(
         network, FakeConfig(), {"/fc/Gemm": "fp16", "/fc/Gemm_1": "bf16"}, FAKE_TRT
     )
     assert [layer.precision for layer in network.layers] == ["HALF", "BF16"]
@@ -116,15 +117,15 @@ def test_the_longest_node_name_owns_a_layer() -> None:
 
 def test_no_assignments_touch_nothing_and_unmatched_nodes_are_reported() -> None:
     network, config = _network(), FakeConfig()
-    assert te.apply_layer_precisions(network, config, {}, FAKE_TRT).layers == {}
+    assert tp.apply_layer_precisions(network, config, {}, FAKE_TRT).layers == {}
     assert config.flags == [] and all(layer.precision is None for layer in network.layers)
-    report = te.apply_layer_precisions(network, config, {"/nowhere/MatMul": "fp16"}, FAKE_TRT)
+    report = tp.apply_layer_precisions(network, config, {"/nowhere/MatMul": "fp16"}, FAKE_TRT)
     assert report.unmatched_nodes == ["/nowhere/MatMul"] and config.flags == []
 
 
 def test_pytorch_layers_map_to_their_onnx_nodes(task: Task) -> None:
     model = onnx.load_from_string(export_onnx(task.reference_module(), task))
-    mapping = te.layer_node_map(model, list(LAYERS))
+    mapping = tp.layer_node_map(model, list(LAYERS))
     ops = {n.name: n.op_type for n in model.graph.node}
     for layer, op in (("conv1", "Conv"), ("fc1", "Gemm"), ("fc2", "Gemm")):
         assert any(ops[node] == op for node in mapping[layer]), (layer, mapping[layer])
@@ -132,7 +133,7 @@ def test_pytorch_layers_map_to_their_onnx_nodes(task: Task) -> None:
     spec = resolve_config(
         {"engine": "tensorrt", "precision": {"fc1": "fp16", "conv1": "fp32"}}, LAYERS
     )
-    nodes, unmapped = te.node_precisions(spec.layer_precisions, mapping)
+    nodes, unmapped = tp.node_precisions(spec.layer_precisions, mapping)
     assert unmapped == []
     assert {nodes[n] for n in mapping["fc1"]} == {"fp16"}
     assert {nodes[n] for n in mapping["conv1"]} == {"fp32"}
@@ -149,18 +150,18 @@ def test_pytorch_layers_map_to_their_onnx_nodes(task: Task) -> None:
     ],
 )
 def test_precision_flags_follow_the_config(config: dict, needed: list[str]) -> None:
-    assert te.precisions_needed(resolve_config({"engine": "tensorrt", **config}, LAYERS)) == needed
+    assert tp.precisions_needed(resolve_config({"engine": "tensorrt", **config}, LAYERS)) == needed
 
 
 def test_the_gpu_must_support_a_precision() -> None:
-    te.check_gpu_supports(["fp16", "int8", "bf16", "fp8"], (9, 0), "H100", FAKE_TRT)
+    tp.check_gpu_supports(["fp16", "int8", "bf16", "fp8"], (9, 0), "H100", FAKE_TRT)
     with pytest.raises(InvalidConfigError, match=r"bf16 is not buildable on T4 .*7.5.*8.0"):
-        te.check_gpu_supports(["bf16"], (7, 5), "T4", FAKE_TRT)
+        tp.check_gpu_supports(["bf16"], (7, 5), "T4", FAKE_TRT)
     with pytest.raises(InvalidConfigError, match=r"fp8 is not buildable on A100"):
-        te.check_gpu_supports(["fp8"], (8, 0), "A100", FAKE_TRT)
+        tp.check_gpu_supports(["fp8"], (8, 0), "A100", FAKE_TRT)
     old = SimpleNamespace(BuilderFlag=SimpleNamespace(FP16="FP16"), __version__="8.5")
     with pytest.raises(InvalidConfigError, match=r"TensorRT 8.5: it has no BuilderFlag.BF16"):
-        te.check_gpu_supports(["bf16"], (9, 0), "H100", old)
+        tp.check_gpu_supports(["bf16"], (9, 0), "H100", old)
 
 
 def _qdq_model(zero_point_type: int) -> onnx.ModelProto:
@@ -272,5 +273,5 @@ def test_exporting_a_tensorrt_trial_without_tensorrt_names_what_is_missing(
 
     monkeypatch.setattr(availability, "importable", lambda name: name != "tensorrt")
 
-    with pytest.raises(EvaluationError, match=r"not available on this machine \(tensorrt not importable\)"):
+    with pytest.raises(EvaluationError, match=r"not available on this machine \(tensorrt not importable \(install paretotune\[gpu\]\)\)"):
         engines.get("tensorrt").require_here()

@@ -16,6 +16,7 @@ from onnx.reference import ReferenceEvaluator
 
 from paretotune.errors import EvaluationError, InvalidConfigError
 from paretotune.evaluators import Task
+from paretotune.evaluators import tensorrt_casts as tc
 from paretotune.evaluators import tensorrt_engine as te
 from paretotune.evaluators.config import resolve_config
 from paretotune.evaluators.onnxruntime_engine import export_onnx
@@ -186,12 +187,12 @@ def test_trt11_per_layer_int8_must_be_fed_by_a_dequantize() -> None:
 def _plan(model: onnx.ModelProto, config: dict[str, Any]) -> dict[str, str]:
     spec = resolve_config({"engine": "tensorrt", **config}, LAYERS)
     assignments, _ = te.node_precisions(spec.layer_precisions, te.layer_node_map(model, LAYERS))
-    return te.half_plan(model, spec, assignments)
+    return tc.half_plan(model, spec, assignments)
 
 
 def test_fp16_casts_keep_the_outputs_close_to_fp32(task: Task, small_onnx: bytes) -> None:
     model = onnx.load_from_string(small_onnx)
-    typed, report = te.cast_nodes_to_half(model, _plan(model, {"bit_width": 16}))
+    typed, report = tc.cast_nodes_to_half(model, _plan(model, {"bit_width": 16}))
     x = task.example_inputs["x"]
     ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
     got = ReferenceEvaluator(typed).run(None, {"x": x})[0]
@@ -203,7 +204,7 @@ def test_fp16_casts_keep_the_outputs_close_to_fp32(task: Task, small_onnx: bytes
 
 def test_bf16_casts_give_bf16_inputs_and_float_outputs(small_onnx: bytes) -> None:
     model = onnx.load_from_string(small_onnx)
-    typed, report = te.cast_nodes_to_half(model, _plan(model, {"precision": {"fc1": "bf16"}}))
+    typed, report = tc.cast_nodes_to_half(model, _plan(model, {"precision": {"fc1": "bf16"}}))
     onnx.checker.check_model(typed)
     fc1 = next(n for n in typed.graph.node if n.name == "/fc1/Gemm")
     inits = {i.name: i for i in typed.graph.initializer}
@@ -215,8 +216,8 @@ def test_bf16_casts_give_bf16_inputs_and_float_outputs(small_onnx: bytes) -> Non
 def test_half_constants_are_clipped_so_a_lowest_float_mask_stays_finite() -> None:
     lowest = np.finfo(np.float32).min
     for precision, elem in (("fp16", TensorProto.FLOAT16), ("bf16", TensorProto.BFLOAT16)):
-        tensor = te._half_initializer("m", np.array([lowest, 1.5, -np.inf], np.float32),
-                                      te.ONNX_HALF_TYPES[precision])
+        tensor = tc._half_initializer("m", np.array([lowest, 1.5, -np.inf], np.float32),
+                                      tc.ONNX_HALF_TYPES[precision])
         assert tensor.data_type == elem
         values = numpy_helper.to_array(tensor).astype(np.float32)
         assert np.isfinite(values[0]) and values[0] < -6e4, precision
@@ -233,7 +234,7 @@ def test_ops_that_cannot_run_in_half_stay_float_and_are_reported() -> None:
         helper.make_node("Add", ["x", "ones"], ["y"], name="add"),
     ]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
-    typed, report = te.cast_nodes_to_half(model, {n.name: "fp16" for n in nodes})
+    typed, report = tc.cast_nodes_to_half(model, {n.name: "fp16" for n in nodes})
     onnx.checker.check_model(typed, full_check=True)
     assert report.half_nodes == {"fp16": 1}
     assert "ones" in report.left_in_float and "ConstantOfShape" in report.left_in_float["ones"]

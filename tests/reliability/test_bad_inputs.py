@@ -16,7 +16,8 @@ import pytest
 import paretotune as pt
 from paretotune.cli import main
 from paretotune.evaluators.cache import ArtifactCache, cache_key
-from paretotune.export import BUNDLE_MARKER, _check_out_dir
+from paretotune.export import BUNDLE_MARKER
+from paretotune.export.bundle import _check_out_dir
 
 # == Items 1 and 2: export never removes what it did not write; the artifact cache runs no code ==
 # More cases live beside the code they exercise: tests/export/test_export.py (a real bundle

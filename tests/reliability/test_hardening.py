@@ -22,9 +22,10 @@ import paretotune as pt
 from paretotune.errors import ConfigError, EvaluationError, StorageError
 from paretotune.evaluators import slot as slot_mod
 from paretotune.evaluators.slot import TimingSlot
-from paretotune.search.specs import create_study_from_spec
+from paretotune.search import StudySpec
+from paretotune.search.studies import create_study_from_spec
 from paretotune.search.study import MISSING_METRIC_STOP_AFTER
-from paretotune.storage import StudyStore
+from paretotune.storage import StopKind, StudyStore
 from paretotune.storage.engine import mask, mask_url, resolve_url
 from paretotune.testing import null_evaluator
 from paretotune.workers.executor import TrialExecutor
@@ -204,7 +205,7 @@ def test_a_second_first_time_creation_joins_the_study(storage_url: str, monkeypa
         return None if len(looked) == 1 else real(name)
 
     monkeypatch.setattr(store, "load_spec", late_look)
-    second = create_study_from_spec("race", store, spec)
+    second = create_study_from_spec("race", store, StudySpec.from_dict(spec))
     assert second.name == "race"
     assert sum(1 for t in second.trials if t.is_baseline) == 1
 
@@ -263,7 +264,7 @@ def test_one_trial_without_a_metric_fails_alone(storage_url: str) -> None:
     assert [t.config["x"] for t in failed] == [0.5]
     assert "did not return ['accuracy']" in failed[0].reason
     assert study.counts()["COMPLETE"] == 10
-    assert study.store.stopped_reason("one-missing").startswith("finished:")
+    assert study.store.stopped("one-missing").kind is StopKind.FINISHED
 
 
 def test_a_metric_never_returned_stops_the_study_after_a_few_trials(tmp_path: Path) -> None:
@@ -280,7 +281,7 @@ def test_the_grids_last_point_failing_ends_the_study_cleanly(storage_url: str) -
     study.optimize(helpers_eval.fails_at_x_2, n_trials=3, n_workers=2)
     states = sorted((t.config["x"], t.state.value) for t in study.trials)
     assert (2, "FAIL") in states and (0, "COMPLETE") in states and (1, "COMPLETE") in states
-    assert study.store.stopped_reason("grid-end").startswith("finished:")
+    assert study.store.stopped("grid-end").kind is StopKind.FINISHED
 
 
 def test_invalid_trials_show_the_refused_combination(tmp_path: Path) -> None:
@@ -369,9 +370,9 @@ class _Unloadable:
 def test_an_evaluator_that_cannot_be_loaded_is_named() -> None:
     with TrialExecutor(_Unloadable(), timeout_s=60) as executor:  # type: ignore[arg-type]
         outcome = executor.run(pt.Config({"x": 0.0}))
-    assert outcome.error is not None
-    assert "cannot load the evaluator in the trial process" in outcome.error
-    assert "no_such_module_for_the_trial_process" in outcome.error
+    assert outcome.state == pt.TrialState.FAIL and outcome.reason is not None
+    assert "cannot load the evaluator in the trial process" in outcome.reason
+    assert "no_such_module_for_the_trial_process" in outcome.reason
 
 
 SLOW_SPEC = """\

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from paretotune.errors import StorageError, StudyError
-from paretotune.storage import StudyStore, mask, resolve_url
+from paretotune.storage import StopKind, StudyStop, StudyStore, mask, resolve_url
 
 
 def test_default_url_is_embedded_sqlite() -> None:
@@ -62,8 +62,15 @@ def test_released_claims_return_to_the_budget(storage_url: str) -> None:
     b = store.claim("s", "w", target=1)
     assert b is not None and b != a
     store.stop_study("s", "because")
+    store.stop_study("s", "a later stop does not replace the first", StopKind.FINISHED)
     store.finish_claim(b, completed=False)
     assert store.claim("s", "w", target=5) is None and store.stopped_reason("s") == "because"
+    assert store.stopped("s") == StudyStop(StopKind.ABORTED, "because") and store.stopped("s").is_error
+    store.clear_stop("s")
+    assert store.stopped("s") is None
+    store.stop_study("s", "every config of the space was evaluated", StopKind.FINISHED)
+    assert store.stopped("s") == StudyStop(StopKind.FINISHED, "every config of the space was evaluated")
+    assert not store.stopped("s").is_error
     with pytest.raises(StudyError, match="does not exist"):
         store.claim("other", "w", target=1)
 
@@ -148,3 +155,22 @@ def test_a_wrong_password_is_not_retried(pg_cluster, pg_url) -> None:
     with pytest.raises(StorageError):
         retry(StudyStore, bad, what="connect", window_s=60)
     assert time.monotonic() - t0 < 10
+
+
+def test_a_store_from_before_stop_kinds_gets_the_column_and_keeps_its_stops(storage_url: str) -> None:
+    """A study table created without ``stopped_kind`` (paretotune before stops had kinds) is
+    upgraded in place when opened; its old stops read as they were meant."""
+    import sqlalchemy as sa
+
+    StudyStore(storage_url).save_spec("old-finished", {})
+    StudyStore(storage_url).save_spec("old-failed", {})
+    engine = sa.create_engine(storage_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE pt_studies DROP COLUMN stopped_kind"))
+        conn.execute(sa.text("UPDATE pt_studies SET stopped_reason = 'finished: every config of the "
+                             "space was evaluated' WHERE name = 'old-finished'"))
+        conn.execute(sa.text("UPDATE pt_studies SET stopped_reason = '30 trials failed' WHERE name = 'old-failed'"))
+    engine.dispose()
+    store = StudyStore(storage_url)
+    assert store.stopped("old-finished").kind is StopKind.FINISHED
+    assert store.stopped("old-failed") == StudyStop(StopKind.ABORTED, "30 trials failed")

@@ -4,6 +4,7 @@ import pytest
 
 import paretotune as pt
 from paretotune.search.study import MISSING_METRIC_STOP_AFTER
+from paretotune.storage import StopKind
 from paretotune.testing import FakeEvaluator, null_evaluator
 
 import helpers_eval
@@ -111,7 +112,7 @@ def test_grid_ends_the_study_when_the_space_is_exhausted(tmp_path) -> None:
     study.optimize(FakeEvaluator(), n_trials=50)
     configs = [t.config for t in study.completed()]
     assert len(configs) == 6 and set(configs) == set(space.grid())
-    assert study.store.stopped_reason("g").startswith("finished:")
+    assert study.store.stopped("g").kind is StopKind.FINISHED
 
 
 def test_queued_trials_are_never_taken_twice_on_sqlite(tmp_path) -> None:

@@ -197,6 +197,18 @@ class Engine(abc.ABC):
 
     # -- hooks with defaults -------------------------------------------------------------------
 
+    def missing_package(self, needed: Mapping[str, str], *, is_onnx: bool) -> str | None:
+        """The first of `needed` (package -> why, or how to install it) that does not import,
+        and onnx for a PyTorch task (its model is exported to ONNX first); None when all do."""
+        from paretotune.evaluators import availability
+
+        if not is_onnx:
+            needed = {**needed, "onnx": "needed to export the PyTorch model"}
+        for package, why in needed.items():
+            if not availability.importable(package):
+                return f"{package} not importable ({why})"
+        return None
+
     def bit_width_problem(self, bit_width: int) -> str | None:
         """Why `bit_width`, declared in the capabilities, cannot run on this machine."""
         return None

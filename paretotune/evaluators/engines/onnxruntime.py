@@ -53,13 +53,7 @@ class OnnxRuntimeEngine(base.Engine):
     packages: tuple[str, ...] = ("onnxruntime", "onnx")
 
     def problem(self, *, has_module: bool, is_onnx: bool) -> str | None:
-        from paretotune.evaluators import availability
-
-        if not availability.importable("onnxruntime"):
-            return "onnxruntime not importable (install paretotune[cpu])"
-        if not is_onnx and not availability.importable("onnx"):
-            return "onnx not importable (needed to export the PyTorch model)"
-        return None
+        return self.missing_package({"onnxruntime": "install paretotune[cpu]"}, is_onnx=is_onnx)
 
     def check(
         self, spec: BuildSpec, config: Mapping[str, Any], layers: Mapping[str, str], ignored: list[str]

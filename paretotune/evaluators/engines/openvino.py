@@ -44,13 +44,7 @@ class OpenVINOEngine(base.Engine):
     packages = ("openvino", "nncf", "onnx")
 
     def problem(self, *, has_module: bool, is_onnx: bool) -> str | None:
-        from paretotune.evaluators import availability
-
-        if not availability.importable("openvino"):
-            return "openvino not importable (install paretotune[cpu])"
-        if not is_onnx and not availability.importable("onnx"):
-            return "onnx not importable (needed to export the PyTorch model)"
-        return None
+        return self.missing_package({"openvino": "install paretotune[cpu]"}, is_onnx=is_onnx)
 
     def bit_width_problem(self, bit_width: int) -> str | None:
         from paretotune.evaluators import availability
@@ -72,7 +66,8 @@ class OpenVINOEngine(base.Engine):
         return {**dict(spec.options), **dict(spec.runtime_options)}
 
     def build(self, source: base.BuildSource, spec: BuildSpec) -> base.Built:
-        from paretotune.evaluators.openvino_engine import build_openvino, quantized_weight_ops
+        from paretotune.evaluators.openvino_engine import build_openvino
+        from paretotune.evaluators.openvino_ir import quantized_weight_ops
 
         task = source.task
         artifact = build_openvino(
@@ -96,11 +91,7 @@ class OpenVINOEngine(base.Engine):
     ) -> list[str]:
         """Layers none of whose weight ops is quantized; OpenVINO keeps the exporter's op
         names, so a layer's ops are those under its name scope (`/fc1/Gemm/WithoutBiases`)."""
-        from paretotune.evaluators.openvino_engine import (
-            load_model,
-            quantized_weight_ops,
-            weight_ops,
-        )
+        from paretotune.evaluators.openvino_ir import load_model, quantized_weight_ops, weight_ops
 
         model = load_model(artifact)
         quantized = quantized_weight_ops(model)
@@ -115,7 +106,8 @@ class OpenVINOEngine(base.Engine):
     # -- export ----------------------------------------------------------------------------------
 
     def export(self, artifact: bytes, spec: BuildSpec, task: Task) -> base.ExportedArtifact:
-        from paretotune.evaluators.openvino_engine import IR_FILES, OpenVINORunner, unpack_ir
+        from paretotune.evaluators.openvino_engine import OpenVINORunner
+        from paretotune.evaluators.openvino_ir import IR_FILES, unpack_ir
 
         xml, weights = unpack_ir(artifact)
         runner = OpenVINORunner(artifact, 1, spec.bit_width, self.options(spec))

@@ -49,13 +49,9 @@ class TensorRTEngine(base.Engine):
     def problem(self, *, has_module: bool, is_onnx: bool) -> str | None:
         from paretotune.evaluators import availability
 
-        if not availability.importable("tensorrt"):
-            return "tensorrt not importable"
-        if not availability.importable("pycuda"):
-            return "pycuda not importable (TensorRT I/O uses pycuda buffers)"
-        if not is_onnx and not availability.importable("onnx"):
-            return "onnx not importable (needed to export the PyTorch model)"
-        return availability.no_device()
+        missing = self.missing_package({"tensorrt": "install paretotune[gpu]",
+                                        "pycuda": "TensorRT I/O uses pycuda buffers"}, is_onnx=is_onnx)
+        return missing or availability.no_device()
 
     def check(
         self, spec: BuildSpec, config: Mapping[str, Any], layers: Mapping[str, str], ignored: list[str]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from paretotune.workers import devices
+from paretotune.evaluators import devices
 
 
 @pytest.fixture

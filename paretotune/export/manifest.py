@@ -1,0 +1,186 @@
+"""What a bundle says about itself: `config.yaml` (config, resolved options, hardware, versions,
+I/O), `measurements.json` (the trial's and the baseline's numbers, its latest confirmation)
+and the README."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from paretotune.export.load import BUNDLE_FORMAT, BUNDLE_MARKER, REPOSITORY_DIR
+from paretotune.space import SingleStream
+
+if TYPE_CHECKING:
+    from paretotune.evaluators.evaluator import BuiltArtifact
+    from paretotune.search import Study, Trial
+
+
+def measurements_of(study: Study, trial: Trial) -> dict[str, Any]:
+    rows = {row["trial_number"]: row for row in study.store.measurements(study.name)}
+    baseline = study.baseline_trial()
+
+    def entry(t: Trial | None) -> dict[str, Any] | None:
+        if t is None:
+            return None
+        row = rows.get(t.number, {})
+        return {
+            "trial": t.number,
+            "config": None if t.config is None else t.config.to_dict(),
+            "metrics": dict(t.metrics),
+            "details": row.get("details"),
+        }
+
+    from paretotune.search.confirmations import latest_confirmation
+
+    confirmed = latest_confirmation(study, trial.number)
+    return {
+        "study": study.name,
+        "objectives": dict(study.objectives),
+        "constraints": [str(c) for c in study.constraints],
+        "trial": entry(trial),
+        "baseline": entry(baseline),
+        # `paretotune confirm`: the trial re-measured in fresh processes (None if never)
+        "confirmation": None if confirmed is None else confirmed.to_dict(),
+    }
+
+
+def bundle_config(
+    study: Study,
+    trial: Trial,
+    built: BuiltArtifact,
+    artifact: str,
+    model_name: str,
+    io_spec: Mapping[str, Any],
+    max_batch: int,
+    measurements: Mapping[str, Any],
+) -> dict[str, Any]:
+    from paretotune import __version__
+    from paretotune.evaluators.hardware import library_versions
+
+    details = (measurements.get("trial") or {}).get("details") or {}
+    spec = built.spec
+    versions = dict(library_versions())
+    try:
+        import optuna
+
+        versions["optuna"] = optuna.__version__
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    return {
+        "bundle_format": BUNDLE_FORMAT,
+        "paretotune": __version__,
+        "study": study.name,
+        "trial": trial.number,
+        "storage": study.store.masked_url,
+        "task": study.task_path,
+        "engine": spec.engine,
+        "artifact": artifact,
+        "config": trial.config.to_dict() if trial.config is not None else None,
+        "resolved": {
+            **spec.build_dict(),
+            **dict(spec.options + spec.runtime_options),  # every engine option, defaults too
+            "batch_size": spec.batch_size,
+            "threads": spec.threads,
+        },
+        "metrics": dict(trial.metrics),
+        "io": {"inputs": list(io_spec["inputs"]), "outputs": list(io_spec["outputs"])},
+        "triton": {
+            "repository": REPOSITORY_DIR,
+            "model_name": model_name,
+            "max_batch_size": max_batch,
+            "preferred_batch_size": spec.batch_size if max_batch else None,
+            **(
+                {
+                    "preferred_batch_size": list(spec.batcher.targets) if max_batch else None,
+                    "max_queue_delay_microseconds": spec.batcher.max_queue_delay_us,
+                    "instance_count": spec.batcher.instances,
+                }
+                if not isinstance(study.scenario, SingleStream) else {}
+            ),
+        },
+        "scenario": study.scenario.to_dict(),
+        "hardware": details.get("hardware"),
+        "versions": {
+            "measured_with": (details.get("hardware") or {}).get("versions"),
+            "exported_with": versions,
+        },
+        "build": {"cache_key": built.cache_key, "source": built.source, "details": built.details},
+    }
+
+
+def confirmation_line(confirmation: Mapping[str, Any] | None) -> str:
+    """The README's sentence on `paretotune confirm` for this trial."""
+    if not confirmation or not confirmation.get("processes"):
+        return ("Not confirmed: the timings are one in-study measurement (`paretotune confirm` "
+                "re-measures in fresh processes).")
+    metrics, spread = confirmation["metrics"], confirmation["spread"]
+    line = (f"Confirmed in {confirmation['processes']} fresh processes: p50 "
+            f"{metrics.get('latency_p50_ms', float('nan')):.4g} ms median (spread "
+            f"{100 * spread.get('latency_p50_ms', float('nan')):.1f}%, best "
+            f"{confirmation.get('best_p50_ms') or float('nan'):.4g} ms)")
+    if confirmation.get("speedup") is not None:
+        line += f", {confirmation['speedup']:.3g}x the baseline (paired per process)"
+    return line + "; see `confirmation` in measurements.json."
+
+
+def readme(config: Mapping[str, Any], measurements: Mapping[str, Any]) -> str:
+    metrics = config.get("metrics") or {}
+    base = (measurements.get("baseline") or {}).get("metrics") or {}
+    rows = "\n".join(
+        f"| {m} | {metrics[m]:.6g} | {base[m]:.6g} |" if m in base else f"| {m} | {metrics[m]:.6g} | |"
+        for m in sorted(metrics)
+    )
+    triton = config["triton"]
+    verification = config.get("verification") or {}
+    engine = config["engine"]
+    inputs = ", ".join(f"`{i['name']}` {i['dtype']} {i['shape']}" for i in config["io"]["inputs"])
+    outputs = ", ".join(f"`{o['name']}` {o['dtype']} {o['shape']}" for o in config["io"]["outputs"])
+    torch_note = f"\n{config['note']}\n" if config.get("note") else ""
+    return f"""# {triton['model_name']}: trial {config['trial']} of study `{config['study']}`
+
+Exported by paretotune {config['paretotune']} from `{config['storage']}`.
+Engine `{engine}`, artifact `{config['artifact']}`; task `{config['task']}`.
+Inputs: {inputs}. Outputs: {outputs} (dimension 0 is the batch).
+{torch_note}
+Verified on export: accuracy {verification.get('measured', float('nan')):.6g} re-measured on the
+task's validation set, recorded {verification.get('recorded', float('nan')):.6g}
+(tolerance {verification.get('tolerance', float('nan')):g}).
+{confirmation_line(measurements.get("confirmation"))}
+
+## Files
+
+- `config.yaml`: the configuration (`config`, every default in `resolved`), task, study and
+  trial, the hardware it was measured on, library versions, tensor names and shapes.
+- `{config['artifact']}`: the model.
+- `{triton['repository']}/{triton['model_name']}/`: a Triton model repository
+  (`config.pbtxt`, `1/{config['artifact']}`), max batch size {triton['max_batch_size']}.
+- `measurements.json`: the trial's and the baseline's metrics and measurement details, and
+  the trial's latest confirmation in fresh processes (`paretotune confirm`), if any.
+- `{BUNDLE_MARKER}`: marks this directory as a bundle; `paretotune export --overwrite`
+  replaces only a directory that holds it.
+
+## Load it in Python
+
+```python
+import paretotune as pt
+
+predict = pt.load_exported("path/to/this/directory")
+outputs = predict({{"{config['io']['inputs'][0]['name']}": batch}})   # dict: output name -> array
+```
+
+## Serve it with Triton
+
+```bash
+docker run --rm -p8000:8000 -p8001:8001 -v $PWD/{triton['repository']}:/models \\
+    nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
+```
+
+## Measurements (this trial, and the baseline)
+
+| metric | trial | baseline |
+|---|---|---|
+{rows}
+
+These numbers were measured on the hardware in `config.yaml`; measure again on the serving
+machine before relying on latency or throughput.
+"""

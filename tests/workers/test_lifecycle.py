@@ -1,0 +1,85 @@
+"""The trial lifecycle's parts that every backend shares (workers/lifecycle.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import paretotune as pt
+from paretotune.storage import StopKind
+from paretotune.workers.lifecycle import Heartbeat, Outcome, claim_trial, finish, release, tell
+
+
+def test_an_outcome_is_a_trial_state_with_its_reason() -> None:
+    done = Outcome.complete({"accuracy": 0.9}, {"stable": True}, 1.5)
+    assert done.state == pt.TrialState.COMPLETE and done.reason is None
+    failed, invalid = Outcome.failed("timeout after 3 s"), Outcome.invalid("int4 on torch")
+    assert (failed.state, failed.reason) == (pt.TrialState.FAIL, "timeout after 3 s")
+    assert (invalid.state, invalid.reason) == (pt.TrialState.INVALID, "int4 on torch")
+    with pytest.raises(ValueError, match="needs a reason"):
+        Outcome(pt.TrialState.FAIL)
+    with pytest.raises(ValueError, match="has no reason"):
+        Outcome(pt.TrialState.COMPLETE, reason="why")
+    with pytest.raises(ValueError, match="COMPLETE, FAIL or INVALID"):
+        Outcome(pt.TrialState.RUNNING)
+    for outcome in (done, failed, invalid):  # what a Ray actor sends its driver
+        assert Outcome.from_dict(json.loads(json.dumps(outcome.to_dict()))) == outcome
+
+
+def test_extras_never_override_the_evaluation_and_skip_failures() -> None:
+    done = Outcome.complete({"accuracy": 0.9, "gpu_util": 0.5}, {"worker": "trial's"})
+    merged = done.with_extras({"gpu_util": 0.1, "power_w": 300.0}, {"worker": "w1", "driver": "d"})
+    assert merged.metrics == {"accuracy": 0.9, "gpu_util": 0.5, "power_w": 300.0}
+    assert merged.details == {"worker": "trial's", "driver": "d"}
+    assert Outcome.failed("x").with_extras({"power_w": 1.0}).metrics == {}
+
+
+def _study(storage_url: str, name: str, max_failures: int) -> pt.Study:
+    return pt.create_study(name, storage=storage_url, space=pt.SearchSpace({"x": pt.Float(0.0, 1.0)}),
+                           objectives={"accuracy": "max"}, sampler="random", seed=0,
+                           max_failures=max_failures)
+
+
+def test_claim_tell_finish_on_the_store(storage_url: str) -> None:
+    """One trial's way through the store as every backend walks it; the failure that reaches
+    max_failures stops the study with the FAILED kind."""
+    study = _study(storage_url, "life", max_failures=2)
+    study.store.set_target(study.name, 3)
+    beat = Heartbeat(study.store, 0.05)
+    try:
+        first = claim_trial(study, "w1", 3, 5.0)
+        assert first is not None and first.pending.number == 0
+        beat.hold(first.claim)
+        assert beat.held() == [first.claim]
+        trial = tell(study, first.pending, Outcome.complete({"accuracy": 0.5}), 5.0)
+        assert trial.state == pt.TrialState.COMPLETE and trial.metrics["accuracy"] == 0.5
+        assert finish(study, first.claim, trial, 3, 5.0) is False
+        beat.release(first.claim)
+        assert study.store.claim_counts(study.name)["done"] == 1
+        stops = []
+        for _ in range(2):
+            claimed = claim_trial(study, "w1", 3, 5.0)
+            assert claimed is not None
+            failed = tell(study, claimed.pending, Outcome.failed("boom"), 5.0)
+            assert failed.state == pt.TrialState.FAIL and failed.reason == "boom"
+            stops.append(finish(study, claimed.claim, failed, 3, 5.0))
+        assert stops == [False, True]
+        stop = study.store.stopped(study.name)
+        assert stop is not None and stop.kind is StopKind.FAILED and "max_failures=2" in stop.reason
+        assert claim_trial(study, "w1", 3, 5.0) is None  # a stopped study hands out no slot
+    finally:
+        beat.close()
+
+
+def test_an_ask_that_fails_gives_its_slot_back(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _study(storage_url, "ask-fails", max_failures=5)
+
+    def broken_ask() -> None:
+        raise RuntimeError("sampler exploded")
+
+    monkeypatch.setattr(study, "ask", broken_ask)
+    with pytest.raises(RuntimeError, match="sampler exploded"):
+        claim_trial(study, "w1", 2, 1.0)
+    assert study.store.claim_counts(study.name) == {"active": 0, "done": 0, "released": 1}
+    release(study, 12345)  # an unknown claim: logged, never raised
