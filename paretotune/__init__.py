@@ -11,7 +11,7 @@ from __future__ import annotations as _annotations
 
 from typing import Any as _Any
 
-from paretotune.api import create_study, load_study
+from paretotune.api import create_study, load_study, submit
 from paretotune.errors import (
     ConfigError,
     EvaluationError,
@@ -82,6 +82,7 @@ __all__ = [
     "load_study",
     "register_sampler",
     "sampler_names",
+    "submit",
 ]
 
 

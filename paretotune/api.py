@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,3 +105,40 @@ def create_study(
 def load_study(name: str, storage: str | None = None) -> Study:
     """Reopen a study from its store; the stored spec says everything else."""
     return load_study_from_store(name, StudyStore(storage, create=False))
+
+
+def submit(
+    study: Study | str | os.PathLike[str],
+    storage: str | None = None,
+    *,
+    priority: int = 1,
+    n_trials: int | None = None,
+    gpu: bool = False,
+    tags: Sequence[str] = (),
+    load_if_exists: bool = False,
+) -> Study:
+    """Open a study to the fleet and return at once: every ``paretotune worker`` of its store
+    without ``--study`` then takes its trials, by priority and fair share.
+
+    ``study``: a ``Study`` (``n_trials`` required unless it has a stored budget), or the path of
+    a YAML spec (created or updated like ``paretotune run`` does; its ``budget.n_trials`` is
+    the default). ``gpu`` and ``tags``: what a worker must have, besides the engines the space
+    names. Submitting again updates the priority and the budget, and reopens a cancelled study.
+    """
+    from paretotune.workers.fleet import check_priority
+    from paretotune.workers.fleet import submit as open_to_fleet
+
+    check_priority(priority)
+    if isinstance(study, Study):
+        chosen, budget = study, n_trials if n_trials is not None else study.store.target(study.name)
+    else:
+        from paretotune.spec import load_spec_file
+
+        spec = load_spec_file(os.fspath(study))
+        chosen = create_study(spec.name, storage or spec.storage, load_if_exists=load_if_exists, **spec.study_args)
+        budget = spec.n_trials if n_trials is None else n_trials
+    if budget is None:
+        raise ConfigError(f"n_trials: study {chosen.name!r} has no stored budget; give n_trials (an integer >= 1)")
+    requires = open_to_fleet(chosen, priority=priority, n_trials=budget, gpu=gpu, tags=tags)
+    log.info("submitted %r (priority %d, budget %d, needs %s)", chosen.name, priority, budget, requires)
+    return chosen

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,6 +179,10 @@ def _print_front(study: Any, fmt: str) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.study is None:
+        return _fleet_worker(args)
+    if args.tag or args.metrics_port is not None or args.exit_when_idle is not None:
+        raise ConfigError("--tag, --metrics-port and --exit-when-idle are for a fleet worker (no --study)")
     from paretotune.search import load_study_from_store
     from paretotune.storage import StudyStore
     from paretotune.workers.lifecycle import worker_id
@@ -198,6 +203,130 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stats = run_worker(store, args.study, evaluator, n_trials=n_trials, worker=wid)
     print(f"worker done: {stats.completed} completed, {stats.failed} failed, {stats.invalid} invalid", file=sys.stderr)
     stop = store.stopped(args.study)
+    if stop is not None and stop.is_error:
+        print(f"error: study stopped: {stop.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fleet_worker(args: argparse.Namespace) -> int:
+    from paretotune.storage import StudyStore
+    from paretotune.workers.fleet import FleetWorker
+    from paretotune.workers.loop import raise_on_sigterm
+
+    if args.n_trials is not None or args.task is not None:
+        raise ConfigError("--n-trials and --task go with --study; a fleet worker takes each study's own")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port must be a port from 0 to 65535, got {args.metrics_port}")
+    if args.exit_when_idle is not None and args.exit_when_idle < 0:
+        raise ConfigError(f"--exit-when-idle must be >= 0 seconds, got {args.exit_when_idle}")
+    store = StudyStore(_storage(args), create=False)
+    worker = FleetWorker(store, tags=args.tag or (), metrics_port=args.metrics_port)
+    caps = worker.capabilities
+    print(f"fleet worker {worker.worker} on {store.masked_url}: {caps['cpus']} CPUs, GPUs {caps['gpus'] or 'none'}, "
+          f"engines {caps['engines']}, tags {caps['tags'] or 'none'}"
+          + (f"; metrics on :{worker.metrics.port}/metrics" if worker.metrics else ""), file=sys.stderr)
+    raise_on_sigterm()  # Kubernetes stops a pod with SIGTERM: the running trial is recorded
+    stats = worker.run(exit_when_idle_s=args.exit_when_idle)
+    for name, counts in sorted(stats.by_study.items()):
+        print(f"  {name}: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())), file=sys.stderr)
+    return 0
+
+
+def _fleet_rows(store: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    from paretotune.search import load_study_from_store
+    from paretotune.workers.fleet import WORKER_LIVE_S, waiting_for
+
+    workers = store.fleet_workers(live_within_s=WORKER_LIVE_S)
+    rows = []
+    for row in store.fleet_studies():
+        counts = load_study_from_store(row["name"], store).counts()
+        rows.append({
+            "study": row["name"], "state": row["state"].value, "priority": row["priority"],
+            "completed": counts["COMPLETE"], "budget": row["target"], "running": row["running"],
+            "failed": counts["FAIL"], "invalid": counts["INVALID"],
+            "note": row["stopped_reason"] or waiting_for(row, workers) or "",
+        })
+    return ["study", "state", "priority", "completed", "budget", "running", "failed", "invalid", "note"], rows
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from paretotune.api import submit
+
+    study = submit(args.spec, _storage(args), priority=args.priority, n_trials=args.n_trials,
+                   gpu=args.gpu, tags=args.require_tag or (), load_if_exists=args.load_if_exists)
+    print(f"submitted {study.name!r} to the fleet of {study.store.masked_url} (priority {args.priority}, "
+          f"budget {study.store.target(study.name)}); `paretotune wait {study.name}` blocks until it is done",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from paretotune.storage import StudyStore
+
+    columns, rows = _fleet_rows(StudyStore(_storage(args), create=False))
+    print(render(columns, rows, args.format))
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from paretotune.storage import StudyStore
+    from paretotune.workers.fleet import WORKER_LIVE_S
+
+    now = time.time()
+    rows = [{
+        "worker": w["id"], "host": w["host"], "pid": w["pid"], "cpus": w["capabilities"].get("cpus"),
+        "gpus": ", ".join(w["capabilities"].get("gpus") or []), "engines": ", ".join(w["capabilities"].get("engines") or []),
+        "tags": ", ".join(w["capabilities"].get("tags") or []), "study": w["study"] or "", "trial": w["trial_number"],
+        "heartbeat_s_ago": round(now - w["heartbeat_at"], 1),
+    } for w in StudyStore(_storage(args), create=False).fleet_workers(live_within_s=WORKER_LIVE_S)]
+    print(render(["worker", "host", "pid", "cpus", "gpus", "engines", "tags", "study", "trial", "heartbeat_s_ago"],
+                 rows, args.format))
+    return 0
+
+
+def cmd_fleet_state(args: argparse.Namespace) -> int:
+    from paretotune.storage import FleetState, StudyStore
+    from paretotune.workers.fleet import check_priority
+
+    store = StudyStore(_storage(args), create=False)
+    if args.command == "cancel":
+        store.set_fleet(args.name, state=FleetState.CANCELLED)
+        print(f"cancelled {args.name!r}: no new trials; running ones finish and are recorded", file=sys.stderr)
+    else:
+        store.set_fleet(args.name, priority=check_priority(args.priority, "priority"))
+        print(f"{args.name!r} now has priority {args.priority}", file=sys.stderr)
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from paretotune.storage import FleetState, StudyStore
+
+    store = StudyStore(_storage(args), create=False)
+    if args.timeout is not None and args.timeout < 0:
+        raise ConfigError(f"--timeout must be >= 0 seconds, got {args.timeout}")
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    shown = None
+    while True:
+        rows = {r["name"]: r for r in store.fleet_studies()}
+        if args.name not in rows:
+            raise ConfigError(f"study {args.name!r} was never submitted to the fleet of {store.masked_url}; "
+                              f"submitted: {sorted(rows)}")
+        row = rows[args.name]
+        status = (row["state"].value, row["done"], row["running"])
+        if status != shown:
+            print(f"{args.name}: {row['state'].value}, {row['done']}/{row['target']} completed, "
+                  f"{row['running']} running", file=sys.stderr)
+            shown = status
+        if row["state"] != FleetState.OPEN and row["running"] == 0:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            print(f"error: {args.name!r} is still {row['state'].value} after {args.timeout:g} s", file=sys.stderr)
+            return 1
+        time.sleep(1.0)
+    study = _load(args)
+    _print_front(study, args.format)
+    stop = store.stopped(args.name)
     if stop is not None and stop.is_error:
         print(f"error: study stopped: {stop.reason}", file=sys.stderr)
         return 1
@@ -336,12 +465,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=["table", "json", "csv"], default="table")
     run.set_defaults(func=cmd_run)
 
-    w = sub.add_parser("worker", help="join a running study from this machine")
+    w = sub.add_parser("worker", help="serve every submitted study of the store (or one, with --study)")
     storage_arg(w)
-    w.add_argument("--study", required=True, help="study name")
-    w.add_argument("--n-trials", type=int, help="budget (default: the study's stored budget)")
-    w.add_argument("--task", help="task import path (default: the one stored with the study)")
+    w.add_argument("--study", help="serve only this study (default: every study submitted to the fleet)")
+    w.add_argument("--n-trials", type=int, help="with --study: budget (default: the study's stored budget)")
+    w.add_argument("--task", help="with --study: task import path (default: the one stored with the study)")
+    w.add_argument("--tag", action="append", help="fleet: a tag this worker offers (repeatable)")
+    w.add_argument("--metrics-port", type=int, help="fleet: serve Prometheus metrics on this port")
+    w.add_argument("--exit-when-idle", type=float, metavar="S",
+                   help="fleet: exit after S seconds with no runnable study (default: serve forever)")
     w.set_defaults(func=cmd_worker)
+
+    sb = sub.add_parser("submit", help="create or update the study of a YAML spec and open it to the fleet")
+    sb.add_argument("spec", help="YAML spec file")
+    storage_arg(sb)
+    sb.add_argument("--priority", type=int, default=1, help="higher runs first (0 to 1000, default 1)")
+    sb.add_argument("--n-trials", type=int, help="budget of completed trials (default: budget.n_trials)")
+    sb.add_argument("--gpu", action="store_true", help="only workers with a GPU may run it")
+    sb.add_argument("--require-tag", action="append", help="only workers offering this tag (repeatable)")
+    sb.add_argument("--load-if-exists", action="store_true", help="continue a stored study whose spec differs")
+    sb.set_defaults(func=cmd_submit)
+
+    wt = sub.add_parser("wait", help="block until a submitted study is done, then print its front")
+    wt.add_argument("name", help="study name")
+    storage_arg(wt)
+    wt.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    wt.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    wt.set_defaults(func=cmd_wait)
+
+    cn = sub.add_parser("cancel", help="stop giving a submitted study new trials (running ones finish)")
+    cn.add_argument("name", help="study name")
+    storage_arg(cn)
+    cn.set_defaults(func=cmd_fleet_state)
+
+    pr = sub.add_parser("priority", help="change a submitted study's priority")
+    pr.add_argument("name", help="study name")
+    pr.add_argument("priority", type=int, help="0 to 1000; higher runs first")
+    storage_arg(pr)
+    pr.set_defaults(func=cmd_fleet_state)
+
+    for name, func, helptext in (("ls", cmd_ls, "the submitted studies: state, priority, progress, running, failed"),
+                                 ("workers", cmd_workers, "the live fleet workers: host, devices, tags, current trial")):
+        sp = sub.add_parser(name, help=helptext)
+        storage_arg(sp)
+        sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
+        sp.set_defaults(func=func)
 
     for name, func, fmts, helptext in (
         ("status", cmd_status, ["table", "json"], "counts, budget, front size and hypervolume"),

@@ -69,6 +69,8 @@ class FakeEvaluator:
 fake_evaluator = FakeEvaluator()
 #: the same, taking 0.2 s a trial: long enough for a second worker to join mid-study
 slow_fake_evaluator = FakeEvaluator(sleep_s=0.2)
+#: a second a trial: a fault injected "mid-trial" lands inside one
+sluggish_fake_evaluator = FakeEvaluator(sleep_s=1.0)
 
 
 class ReplayEvaluator:

@@ -40,6 +40,7 @@ DEFINED_IN = {
     "load_study": "paretotune.api",
     "register_sampler": "paretotune.search.samplers",
     "sampler_names": "paretotune.search.samplers",
+    "submit": "paretotune.api",
 }
 
 

@@ -50,7 +50,37 @@ studies_table = sa.Table(
     sa.Column("stopped_reason", sa.Text, nullable=True),
     sa.Column("target", sa.Integer, nullable=True),
     sa.Column("stopped_kind", sa.String(16), nullable=True),
+    # the fleet: NULL until `submit` opens the study to every `paretotune worker` of the store
+    sa.Column("fleet_state", sa.String(16), nullable=True),
+    sa.Column("priority", sa.Integer, nullable=True),
+    sa.Column("submitted_at", sa.Float, nullable=True),
+    #: JSON {"engines": [...], "gpu": bool, "tags": [...]}: what a worker needs to run its trials
+    sa.Column("requires", sa.Text, nullable=True),
 )
+
+#: One row per fleet worker (`paretotune worker` without --study): what it can run, what it
+#: runs now, and when it last said so.
+workers_table = sa.Table(
+    "pt_workers",
+    metadata,
+    sa.Column("id", sa.String(256), primary_key=True),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("capabilities", sa.Text, nullable=False),  # JSON: cpus, gpus, engines, tags
+    sa.Column("study", sa.String(512), nullable=True),
+    sa.Column("trial_number", sa.Integer, nullable=True),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float, nullable=True),
+)
+
+
+class FleetState(str, Enum):
+    """A submitted study's place in the fleet: workers take trials only from OPEN ones."""
+
+    OPEN = "open"
+    CANCELLED = "cancelled"  # no new trials; running ones finish and are recorded
+    DONE = "done"  # its budget is met, or it stopped
 
 
 class StopKind(str, Enum):
@@ -289,6 +319,82 @@ class StudyStore:
     def stopped_reason(self, name: str) -> str | None:
         stop = self.stopped(name)
         return None if stop is None else stop.reason
+
+    # -- the fleet ---------------------------------------------------------------------------------
+    def submit(self, name: str, priority: int, requires: dict[str, Any]) -> None:
+        """Open the study to the fleet (again, after a cancel), with its priority and needs."""
+        with self.engine.begin() as conn:
+            done = conn.execute(studies_table.update().where(studies_table.c.name == name).values(
+                fleet_state=FleetState.OPEN.value, priority=int(priority), submitted_at=time.time(),
+                requires=json.dumps(requires, sort_keys=True),
+            )).rowcount
+        if not done:
+            raise StudyError(f"study {name!r} does not exist in {self.masked_url}")
+
+    def set_fleet(self, name: str, *, state: FleetState | None = None, priority: int | None = None) -> None:
+        """Change a submitted study's state or priority (StudyError when it was never submitted)."""
+        values: dict[str, Any] = {}
+        if state is not None:
+            values["fleet_state"] = FleetState(state).value
+        if priority is not None:
+            values["priority"] = int(priority)
+        with self.engine.begin() as conn:
+            done = conn.execute(studies_table.update().where(
+                studies_table.c.name == name, studies_table.c.fleet_state.is_not(None)).values(**values)).rowcount
+        if not done:
+            raise StudyError(f"study {name!r} in {self.masked_url} was never submitted to the fleet "
+                             f"(`paretotune submit`); submitted: {[s['name'] for s in self.fleet_studies()]}")
+
+    def fleet_studies(self, state: FleetState | None = None) -> list[dict[str, Any]]:
+        """The submitted studies (optionally in one state), each with its active and done
+        claim counts, oldest submission first."""
+        c = studies_table.c
+        query = sa.select(c.name, c.fleet_state, c.priority, c.submitted_at, c.requires, c.target,
+                          c.stopped_reason).where(c.fleet_state.is_not(None))
+        if state is not None:
+            query = query.where(c.fleet_state == FleetState(state).value)
+        counts = sa.select(claims_table.c.study, claims_table.c.state, sa.func.count()).group_by(
+            claims_table.c.study, claims_table.c.state)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(c.submitted_at)).all()
+            tally: dict[str, dict[str, int]] = {}
+            for study, claim_state, n in conn.execute(counts).all():
+                tally.setdefault(study, {})[claim_state] = n
+        return [
+            {"name": r.name, "state": FleetState(r.fleet_state), "priority": r.priority or 0,
+             "submitted_at": r.submitted_at, "requires": json.loads(r.requires or "{}"), "target": r.target,
+             "stopped_reason": r.stopped_reason,
+             "running": tally.get(r.name, {}).get(ACTIVE, 0), "done": tally.get(r.name, {}).get(DONE, 0)}
+            for r in rows
+        ]
+
+    def register_worker(self, worker: str, host: str, pid: int, capabilities: dict[str, Any]) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(workers_table.insert().values(
+                id=worker, host=host, pid=pid, capabilities=json.dumps(capabilities, sort_keys=True),
+                started_at=now, heartbeat_at=now))
+
+    def worker_beat(self, worker: str, study: str | None = None, trial_number: int | None = None) -> None:
+        """The worker is alive and runs ``trial_number`` of ``study`` (None: idle)."""
+        with self.engine.begin() as conn:
+            conn.execute(workers_table.update().where(workers_table.c.id == worker).values(
+                heartbeat_at=time.time(), study=study, trial_number=trial_number))
+
+    def retire_worker(self, worker: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(workers_table.update().where(workers_table.c.id == worker).values(
+                stopped_at=time.time(), study=None, trial_number=None))
+
+    def fleet_workers(self, live_within_s: float | None = None) -> list[dict[str, Any]]:
+        """Workers that have not stopped, newest heartbeat first (within ``live_within_s``)."""
+        c = workers_table.c
+        query = sa.select(workers_table).where(c.stopped_at.is_(None))
+        if live_within_s is not None:
+            query = query.where(c.heartbeat_at >= time.time() - live_within_s)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(c.heartbeat_at.desc())).mappings().all()
+        return [{**dict(r), "capabilities": json.loads(r["capabilities"])} for r in rows]
 
     # -- budget claims ----------------------------------------------------------------------------
     def claim(self, study: str, worker: str, target: int) -> int | None:
