@@ -151,3 +151,21 @@ def test_the_interval_level_is_the_harness_level() -> None:
     from paretotune.search.pareto import INTERVAL_LEVEL
 
     assert INTERVAL_LEVEL == CI_LEVEL
+
+
+def test_a_studys_resolution_is_stored_with_it(tmp_path) -> None:
+    space = pt.SearchSpace({"x": pt.Choice([0, 1])})
+    url = f"sqlite:///{tmp_path}/r.db"
+    study = pt.create_study("r", url, space=space, warm_start="none", resolution={"accuracy": 0.5},
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"})
+    study.enqueue({"x": 1})
+    for p50, accuracy in ((2.0, 1.0), (1.0, 0.9)):
+        pending = study.ask()
+        study.tell(pending, {"latency_p50_ms": p50, "accuracy": accuracy})
+    again = pt.load_study("r", url)
+    assert again.spec["resolution"] == {"accuracy": 0.5}
+    assert [t.number for t in again.pareto_front()] == [1]  # 0.9 and 1.0 tie at 0.5
+    assert [t.number for t in again.pareto_front(resolution={"accuracy": 1e-6})] == [0, 1]
+    with pytest.raises(pt.ConfigError, match=r"resolution.accuracy: must be a finite number >= 0.*got 'x'"):
+        pt.create_study("bad", url, space=space, resolution={"accuracy": "x"},
+                        objectives={"latency_p50_ms": "min", "accuracy": "max"})
