@@ -182,14 +182,19 @@ class TaskEvaluator:
             reset = reset_peak_rss()
             with slot.exclusive(), self._reference_slot(spec.on_gpu, reference is not None):
                 if reference is not None:
+                    # the trial's peak memory is its own: read after calls of the trial alone,
+                    # before the reference's calls join it
+                    for _ in range(max(1, self.timing.warmup_iters)):
+                        timed()
+                    peak = peak_rss_bytes()
                     paired = time_paired(timed, reference, spec.batch_size, self.timing)
                     results = paired.candidate
                 else:
                     results = time_samples(timed, spec.batch_size, self.timing)
+                    peak = peak_rss_bytes()
             result = results[0]
             compute = results[1] if len(results) > 1 else None
             slot_wait_s = slot.last_wait_s
-            peak = peak_rss_bytes()
         except ParetotuneError:
             raise
         except Exception as exc:  # noqa: BLE001 - the engine failing to run is the trial failing
