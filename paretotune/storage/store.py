@@ -353,12 +353,13 @@ class StudyStore:
                           c.stopped_reason).where(c.fleet_state.is_not(None))
         if state is not None:
             query = query.where(c.fleet_state == FleetState(state).value)
-        counts = sa.select(claims_table.c.study, claims_table.c.state, sa.func.count()).group_by(
-            claims_table.c.study, claims_table.c.state)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(c.submitted_at)).all()
+            counts = (sa.select(claims_table.c.study, claims_table.c.state, sa.func.count())
+                      .where(claims_table.c.study.in_([r.name for r in rows]))
+                      .group_by(claims_table.c.study, claims_table.c.state))
             tally: dict[str, dict[str, int]] = {}
-            for study, claim_state, n in conn.execute(counts).all():
+            for study, claim_state, n in (conn.execute(counts).all() if rows else ()):
                 tally.setdefault(study, {})[claim_state] = n
         return [
             {"name": r.name, "state": FleetState(r.fleet_state), "priority": r.priority or 0,

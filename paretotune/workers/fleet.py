@@ -6,7 +6,8 @@ before each trial picks the study it serves next, among the OPEN ones it can run
 
 - the highest priority first;
 - among equal priorities, fair share: the fewest running trials (every worker of the store
-  counted), then the fewest trials taken so far, then the oldest submission.
+  counted), then the fewest trials taken so far, then the oldest submission; a study whose
+  trial process is warm keeps the worker while it is at most FAIR_SHARE_SLACK trials ahead.
 
 That choice is all this module decides; where workers run is the business of whatever starts
 them (a shell, Kubernetes, Slurm, Ray). Each trial goes the way of `workers.lifecycle`, as in
@@ -38,7 +39,11 @@ from paretotune.workers.retry import DEFAULT_RETRY_WINDOW_S, retry
 log = logging.getLogger(__name__)
 
 #: trial processes a fleet worker keeps warm, one per study it served last
-DEFAULT_MAX_WARM = 2
+DEFAULT_MAX_WARM = 3
+#: trials a study whose trial process is warm may run ahead of the least served study of its
+#: priority before the worker switches: a switch to a cold study costs a fresh trial process
+#: (an interpreter and the task's imports), so strict turns would pay it on every trial
+FAIR_SHARE_SLACK = 2
 #: a worker whose row has not been refreshed for this long is not listed as live
 WORKER_LIVE_S = 60.0
 #: priorities allowed at submit
@@ -80,10 +85,24 @@ def missing(requires: Mapping[str, Any], capabilities: Mapping[str, Any]) -> lis
     return out
 
 
-def rank(studies: Sequence[Mapping[str, Any]], capabilities: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The OPEN studies this worker can run, in the order it tries them."""
+def rank(studies: Sequence[Mapping[str, Any]], capabilities: Mapping[str, Any],
+         warm: Sequence[str] = ()) -> list[Mapping[str, Any]]:
+    """The OPEN studies this worker can run, in the order it tries them: highest priority, then
+    fewest running, then fewest taken, then oldest. ``warm``: the studies whose trial process
+    this worker holds, least recently served first; the most recent one that is at most
+    FAIR_SHARE_SLACK trials ahead of its peers (same priority and running count) goes first."""
     runnable = [s for s in studies if s["state"] == FleetState.OPEN and not missing(s["requires"], capabilities)]
-    return sorted(runnable, key=lambda s: (-s["priority"], s["running"], s["running"] + s["done"], s["submitted_at"]))
+    ordered = sorted(runnable, key=lambda s: (-s["priority"], s["running"], s["running"] + s["done"], s["submitted_at"]))
+    if not ordered or not warm:
+        return ordered
+    best = ordered[0]
+    peers = [s for s in ordered if (s["priority"], s["running"]) == (best["priority"], best["running"])]
+    for name in reversed(warm):
+        current = next((s for s in peers if s["name"] == name), None)
+        others = [s["running"] + s["done"] for s in peers if s is not current]
+        if current is not None and (not others or current["running"] + current["done"] <= min(others) + FAIR_SHARE_SLACK):
+            return [current, *(s for s in ordered if s is not current)]
+    return ordered
 
 
 def waiting_for(row: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> str | None:
@@ -222,6 +241,8 @@ class FleetWorker:
         self.stats = FleetStats()
         self._studies: dict[str, Study] = {}
         self._executors: OrderedDict[str, TrialExecutor] = OrderedDict()
+        #: studies this worker cannot run (its task does not load here), with why
+        self.cannot: dict[str, str] = {}
 
     def _study(self, name: str) -> Study:
         if name not in self._studies:
@@ -255,11 +276,18 @@ class FleetWorker:
     def _next(self) -> tuple[Study, lifecycle.Claimed, int] | None:
         """Claim a trial of the study to serve next, or None when none is runnable now."""
         rows = retry(self.store.fleet_studies, FleetState.OPEN, what="status", window_s=self.window_s)
-        for row in rank(rows, self.capabilities):
+        for row in rank(rows, self.capabilities, list(self._executors)):
             target = row["target"]
-            if not target:
+            if not target or row["name"] in self.cannot:
                 continue
             study = self._study(row["name"])
+            try:
+                self._executor(study)  # the task loads here before a trial is claimed for it
+            except Exception as exc:  # this worker cannot run it: the study is not failed for that
+                self.cannot[study.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("worker %s cannot run study %r, leaving it to other workers: %s",
+                            self.worker, study.name, self.cannot[study.name])
+                continue
             if not retry(study.baseline_gate, what="status", window_s=self.window_s):
                 continue  # another worker runs its baseline: serve someone else meanwhile
             claimed = lifecycle.claim_trial(study, self.worker, target, self.window_s)
