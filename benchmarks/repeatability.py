@@ -11,6 +11,12 @@ the p50 latency's and the throughput's spread over repeats (max/min - 1, and the
 variation), and how often the stability check had to extend past its first windows or gave up
 (stable=False). Target: p50 spread <= 5%.
 
+Beside the absolute p50, each measurement gives the paired `speedup` (the unmodified model
+timed in the same process, interleaved window by window: BENCHMARKING.md rule 10) and the p50's
+bootstrap 95% interval (rule 11). The second table is their repeatability: the spread over
+processes of the paired speedup (target: <= 5% for at least 4 of the 5 configs) and the
+interval's relative width (hi - lo) / p50, its median and its spread.
+
 The same five configurations are then recorded as trials of a study and confirmed with the
 product's `Study.confirm` (each confirmation: the median of `--confirm-processes` fresh
 processes, default 3), `--repeats` times: the spread of the confirmed p50 (and of the best p50
@@ -59,8 +65,12 @@ def measure(cache_dir: str, rotate: int, labels: list[str]) -> list[dict[str, An
     rows = []
     for label, config in order:
         m = evaluator({**config, "threads": 1})
+        lo, hi = m.details["latency_p50_ms_ci"]
         rows.append(
             {
+                "speedup": m.metrics["speedup"],
+                "speedup_window_spread": m.details["baseline"]["ratio_spread"],
+                "p50_ci_width": (hi - lo) / m.metrics["latency_p50_ms"],
                 "configuration": label,
                 "p50_ms": m.metrics["latency_p50_ms"],
                 "throughput": m.metrics["throughput"],
@@ -177,6 +187,17 @@ def summarize(repeats: list[list[dict[str, Any]]], labels: list[str]) -> list[di
                 "meets_target": spread(p50) <= TARGET,
             }
         )
+        if all("speedup" in r for r in runs):
+            speedups = [r["speedup"] for r in runs]
+            widths = [r["p50_ci_width"] for r in runs]
+            out[-1].update({
+                "speedup_median": statistics.median(speedups),
+                "speedup_spread": spread(speedups),
+                "speedup_cv": cv(speedups),
+                "speedup_meets_target": spread(speedups) <= TARGET,
+                "p50_ci_width_median": statistics.median(widths),
+                "p50_ci_width_spread": spread(widths) if min(widths) > 0 else None,
+            })
     return out
 
 
@@ -193,6 +214,24 @@ def markdown(summary: list[dict[str, Any]]) -> str:
             f"{s['throughput_median']:,.0f} | {100 * s['throughput_spread']:.1f}% | "
             f"{s['extended']}/{s['repeats']} | {s['gave_up']}/{s['repeats']} | "
             f"{'yes' if s['meets_target'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def paired_markdown(summary: list[dict[str, Any]]) -> str:
+    lines = [
+        "| configuration | repeats | p50 spread | paired speedup (median) | speedup spread (max/min-1) | "
+        "speedup CV | p50 95% CI width (median, of p50) | CI width spread | speedup spread <= 5% |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in summary:
+        width_spread = s["p50_ci_width_spread"]
+        lines.append(
+            f"| {s['configuration']} | {s['repeats']} | {100 * s['p50_spread']:.1f}% | "
+            f"{s['speedup_median']:.3f} | {100 * s['speedup_spread']:.1f}% | {100 * s['speedup_cv']:.1f}% | "
+            f"{100 * s['p50_ci_width_median']:.2f}% | "
+            f"{'n/a' if width_spread is None else f'{100 * width_spread:.0f}%'} | "
+            f"{'yes' if s['speedup_meets_target'] else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -239,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(summary))
     met = sum(s["meets_target"] for s in summary)
     print(f"\n{met}/{len(summary)} configurations within the 5% p50 target (one measurement per process)")
+    print("\nPaired speedup (reference timed in the same process, interleaved) and the p50's 95% interval, "
+          "same measurements\n")
+    print(paired_markdown(summary))
+    met = sum(s["speedup_meets_target"] for s in summary)
+    print(f"\n{met}/{len(summary)} configurations within the 5% paired-speedup target")
     confirmed_summary = summarize(confirmed, labels) if confirmed else []
     best_summary: list[dict[str, Any]] = []
     if confirmed:

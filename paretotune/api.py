@@ -57,6 +57,7 @@ def create_study(
     warm_start: str | None = None,
     accuracy_range: Sequence[float] | None = None,
     scenario: Scenario | Mapping[str, Any] | None = None,
+    resolution: Mapping[str, float] | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
@@ -74,6 +75,8 @@ def create_study(
     ``pt.SingleStream()`` (default: a closed loop of batches), ``pt.Server(p99_ms=25)`` (the
     highest QPS whose p99 meets the bound, by MLPerf LoadGen, with the dynamic batcher's
     settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.
+    ``resolution``: metric -> the smallest difference the Pareto front counts (default accuracy
+    1e-6, so floating-point noise never keeps a dominated trial on the front; 0 compares exactly).
     """
     given = {k: v for k, v in locals().items() if k in StudySpec.FIELDS}  # the study's fields, once
     chosen = scenario_from_dict(scenario)

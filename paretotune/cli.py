@@ -1,4 +1,4 @@
-"""The `paretotune` command: run, worker, status, pareto, trials (and confirm, export, report).
+"""The `paretotune` command: run, worker, status, pareto, trials (and confirm, compare, export, report).
 
 Errors print one line, ``error: ...``, with any password masked, and exit with code 2 for
 bad input (spec, space, task) and 1 for everything else (store, study).
@@ -439,6 +439,22 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    study = _load(args)
+    result = study.compare(args.a, args.b, evaluator=args.task, processes=args.processes,
+                           show_progress=not args.no_progress)
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"comparison {result.run_id} of {study.name!r}: trial {result.a} against trial {result.b}, "
+          f"{result.processes} fresh processes, interleaved window by window in each")
+    for line in result.lines():
+        print(line)
+    for error in result.errors:
+        print(f"error: {error}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from paretotune.report import write_report
 
@@ -562,6 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--no-progress", action="store_true", help="no per-measurement progress lines")
     cf.add_argument("--format", choices=["table", "json", "csv"], default="table")
     cf.set_defaults(func=cmd_confirm)
+
+    ab = sub.add_parser("compare", help="A/B test two trials in fresh processes, interleaved: a verdict per metric")
+    ab.add_argument("name", help="study name")
+    ab.add_argument("a", type=int, help="trial number A")
+    ab.add_argument("b", type=int, help="trial number B")
+    storage_arg(ab)
+    ab.add_argument("--processes", type=int, default=None, help="fresh processes, each timing A and B interleaved (default 5)")
+    ab.add_argument("--task", help="task import path (default: the one stored with the study)")
+    ab.add_argument("--no-progress", action="store_true", help="no per-process progress lines")
+    ab.add_argument("--format", choices=["text", "json"], default="text")
+    ab.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="write a self-contained HTML report (Pareto plots, hypervolume, trials)")
     rp.add_argument("name", help="study name")

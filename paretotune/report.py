@@ -1,8 +1,10 @@
 """The study report: one self-contained HTML file (plotly.js embedded) that works offline.
 
-It shows a Pareto scatter for each pair of objectives (the front highlighted, infeasible trials
-grey), the hypervolume over trials, parallel coordinates of the parameters, the front as a
-table, and every failed or invalid trial with its reason. Every text taken from the store goes
+It shows a Pareto scatter for each pair of objectives (the front highlighted, the trials the
+95% front adds ringed, infeasible trials grey, each timing with its 95% interval as error
+bars), the hypervolume over trials, parallel coordinates of the parameters, both fronts as
+tables (with the intervals), the latest confirmation, the A/B comparisons, and every failed
+or invalid trial with its reason. Every text taken from the store goes
 through `mask` and HTML escaping.
 
 The page sets ``data-rendered`` on ``#pt-status`` as each plot finishes, and lists script
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLORS = {"front": "#d62728", "feasible": "#1f77b4", "infeasible": "#b0b0b0", "baseline": "#2ca02c"}
+COLORS = {"front": "#d62728", "front95": "#ff7f0e", "feasible": "#1f77b4", "infeasible": "#b0b0b0",
+          "baseline": "#2ca02c"}
 #: a per-layer mapping with more entries than this is shown as counts of each value
 MAX_FLAT_MAPPING = 6
 
@@ -101,7 +104,19 @@ def _hover(trial: Trial, names: Sequence[str]) -> str:
 # -- figures --------------------------------------------------------------------------------------
 
 
-def _pareto_figures(study: Study, completed: list[Trial], front_numbers: set[int]) -> list[Any]:
+def _error_bars(trials: Sequence[Trial], name: str) -> dict[str, Any] | None:
+    """Plotly error bars of `name` from the trials' intervals (none when no trial has one)."""
+    if name == "trial" or not any(name in t.intervals for t in trials):
+        return None
+    plus = [t.intervals[name][1] - t.metrics[name] if name in t.intervals else 0.0 for t in trials]
+    minus = [t.metrics[name] - t.intervals[name][0] if name in t.intervals else 0.0 for t in trials]
+    return {"type": "data", "symmetric": False, "array": [max(v, 0.0) for v in plus],
+            "arrayminus": [max(v, 0.0) for v in minus], "thickness": 1, "width": 3}
+
+
+def _pareto_figures(
+    study: Study, completed: list[Trial], front_numbers: set[int], front95_numbers: set[int] | None = None
+) -> list[Any]:
     import plotly.graph_objects as go
 
     names = list(study.objectives)
@@ -109,9 +124,11 @@ def _pareto_figures(study: Study, completed: list[Trial], front_numbers: set[int
     figures = []
     for x_name, y_name in pairs:
         fig = go.Figure()
+        ties = (front95_numbers or set()) - front_numbers
         groups = {
             "infeasible": [t for t in completed if not t.feasible],
-            "feasible": [t for t in completed if t.feasible and t.number not in front_numbers],
+            "feasible": [t for t in completed if t.feasible and t.number not in front_numbers | ties],
+            "front95": [t for t in completed if t.number in ties],
             "front": [t for t in completed if t.number in front_numbers],
         }
         for label, trials in groups.items():
@@ -126,13 +143,17 @@ def _pareto_figures(study: Study, completed: list[Trial], front_numbers: set[int
                     x=xs,
                     y=[t.metrics[y_name] for t in trials],
                     mode="lines+markers" if label == "front" else "markers",
-                    name={"front": "Pareto front", "feasible": "feasible", "infeasible": "infeasible (violates a constraint)"}[label],
+                    name={"front": "Pareto front", "feasible": "feasible",
+                          "front95": "on the 95% front too (tied within the intervals)",
+                          "infeasible": "infeasible (violates a constraint)"}[label],
                     marker={
                         "color": COLORS[label],
                         "size": 11 if label == "front" else 8,
                         "symbol": ["star" if t.is_baseline else "circle" for t in trials],
-                        "line": {"width": 1, "color": "#333"} if label == "front" else {"width": 0},
+                        "line": {"width": 1, "color": "#333"} if label in ("front", "front95") else {"width": 0},
                     },
+                    error_x=_error_bars(trials, x_name),
+                    error_y=_error_bars(trials, y_name),
                     line={"dash": "dot", "width": 1, "color": COLORS["front"]},
                     text=[_hover(t, names) for t in trials],
                     hovertemplate="%{text}<extra></extra>",
@@ -266,6 +287,13 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _interval_text(t: Trial, metric: str) -> str | None:
+    if metric not in t.intervals:
+        return None
+    lo, hi = t.intervals[metric]
+    return f"{lo:.4g}-{hi:.4g}"
+
+
 def _front_table(study: Study, front: Sequence[Trial]) -> str:
     if not front:
         return "<p>No feasible completed trial yet, so the front is empty.</p>"
@@ -279,11 +307,28 @@ def _front_table(study: Study, front: Sequence[Trial]) -> str:
     for c in study.constraints:
         if c.metric not in metrics:
             metrics.append(c.metric)
+    with_ci = [m for m in metrics if any(m in t.intervals for t in front)]
     rows = [
-        [t.number, *[_get(t.config, k) for k in config_keys], *[t.metrics.get(m) for m in metrics]]
+        [t.number, *[_get(t.config, k) for k in config_keys], *[t.metrics.get(m) for m in metrics],
+         *[_interval_text(t, m) for m in with_ci]]
         for t in front
     ]
-    return _table(["trial", *config_keys, *metrics], rows)
+    return _table(["trial", *config_keys, *metrics, *[f"{m} 95% CI" for m in with_ci]], rows)
+
+
+def _comparisons_section(study: Study) -> str:
+    """Every stored A/B comparison (`paretotune compare`), one line per metric."""
+    found = study.comparisons()
+    if not found:
+        return (f"<p>None yet. <code>paretotune compare {_text(study.name)} A B</code> measures two "
+                "trials side by side in fresh processes and says whether they differ.</p>")
+    parts = []
+    for c in found:
+        lines = "".join(f"<li>{_text(line)}</li>" for line in c.lines())
+        errors = "".join(f"<li>error: {_text(e)}</li>" for e in c.errors)
+        parts.append(f"<p>Trial {c.a} against trial {c.b}, {c.processes} fresh processes "
+                     f"(run <code>{_text(c.run_id)}</code>):</p><ul>{lines}{errors}</ul>")
+    return "".join(parts)
 
 
 def _confirmation_table(study: Study) -> str:
@@ -323,7 +368,11 @@ def render_report(study: Study, *, title: str | None = None) -> str:
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     front = list(study.pareto_front())
     front_numbers = {t.number for t in front}
-    figures: list[tuple[str, Any]] = [("pareto", f) for f in _pareto_figures(study, completed, front_numbers)]
+    front95 = list(study.pareto_front(confidence=0.95))
+    front95_numbers = {t.number for t in front95}
+    figures: list[tuple[str, Any]] = [
+        ("pareto", f) for f in _pareto_figures(study, completed, front_numbers, front95_numbers)
+    ]
     hv_figure = _hypervolume_figure(study)
     if hv_figure is not None:
         figures.append(("hypervolume", hv_figure))
@@ -378,7 +427,9 @@ def render_report(study: Study, *, title: str | None = None) -> str:
         "</p>",
         "<h2>Pareto front</h2>",
         "<p>Every completed trial; the feasible non-dominated trials are red and joined, trials "
-        "that violate a constraint are grey, the baseline is a star.</p>",
+        "that the 95% front adds (tied with a front trial within the intervals) are orange, trials "
+        "that violate a constraint are grey, the baseline is a star. Error bars are the timings' "
+        "95% intervals within their process; accuracy is compared at the study's resolution.</p>",
         f'<div class="grid">{"".join(f"<div>{d}</div>" for d in divs["pareto"])}</div>',
         "<h2>Hypervolume</h2>",
         "".join(divs["hypervolume"]) or "<p>No completed baseline yet, so no reference point.</p>",
@@ -386,8 +437,14 @@ def render_report(study: Study, *, title: str | None = None) -> str:
         "".join(divs["parallel"]) or "<p>No completed trials yet.</p>",
         f"<h2>The front ({len(front)} trial{'' if len(front) == 1 else 's'})</h2>",
         _front_table(study, front),
+        f"<h2>The front with 95% confidence ({len(front95)} trial{'' if len(front95) == 1 else 's'})</h2>",
+        "<p>Two timings whose 95% intervals overlap are tied: a trial leaves this front only when "
+        "another is better beyond the intervals in some objective and worse in none.</p>",
+        _front_table(study, front95),
         "<h2>Confirmed in fresh processes</h2>",
         _confirmation_table(study),
+        "<h2>A/B comparisons</h2>",
+        _comparisons_section(study),
         "<h2>Failed and invalid trials</h2>",
         _failures_table(trials),
         "</body></html>",

@@ -153,3 +153,76 @@ class ReplayEvaluator:
             if value not in ("", None):
                 details[name] = value == "True" if value in ("True", "False") else float(value)
         return Measurement(metrics=self._metrics(row), details=details)
+
+
+def wait_ms(ms: float) -> None:
+    """Take `ms` milliseconds: sleep until just before the deadline, spin the rest (a bare
+    sleep overshoots by a fixed amount, which would bias every ratio of two waits)."""
+    deadline = time.perf_counter() + ms / 1e3
+    rest = deadline - time.perf_counter() - 3e-4
+    if rest > 0:
+        time.sleep(rest)
+    while time.perf_counter() < deadline:
+        pass
+
+
+class SleepEvaluator:
+    """A fake engine that waits, timed by the real harness: a known truth to measure.
+
+    A config's call takes ``base_ms * (1 + x)`` (its ``x`` key, default 0); the unmodified
+    reference takes ``base_ms``. A call is timed paired with the reference
+    (`evaluators.timing.time_paired`), so its `speedup` is 1 / (1 + x) up to the noise, with
+    intervals in the details; `measure_pair` times two configs side by side for
+    `Study.compare`, as `TaskEvaluator.measure_pair` does. `accuracy` is 1 - x**2 / 10.
+    """
+
+    def __init__(self, base_ms: float = 2.0, timing: Any = None) -> None:
+        from paretotune.evaluators.timing import TimingPolicy
+
+        self.base_ms = base_ms
+        self.timing = timing or TimingPolicy(
+            warmup_iters=2, min_window_iters=5, min_window_ms=20.0, stable_windows=3, max_windows=5
+        )
+
+    def _ms(self, config: Mapping[str, Any]) -> float:
+        return self.base_ms * (1.0 + float(config.get("x", 0.0)))
+
+    def _sample(self, ms: float) -> Any:
+        from paretotune.evaluators.timing import _host_clock
+
+        return _host_clock(lambda: wait_ms(ms))
+
+    def __call__(self, config: Mapping[str, Any]) -> Any:
+        from paretotune.evaluators.measurement import Measurement
+        from paretotune.evaluators.timing import CI_LEVEL, time_paired, timing_metrics
+
+        x = float(config.get("x", 0.0))
+        paired = time_paired(self._sample(self._ms(config)), self._sample(self.base_ms), 1, self.timing)
+        result = paired.candidate[0]
+        metrics = {
+            **timing_metrics(result), "accuracy": 1.0 - x * x / 10,
+            "speedup": paired.speedup, "baseline_latency_p50_ms": paired.reference.p50_ms,
+        }
+        details = {
+            **result.details(), **{f"{k}_ci": list(v) for k, v in result.intervals().items()},
+            "speedup_ci": list(paired.speedup_interval()), "ci_level": CI_LEVEL,
+            "baseline": {"window_ratios": paired.window_ratios, "block_ratios": paired.ratios},
+        }
+        return Measurement(metrics=metrics, details=details)
+
+    def measure_pair(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> Any:
+        from paretotune.evaluators.measurement import Measurement
+        from paretotune.evaluators.timing import pair_side, time_paired
+
+        paired = time_paired(self._sample(self._ms(b)), self._sample(self._ms(a)), 1, self.timing)
+        sides = {
+            "a": pair_side(paired.reference, accuracy=1.0 - float(a.get("x", 0.0)) ** 2 / 10),
+            "b": pair_side(paired.candidate[0], accuracy=1.0 - float(b.get("x", 0.0)) ** 2 / 10),
+        }
+        details = {**sides, "window_ratios": [1.0 / r for r in paired.window_ratios],
+                   "block_ratios": [1.0 / r for r in paired.ratios], "timing": "paired (fake waits)"}
+        return Measurement(metrics=dict(sides["a"]["metrics"]), details=details)
+
+
+#: for specs and the CLI: ``task: paretotune.testing:sleep_evaluator``
+sleep_evaluator = SleepEvaluator()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from paretotune.errors import EvaluationError, InvalidConfigError, ParetotuneError
+from paretotune.errors import ConfigError, EvaluationError, InvalidConfigError, ParetotuneError
 from paretotune.evaluators import engines
 from paretotune.evaluators.cache import DEFAULT_MAX_BYTES, ArtifactCache, cache_key
 from paretotune.evaluators.config import BuildSpec, resolve_config
@@ -30,7 +30,17 @@ from paretotune.evaluators.hardware import (
 from paretotune.evaluators.measurement import Measurement
 from paretotune.evaluators.slot import TimingSlot, slot_name, timing_slot
 from paretotune.evaluators.task import Task
-from paretotune.evaluators.timing import TimingPolicy, TimingResult, time_callable, time_samples
+from paretotune.evaluators.timing import (
+    CI_LEVEL,
+    CI_METHOD,
+    PairedTiming,
+    TimingPolicy,
+    TimingResult,
+    pair_side,
+    time_paired,
+    time_samples,
+)
+from paretotune.evaluators.timing import _host_clock as host_clock
 from paretotune.space.scenario import Scenario, SingleStream, scenario_from_dict
 
 if TYPE_CHECKING:
@@ -40,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
 CACHE_FORMAT = 2  # bump when the artifact layout changes (2: torch artifacts are state_dicts)
+#: how the reference of `speedup` is timed: "paired" (in the same process, interleaved with the
+#: trial window by window) or "none" (no reference, no `speedup`: half the timing, for studies
+#: whose objectives and constraints don't use it)
+REFERENCE_POLICIES = ("paired", "none")
 #: the query sample library of a serving measurement holds at least this many samples (the
 #: task's example rows, cycled), one per LoadGen query sample
 QSL_MIN_SAMPLES = 64
@@ -96,7 +110,11 @@ class TaskEvaluator:
     `./.paretotune-cache`); `timing`: the timing policy; `memory_slots`: built engines kept in
     memory; `exclusive_timing`: time in the machine's timing slot (`evaluators.slot`), so no
     other paretotune worker builds or times beside a timed window (default on; the
-    environment's `PARETOTUNE_TIMING_SLOT=off` turns it off everywhere).
+    environment's `PARETOTUNE_TIMING_SLOT=off` turns it off everywhere); `reference`: how the
+    reference of `speedup` is timed (`REFERENCE_POLICIES`): "paired" (default) times the
+    unmodified model interleaved with the trial, window by window, in the same process, so
+    `speedup` is the median of the per-block ratios; "none" skips it (no `speedup`, no
+    `baseline_latency_p50_ms`). A timing never comes from the artifact cache.
     """
 
     def __init__(
@@ -109,6 +127,7 @@ class TaskEvaluator:
         memory_slots: int = 4,
         exclusive_timing: bool = True,
         scenario: Scenario | Mapping[str, Any] | None = None,
+        reference: str = "paired",
     ) -> None:
         if not isinstance(task, Task):
             raise TypeError(f"TaskEvaluator needs a paretotune Task, got {type(task).__name__}")
@@ -120,9 +139,13 @@ class TaskEvaluator:
         self.timing = timing or TimingPolicy()
         self.memory_slots = memory_slots
         self.exclusive_timing = exclusive_timing
+        if reference not in REFERENCE_POLICIES:
+            raise ConfigError(f"reference must be one of {list(REFERENCE_POLICIES)}, got {reference!r}")
+        self.reference = reference
         self._built: OrderedDict[str, _Built] = OrderedDict()
         self._exports: OrderedDict[str, bytes] = OrderedDict()
-        self._baselines: dict[tuple[int, int], dict[str, Any]] = {}
+        #: the reference model's runner per thread count (a runner, never a timing)
+        self._reference_runners: dict[int, Any] = {}
         self._reference_outputs: np.ndarray | None = None
         self.builds = 0  # how many artifacts this instance built (not loaded): for tests, logs
 
@@ -149,25 +172,36 @@ class TaskEvaluator:
         runner = self._runner(built, spec.threads, spec)
         inputs = self._batch(spec.batch_size)
         compute: TimingResult | None = None
+        paired: PairedTiming | None = None
         try:
+            # GPU engines time themselves on the device (CUDA events)
+            timed = runner.prepare_timed(inputs) if hasattr(runner, "prepare_timed") else host_clock(runner.prepare(inputs))
+            reference = None
+            if self.reference == "paired":
+                reference = host_clock(self._reference_run(spec.threads).prepare(inputs))
             reset = reset_peak_rss()
-            with slot.exclusive():
-                if hasattr(runner, "prepare_timed"):  # GPU engines time themselves on the device
-                    result, compute = time_samples(
-                        runner.prepare_timed(inputs), spec.batch_size, self.timing
-                    )
+            with slot.exclusive(), self._reference_slot(spec.on_gpu, reference is not None):
+                if reference is not None:
+                    # the trial's peak memory is its own: read after calls of the trial alone,
+                    # before the reference's calls join it
+                    for _ in range(max(1, self.timing.warmup_iters)):
+                        timed()
+                    peak = peak_rss_bytes()
+                    paired = time_paired(timed, reference, spec.batch_size, self.timing)
+                    results = paired.candidate
                 else:
-                    result = time_callable(runner.prepare(inputs), spec.batch_size, self.timing)
+                    results = time_samples(timed, spec.batch_size, self.timing)
+                    peak = peak_rss_bytes()
+            result = results[0]
+            compute = results[1] if len(results) > 1 else None
             slot_wait_s = slot.last_wait_s
-            peak = peak_rss_bytes()
         except ParetotuneError:
             raise
         except Exception as exc:  # noqa: BLE001 - the engine failing to run is the trial failing
             raise EvaluationError(
                 f"running the built {spec.engine} engine at batch_size={spec.batch_size} failed: {exc}"
             ) from exc
-        baseline_started = time.perf_counter()
-        baseline = self._baseline(spec.batch_size, spec.threads)
+        intervals_started = time.perf_counter()
         metrics = {
             "latency_p50_ms": result.p50_ms,
             "latency_p90_ms": result.p90_ms,
@@ -176,20 +210,27 @@ class TaskEvaluator:
             "model_bytes": float(built.model_bytes),
             "peak_memory_bytes": float(peak),
             "build_s": built.build_s,
-            "baseline_latency_p50_ms": baseline["p50_ms"],
         }
         if result.p99_ms is not None:
             metrics["latency_p99_ms"] = result.p99_ms
+        intervals = {f"{k}_ci": list(v) for k, v in result.intervals().items()}
+        if paired is not None:
+            metrics["baseline_latency_p50_ms"] = paired.reference.p50_ms
+            metrics["speedup"] = paired.speedup
+            intervals["speedup_ci"] = list(paired.speedup_interval())
         details: dict[str, Any] = {
             **result.details(),
+            **intervals,
+            "ci_level": CI_LEVEL,
+            "ci_method": CI_METHOD,
             **_trial_details(spec, built, source, slot, slot_wait_s, reset, "timing"),
             "batch_size": spec.batch_size,
-            "baseline": {k: v for k, v in baseline.items() if k != "p50_ms"},
+            "baseline": self._reference_details(paired),
             "timing_policy": self.timing.to_dict(),
             "phases_s": {
                 "build": round(phase_build, 4),
                 "measure": round(result.measure_s, 4),
-                "baseline": round(time.perf_counter() - baseline_started, 4),
+                "intervals": round(time.perf_counter() - intervals_started, 4),
                 "total": round(time.perf_counter() - started, 4),
             },
         }
@@ -251,6 +292,73 @@ class TaskEvaluator:
             },
         }
         return Measurement(metrics=metrics, details=details)
+
+    def measure_pair(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> Measurement:
+        """Time configs `a` and `b` in this process, interleaved window by window
+        (`time_paired`), for an A/B comparison (`paretotune.workers.confirm.compare`).
+
+        Both come from memory or the artifact cache when built before; their timings are made
+        now. The metrics are `a`'s; the details hold, for each side ("a", "b"), its metrics
+        and its per-window p50, p90, p99 (windows of >= 100 calls) and throughput, and
+        "window_ratios" and "block_ratios" (b's p50 / a's p50 per window and per block pair).
+        """
+        if not isinstance(self.scenario, SingleStream):
+            raise ConfigError(
+                f"compare times configs in a closed loop (single_stream); this evaluator's scenario "
+                f"is {self.scenario.kind}"
+            )
+        specs = (self._resolve(a), self._resolve(b))
+        slots = [self._slot(spec.on_gpu) for spec in specs]
+        import contextlib
+
+        with contextlib.ExitStack() as held:
+            for slot in dict.fromkeys(slots):
+                held.enter_context(slot.shared())
+            sides = []
+            for spec in specs:
+                built, cache_hit, _ = self._get_built(spec, self._build_key(spec))
+                self._set_threads(spec.threads)
+                runner = self._runner(built, spec.threads, spec)
+                inputs = self._batch(spec.batch_size)
+                timed = runner.prepare_timed(inputs) if hasattr(runner, "prepare_timed") else host_clock(runner.prepare(inputs))
+                sides.append((spec, built, cache_hit, timed))
+            (spec_a, built_a, hit_a, timed_a), (spec_b, built_b, hit_b, timed_b) = sides
+            try:
+                with contextlib.ExitStack() as timing:
+                    for slot in dict.fromkeys(slots):
+                        timing.enter_context(slot.exclusive())
+                    paired = time_paired(
+                        timed_b, timed_a, spec_b.batch_size, self.timing,
+                        reference_batch_size=spec_a.batch_size,
+                        before_candidate=lambda: self._set_threads(spec_b.threads),
+                        before_reference=lambda: self._set_threads(spec_a.threads),
+                    )
+            except ParetotuneError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an engine failing to run fails the comparison
+                raise EvaluationError(f"timing {spec_a.engine} against {spec_b.engine} failed: {exc}") from exc
+        out: dict[str, Any] = {}
+        for name, spec, built, hit, result in (
+            ("a", spec_a, built_a, hit_a, paired.reference),
+            ("b", spec_b, built_b, hit_b, paired.candidate[0]),
+        ):
+            out[name] = {
+                **pair_side(result, accuracy=built.accuracy, model_bytes=float(built.model_bytes)),
+                "artifact_source": hit,
+                "cache_hit": hit != "built",
+                "engine": spec.engine,
+                "batch_size": spec.batch_size,
+                "threads": spec.threads,
+            }
+        details = {
+            **out,
+            "window_ratios": [1.0 / r for r in paired.window_ratios],  # b / a per window
+            "block_ratios": [1.0 / r for r in paired.ratios],  # b / a per block pair
+            "timing": "paired: a and b interleaved window by window in this process",
+            "timing_policy": self.timing.to_dict(),
+            "hardware": hardware_fingerprint(spec_a.threads),
+        }
+        return Measurement(metrics=dict(out["a"]["metrics"]), details=details)
 
     def build_artifact(self, config: Mapping[str, Any]) -> BuiltArtifact:
         """The built artifact of `config`: from memory or the artifact cache, else built now."""
@@ -506,43 +614,43 @@ class TaskEvaluator:
             self._reference_outputs = np.concatenate(self._reference_validation_outputs(), axis=0)
         return self._reference_outputs
 
-    def _baseline(self, batch_size: int, threads: int) -> dict[str, Any]:
-        """p50 of the unmodified model on torch eager fp32 (ORT fp32 for .onnx tasks)."""
-        slot = (batch_size, threads)
-        if slot in self._baselines:
-            return self._baselines[slot]
+    def _reference_run(self, threads: int) -> Any:
+        """The unmodified model's runner (torch eager fp32; ORT fp32 for .onnx tasks), made
+        once per thread count: a runner may be kept, its timing never is."""
+        runner = self._reference_runners.get(threads)
+        if runner is None:
+            runner = self._reference_runners[threads] = self._reference_runner(threads)
+        return runner
+
+    def _reference_slot(self, on_gpu: bool, needed: bool) -> Any:
+        """The CPU slot, held exclusively too when a GPU trial is paired with its CPU
+        reference (a CPU trial's own slot already is the CPU slot)."""
+        import contextlib
+
+        if not (needed and on_gpu):
+            return contextlib.nullcontext()
+        return self._slot(on_gpu=False).exclusive()
+
+    def _reference_details(self, paired: PairedTiming | None) -> dict[str, Any]:
+        """What the details say of `speedup`'s reference: timed beside the trial, or not at all."""
         engine = "onnxruntime" if self.task.is_onnx else "torch"
-        key = cache_key(
-            "baseline",
-            CACHE_FORMAT,
-            self.task.model_id(),
-            self.task.data_id(),
-            engine,
-            batch_size,
-            threads,
-            self.timing.to_dict(),
-            hardware_fingerprint(),
-        )
-        entry = self.cache.get(key)
-        if entry is not None:
-            baseline = dict(entry.meta, cache_hit=True)
-        else:
-            self._set_threads(threads)
-            run = self._reference_runner(threads).prepare(self._batch(batch_size))
-            with self._slot(on_gpu=False).exclusive():
-                result: TimingResult = time_callable(run, batch_size, self.timing)
-            baseline = {
-                "engine": engine,
-                "bit_width": 32,
-                "p50_ms": result.p50_ms,
-                "stable": result.stable,
-                "spread": round(result.spread, 4),
-                "n_samples": result.n_samples,
-            }
-            self.cache.put(key, baseline)
-            baseline = dict(baseline, cache_hit=False)
-        self._baselines[slot] = baseline
-        return baseline
+        if paired is None:
+            return {"engine": engine, "bit_width": 32, "timing": "none (reference='none': no speedup)"}
+        ref = paired.reference
+        return {
+            "engine": engine,
+            "bit_width": 32,
+            "timing": "paired: in this process, interleaved with the trial in alternating blocks of every window",
+            "p50_ms": ref.p50_ms,
+            "latency_p50_ms_ci": list(ref.intervals()["latency_p50_ms"]) if ref.n_samples >= 2 else None,
+            "stable": ref.stable,
+            "spread": round(ref.spread, 4),
+            "n_samples": ref.n_samples,
+            "window_p50_ms": [round(v, 5) for v in ref.window_p50_ms],
+            "window_ratios": [round(v, 5) for v in paired.window_ratios],
+            "ratio_spread": round(paired.ratio_spread, 4),
+            "block_ratios": [round(v, 5) for v in paired.ratios],
+        }
 
     def _batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """Fixed timing inputs at `batch_size`, the same for every engine (`Task.timing_batch`)."""

@@ -9,7 +9,8 @@ from typing import Any
 from paretotune.errors import EvaluationError
 from paretotune.metrics import MEASURED_METRICS
 
-#: the metrics a single-stream evaluation returns (the vocabulary is `paretotune.metrics`)
+#: the metrics a single-stream evaluation returns (the vocabulary is `paretotune.metrics`;
+#: `speedup` is the evaluator's paired measurement, and the study's 1 for the baseline trial)
 METRIC_NAMES: tuple[str, ...] = MEASURED_METRICS
 
 

@@ -1,6 +1,6 @@
 """What a bundle says about itself: `config.yaml` (config, resolved options, hardware, versions,
-I/O), `measurements.json` (the trial's and the baseline's numbers, its latest confirmation)
-and the README."""
+I/O), `measurements.json` (the trial's and the baseline's numbers with their 95% intervals, the
+paired speedup, its latest confirmation) and the README."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def measurements_of(study: Study, trial: Trial) -> dict[str, Any]:
             "trial": t.number,
             "config": None if t.config is None else t.config.to_dict(),
             "metrics": dict(t.metrics),
+            # metric -> [low, high]: 95% bootstrap intervals within the measuring process
+            "intervals": {k: list(v) for k, v in t.intervals.items()},
             "details": row.get("details"),
         }
 
@@ -39,9 +41,59 @@ def measurements_of(study: Study, trial: Trial) -> dict[str, Any]:
         "constraints": [str(c) for c in study.constraints],
         "trial": entry(trial),
         "baseline": entry(baseline),
+        "speedup": paired_speedup(trial, (rows.get(trial.number) or {}).get("details")),
         # `paretotune confirm`: the trial re-measured in fresh processes (None if never)
         "confirmation": None if confirmed is None else confirmed.to_dict(),
     }
+
+
+def paired_speedup(trial: Trial, details: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """How the trial's `speedup` was measured: against the unmodified model timed in the same
+    process, interleaved (the evaluator's `baseline` details), or 1 for the baseline itself."""
+    if "speedup" not in trial.metrics:
+        return None
+    base = (details or {}).get("baseline") or {}
+    if trial.is_baseline:
+        how = "the baseline trial: 1 by construction (its measured ratio is in `measured`)"
+    elif base.get("timing"):
+        how = str(base["timing"])
+    else:
+        how = "reported by the evaluator (baseline_latency_p50_ms timed beside the trial)"
+    blocks = base.get("block_ratios") or []
+    return {
+        "value": trial.metrics["speedup"],
+        "interval": list(trial.intervals["speedup"]) if "speedup" in trial.intervals else None,
+        "level": 0.95,
+        "timing": how,
+        "reference_p50_ms": base.get("p50_ms"),
+        "reference_p50_ms_interval": base.get("latency_p50_ms_ci"),
+        "window_ratios": base.get("window_ratios"),
+        "ratio_spread": base.get("ratio_spread"),
+        "blocks": len(blocks),
+        "block_ratio_range": [min(blocks), max(blocks)] if blocks else None,
+        **({"measured": float(sorted(blocks)[len(blocks) // 2])} if trial.is_baseline and blocks else {}),
+    }
+
+
+def _interval(measurements: Mapping[str, Any], metric: str) -> str:
+    interval = ((measurements.get("trial") or {}).get("intervals") or {}).get(metric)
+    return "" if not interval else f"{interval[0]:.6g}-{interval[1]:.6g}"
+
+
+def speedup_line(measurements: Mapping[str, Any]) -> str:
+    """The README's sentence on how `speedup` was measured."""
+    speedup = measurements.get("speedup")
+    if not speedup:
+        return "No speedup recorded (the study's evaluator timed no reference)."
+    line = f"Speedup {speedup['value']:.3g}x the unmodified model"
+    if speedup.get("interval"):
+        lo, hi = speedup["interval"]
+        line += f" (95% interval {lo:.3g}-{hi:.3g})"
+    line += f": {speedup['timing']}"
+    if speedup.get("blocks"):
+        lo, hi = speedup["block_ratio_range"]
+        line += f"; median of {speedup['blocks']} block ratios ({lo:.3g}-{hi:.3g})"
+    return line + "."
 
 
 def bundle_config(
@@ -114,8 +166,13 @@ def confirmation_line(confirmation: Mapping[str, Any] | None) -> str:
         return ("Not confirmed: the timings are one in-study measurement (`paretotune confirm` "
                 "re-measures in fresh processes).")
     metrics, spread = confirmation["metrics"], confirmation["spread"]
+    intervals = confirmation.get("intervals") or {}
+    over = ""
+    if "latency_p50_ms" in intervals and confirmation.get("interval_level"):
+        lo, hi = intervals["latency_p50_ms"]
+        over = f"{confirmation['interval_level']:.1%} interval over processes {lo:.4g}-{hi:.4g} ms, "
     line = (f"Confirmed in {confirmation['processes']} fresh processes: p50 "
-            f"{metrics.get('latency_p50_ms', float('nan')):.4g} ms median (spread "
+            f"{metrics.get('latency_p50_ms', float('nan')):.4g} ms median ({over}spread "
             f"{100 * spread.get('latency_p50_ms', float('nan')):.1f}%, best "
             f"{confirmation.get('best_p50_ms') or float('nan'):.4g} ms)")
     if confirmation.get("speedup") is not None:
@@ -127,7 +184,8 @@ def readme(config: Mapping[str, Any], measurements: Mapping[str, Any]) -> str:
     metrics = config.get("metrics") or {}
     base = (measurements.get("baseline") or {}).get("metrics") or {}
     rows = "\n".join(
-        f"| {m} | {metrics[m]:.6g} | {base[m]:.6g} |" if m in base else f"| {m} | {metrics[m]:.6g} | |"
+        f"| {m} | {metrics[m]:.6g} | {_interval(measurements, m)} | "
+        + (f"{base[m]:.6g} |" if m in base else " |")
         for m in sorted(metrics)
     )
     triton = config["triton"]
@@ -145,6 +203,7 @@ Inputs: {inputs}. Outputs: {outputs} (dimension 0 is the batch).
 Verified on export: accuracy {verification.get('measured', float('nan')):.6g} re-measured on the
 task's validation set, recorded {verification.get('recorded', float('nan')):.6g}
 (tolerance {verification.get('tolerance', float('nan')):g}).
+{speedup_line(measurements)}
 {confirmation_line(measurements.get("confirmation"))}
 
 ## Files
@@ -154,8 +213,9 @@ task's validation set, recorded {verification.get('recorded', float('nan')):.6g}
 - `{config['artifact']}`: the model.
 - `{triton['repository']}/{triton['model_name']}/`: a Triton model repository
   (`config.pbtxt`, `1/{config['artifact']}`), max batch size {triton['max_batch_size']}.
-- `measurements.json`: the trial's and the baseline's metrics and measurement details, and
-  the trial's latest confirmation in fresh processes (`paretotune confirm`), if any.
+- `measurements.json`: the trial's and the baseline's metrics, their 95% intervals and
+  measurement details, how the paired `speedup` was measured (`speedup`), and the trial's
+  latest confirmation in fresh processes (`paretotune confirm`), if any.
 - `{BUNDLE_MARKER}`: marks this directory as a bundle; `paretotune export --overwrite`
   replaces only a directory that holds it.
 
@@ -177,10 +237,12 @@ docker run --rm -p8000:8000 -p8001:8001 -v $PWD/{triton['repository']}:/models \
 
 ## Measurements (this trial, and the baseline)
 
-| metric | trial | baseline |
-|---|---|---|
+| metric | trial | trial 95% interval | baseline |
+|---|---|---|---|
 {rows}
 
-These numbers were measured on the hardware in `config.yaml`; measure again on the serving
-machine before relying on latency or throughput.
+The intervals are percentile-bootstrap intervals over the calls of the measuring process
+(`intervals` in measurements.json); between fresh processes a timing moves more, which is what
+`paretotune confirm` measures. These numbers were measured on the hardware in `config.yaml`;
+measure again on the serving machine before relying on latency or throughput.
 """

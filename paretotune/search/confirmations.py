@@ -4,7 +4,9 @@
 baseline config at its batch size and threads beside it) and stores each measurement in
 ``pt_confirmations``. This module only reads those rows: per trial, the median over
 processes of each metric, the spread (max/min - 1) of p50 latency and throughput, the lowest
-p50 (the least disturbed process), and the median of the per-process speedups with its range.
+p50 (the least disturbed process), the median of the per-process speedups with its range, and
+for each timing and the speedup the distribution-free interval of the median over processes
+(`stats.order_statistic_interval`, with its exact level: 93.75% for 5 processes, 75% for 3).
 The trials' own rows are never changed: the front stays the study's, and the confirmation
 stands beside it.
 """
@@ -17,12 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from paretotune.errors import StudyError
+from paretotune.search.stats import order_statistic_interval
 from paretotune.search.trial import Trial
 from paretotune.space import Config
 from paretotune.storage import StudyStore
 
 #: metrics whose spread over processes a confirmation reports
 SPREAD_METRICS = ("latency_p50_ms", "throughput")
+#: metrics whose interval over processes a confirmation reports (and `speedup`)
+INTERVAL_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput")
 #: the `role` of a stored confirmation row: a chosen trial, or the baseline beside it
 TRIAL, REFERENCE = "trial", "reference"
 
@@ -61,6 +66,9 @@ class Confirmation:
     #: the lowest p50 over processes: the least disturbed one. Other tenants only ever add
     #: time, so on a shared machine this repeats best (timeit's rule); the median is typical.
     best_p50_ms: float | None = None
+    #: metric -> (low, high): the interval of the median over processes, at `interval_level`
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    interval_level: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +85,8 @@ class Confirmation:
             "stable": self.stable,
             "errors": list(self.errors),
             "best_p50_ms": self.best_p50_ms,
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "interval_level": self.interval_level,
         }
 
 
@@ -95,7 +105,8 @@ def confirmations(
     study: ConfirmedStudy, *, run_id: str | None = None, trials: Sequence[int] | None = None
 ) -> list[Confirmation]:
     """Summaries of a stored confirmation run (default: the latest), one per confirmed trial."""
-    rows = study.store.confirmation_rows(study.name)
+    rows = [r for r in study.store.confirmation_rows(study.name)
+            if r["details"].get("role") in (TRIAL, REFERENCE)]  # not the A/B comparisons
     if run_id is None:
         if not rows:
             return []
@@ -153,6 +164,13 @@ def _summarize(
                 base = ref_rows.get(p)
                 if base and base["metrics"] and r["metrics"].get("latency_p50_ms"):
                     ratios.append(base["metrics"]["latency_p50_ms"] / r["metrics"]["latency_p50_ms"])
+        intervals: dict[str, tuple[float, float]] = {}
+        level: float | None = None
+        for k, values in [*((k, [m[k] for m in per_process if k in m]) for k in INTERVAL_METRICS),
+                          ("speedup", ratios)]:
+            found = order_statistic_interval(values) if len(values) == len(per_process) else None
+            if found is not None:
+                intervals[k], level = (found[0], found[1]), found[2]
         out.append(
             Confirmation(
                 trial=number,
@@ -168,6 +186,8 @@ def _summarize(
                 stable=sum(1 for r in ok.values() if r["details"].get("stable") is True),
                 errors=[f"process {p}: {r['error']}" for p, r in sorted(mine.items()) if r["error"]],
                 best_p50_ms=min((m["latency_p50_ms"] for m in per_process if "latency_p50_ms" in m), default=None),
+                intervals=intervals,
+                interval_level=level,
             )
         )
     return out
@@ -175,13 +195,20 @@ def _summarize(
 
 #: the columns of `display_rows`, as the CLI and the report show a confirmation
 DISPLAY_COLUMNS = [
-    "trial", "processes", "stable", "recorded p50 ms", "confirmed p50 ms", "p50 spread", "best p50 ms",
+    "trial", "processes", "stable", "recorded p50 ms", "confirmed p50 ms", "p50 interval", "p50 spread", "best p50 ms",
     "confirmed throughput", "throughput spread", "confirmed speedup", "speedup range", "accuracy", "errors",
 ]
 
 
 def _percent(spread: dict[str, float], metric: str) -> str | None:
     return None if metric not in spread else f"{100 * spread[metric]:.1f}%"
+
+
+def _interval(c: Confirmation, metric: str) -> str | None:
+    if metric not in c.intervals or c.interval_level is None:
+        return None
+    lo, hi = c.intervals[metric]
+    return f"{lo:.4g}-{hi:.4g} ({c.interval_level:.1%})"
 
 
 def display_rows(results: Sequence[Confirmation]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -193,6 +220,7 @@ def display_rows(results: Sequence[Confirmation]) -> tuple[list[str], list[dict[
             "stable": f"{c.stable}/{c.processes}",
             "recorded p50 ms": c.recorded.get("latency_p50_ms"),
             "confirmed p50 ms": c.metrics.get("latency_p50_ms"),
+            "p50 interval": _interval(c, "latency_p50_ms"),
             "p50 spread": _percent(c.spread, "latency_p50_ms"),
             "best p50 ms": c.best_p50_ms,
             "confirmed throughput": c.metrics.get("throughput"),

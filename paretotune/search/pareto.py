@@ -1,4 +1,12 @@
-"""Pareto fronts, hypervolume and pick rules over completed trials."""
+"""Pareto fronts, hypervolume and pick rules over completed trials.
+
+Dominance respects what a measurement can tell apart. Every metric is compared at a stated
+resolution (`DEFAULT_RESOLUTION`: accuracy, and so fidelity, to 1e-6), so floating-point noise
+such as a fidelity of 1 - 3.6e-13 against 1.0 is a tie, not a win that keeps a 3.6x slower
+trial on the front. With ``confidence``, two timings whose intervals overlap are tied too: a
+trial is dominated only when another is better beyond the intervals in some objective and
+worse beyond them in none (`non_dominated_with_intervals`).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,66 @@ if TYPE_CHECKING:
 
 #: the reference point sits this fraction worse than the baseline in every objective
 REFERENCE_MARGIN = 0.1
+#: metric -> the smallest difference that counts (values are rounded to it before comparing);
+#: metrics not named here are compared exactly. A study's spec key `resolution` adds to it.
+DEFAULT_RESOLUTION: dict[str, float] = {"accuracy": 1e-6, "accuracy_drop": 1e-6}
+#: the confidence level of the intervals a measurement carries (evaluators.timing.CI_LEVEL)
+INTERVAL_LEVEL = 0.95
+CONFIDENCE_LEVELS = (INTERVAL_LEVEL,)
+
+
+def parse_resolution(value: Mapping[str, Any] | None) -> dict[str, float]:
+    """`DEFAULT_RESOLUTION` updated with ``value`` (metric -> a number >= 0; 0 compares exactly)."""
+    out = dict(DEFAULT_RESOLUTION)
+    if value is None:
+        return out
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"resolution must be a mapping of metric name to a number >= 0, got {value!r}")
+    for metric, res in value.items():
+        if (
+            not isinstance(metric, str) or isinstance(res, bool) or not isinstance(res, (int, float))
+            or not math.isfinite(res) or res < 0
+        ):
+            raise ConfigError(
+                f"resolution.{metric}: must be a finite number >= 0 (0 compares exactly), got {res!r}"
+            )
+        out[metric] = float(res)
+    return out
+
+
+def at_resolution(losses: np.ndarray, resolutions: Sequence[float]) -> np.ndarray:
+    """``losses`` (n, m) with column k rounded to the nearest multiple of ``resolutions[k]``
+    (0: unchanged). Rounding to a grid keeps dominance transitive, where a tolerance would not."""
+    out = np.array(losses, dtype=float, copy=True).reshape(len(losses), len(resolutions))
+    for k, res in enumerate(resolutions):
+        if res > 0:
+            out[:, k] = np.round(out[:, k] / res) * res
+    return out
+
+
+def non_dominated_with_intervals(
+    losses: np.ndarray, lows: np.ndarray, highs: np.ndarray, resolutions: Sequence[float]
+) -> np.ndarray:
+    """Boolean mask of the rows no other row dominates beyond the noise (minimization).
+
+    ``lows``/``highs``: each value's interval in loss form, NaN where a value has none. Row i
+    is better than row j in objective k when both have intervals and i's lies wholly below
+    j's, or, where either lacks one, when i's value at resolution is lower. j is dominated
+    when some i is better in some objective and j is better than i in none.
+    """
+    pts = at_resolution(losses, resolutions)
+    n = len(pts)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    lo = np.asarray(lows, dtype=float).reshape(pts.shape)
+    hi = np.asarray(highs, dtype=float).reshape(pts.shape)
+    has = ~(np.isnan(lo) | np.isnan(hi))
+    both = has[:, None, :] & has[None, :, :]
+    # better[i, j, k]: row i beats row j in objective k beyond the noise
+    better = np.where(both, hi[:, None, :] < lo[None, :, :], pts[:, None, :] < pts[None, :, :])
+    beats = better.any(axis=2)
+    dominated: np.ndarray = np.asarray((beats & ~beats.T).any(axis=0), dtype=bool)
+    return np.logical_not(dominated)
 
 
 def to_loss(values: Sequence[float], directions: Sequence[str]) -> list[float]:
@@ -62,11 +130,23 @@ def _parse_where(where: Mapping[str, Any] | None) -> list[tuple[str, str, float]
 
 
 class Front(Sequence["Trial"]):
-    """The feasible, non-dominated, completed trials of a study, with pick rules."""
+    """The feasible, non-dominated, completed trials of a study, with pick rules.
 
-    def __init__(self, trials: Sequence[Trial], objectives: Mapping[str, str]) -> None:
+    ``confidence``: None for the plain front (values compared at ``resolution``), or the
+    level of the intervals within which timings were tied."""
+
+    def __init__(
+        self,
+        trials: Sequence[Trial],
+        objectives: Mapping[str, str],
+        *,
+        confidence: float | None = None,
+        resolution: Mapping[str, float] | None = None,
+    ) -> None:
         self._trials = list(trials)
         self.objectives = dict(objectives)
+        self.confidence = confidence
+        self.resolution = dict(DEFAULT_RESOLUTION if resolution is None else resolution)
 
     def __getitem__(self, i: int) -> Trial:  # type: ignore[override]
         return self._trials[i]
@@ -78,7 +158,8 @@ class Front(Sequence["Trial"]):
         return iter(self._trials)
 
     def __repr__(self) -> str:
-        return f"Front({[t.number for t in self._trials]})"
+        extra = "" if self.confidence is None else f", confidence={self.confidence}"
+        return f"Front({[t.number for t in self._trials]}{extra})"
 
     def pick(
         self,

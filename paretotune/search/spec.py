@@ -20,6 +20,7 @@ from paretotune.search.objectives import (
     parse_constraints,
     parse_objectives,
 )
+from paretotune.search.pareto import parse_resolution
 from paretotune.search.proposals import DUPLICATE_POLICIES, WARM_STARTS
 from paretotune.search.samplers import DEFAULT_SAMPLER, sampler_names
 from paretotune.space import Scenario, SearchSpace, SingleStream, scenario_from_dict
@@ -53,6 +54,8 @@ class StudySpec:
     warm_start: str | None = None
     accuracy_range: Sequence[float] | None = None
     scenario: Scenario | Mapping[str, Any] | None = None
+    #: metric -> the smallest difference the front counts (`pareto.DEFAULT_RESOLUTION` added to)
+    resolution: Mapping[str, float] | None = None
 
     #: the field names: `create_study`'s study arguments and a YAML spec's study keys
     FIELDS: ClassVar[tuple[str, ...]]
@@ -104,6 +107,9 @@ class StudySpec:
             raise ConfigError(f"duplicates must be one of {list(DUPLICATE_POLICIES)}, got {self.duplicates!r}")
         if self.warm_start is not None and self.warm_start not in WARM_STARTS:
             raise ConfigError(f"warm_start must be one of {list(WARM_STARTS)}, got {self.warm_start!r}")
+        if self.resolution is not None:
+            parse_resolution(self.resolution)  # refused here, naming the metric and the value
+            object.__setattr__(self, "resolution", {k: float(v) for k, v in self.resolution.items()})
         if self.task is not None and not isinstance(self.task, str):
             raise ConfigError(f"task (stored) must be an import path or None, got {self.task!r}")
         for field_name, value in (("extra_metrics", extra), ("objectives", objs), ("constraints", cons),
@@ -132,6 +138,8 @@ class StudySpec:
             **({"accuracy_range": list(self.accuracy_range)} if self.accuracy_range is not None else {}),
             # stored only for the LoadGen scenarios, so single-stream specs keep their old form
             **({"scenario": scenario.to_dict()} if not isinstance(scenario, SingleStream) else {}),
+            # stored only when given, so the specs of older studies still match
+            **({"resolution": dict(self.resolution)} if self.resolution else {}),
         }
 
     @classmethod

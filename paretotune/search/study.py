@@ -24,8 +24,10 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
-from paretotune.errors import StudyError
+from paretotune.errors import ConfigError, StudyError
 from paretotune.search import _optuna
+from paretotune.search.comparisons import Comparison
+from paretotune.search.comparisons import comparisons as stored_comparisons
 from paretotune.search.confirmations import Confirmation
 from paretotune.search.confirmations import confirmations as stored_confirmations
 from paretotune.search.objectives import (
@@ -35,10 +37,14 @@ from paretotune.search.objectives import (
     parse_accuracy_range,
 )
 from paretotune.search.pareto import (
+    CONFIDENCE_LEVELS,
     Front,
+    at_resolution,
     finite,
     hypervolume,
     non_dominated,
+    non_dominated_with_intervals,
+    parse_resolution,
     reference_point,
     to_loss,
 )
@@ -51,7 +57,7 @@ from paretotune.search.proposals import (
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
 from paretotune.search.spec import StudySpec
-from paretotune.search.trial import PendingTrial, Trial, TrialState, trial_from_optuna
+from paretotune.search.trial import PendingTrial, Trial, TrialState, intervals_of, trial_from_optuna
 from paretotune.space import Config, Scenario, Server
 from paretotune.storage import StopKind, StudyStore, is_transient, retry
 
@@ -326,6 +332,11 @@ class Study:
             metrics, dict(details or {}),
         )
         ot = pending._optuna_trial
+        intervals = intervals_of(details or {}, metrics)
+        if pending.is_baseline and "speedup" in metrics:
+            intervals["speedup"] = (1.0, 1.0)
+        if intervals:
+            ot.set_user_attr("intervals", {k: list(v) for k, v in intervals.items()})
         try:
             self._tell_metrics(ot, metrics)
         except UpdateFinishedTrialError:
@@ -339,7 +350,8 @@ class Study:
                 return Trial(pending.number, TrialState.FAIL, pending.config, reason=reason,
                              is_baseline=pending.is_baseline)
         return Trial(pending.number, TrialState.COMPLETE, pending.config, metrics,
-                     feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline)
+                     feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline,
+                     intervals=intervals)
 
     def _never_returned(self, missing: Sequence[str]) -> list[str]:
         """The metrics of ``missing`` that no completed trial has, once MISSING_METRIC_STOP_AFTER
@@ -383,16 +395,21 @@ class Study:
         if "accuracy" in metrics and "accuracy" in base.metrics:
             metrics["accuracy_drop"] = base.metrics["accuracy"] - metrics["accuracy"]
         lat = metrics.get("latency_p50_ms")
+        if pending.is_baseline and lat:
+            metrics["speedup"] = 1.0  # the baseline against itself, by construction
+            return None
+        if "speedup" in metrics:  # paired by the evaluator (TaskEvaluator: per-block ratios)
+            return None
         ref = metrics.get("baseline_latency_p50_ms")
-        if ref is None and base.config is not None and base.config.get("batch_size") == pending.config.get("batch_size"):
-            ref = base.metrics.get("latency_p50_ms")
         if lat and ref:
             metrics["speedup"] = ref / lat
         elif lat:
+            # another trial's latency is never the reference: it was timed in another process,
+            # at another time (BENCHMARKING.md rule 10)
             return (
-                f"speedup needs the baseline's latency at batch_size={pending.config.get('batch_size')}, "
-                f"but the baseline ran at batch_size={base.config.get('batch_size') if base.config else None}; "
-                "the evaluator can return `baseline_latency_p50_ms` for the trial's batch size"
+                "speedup needs a reference timed in the same process as the trial: the evaluator "
+                "returns `speedup` (paired) or `baseline_latency_p50_ms` (the unmodified model at "
+                f"batch_size={pending.config.get('batch_size')}, timed beside the trial)"
             )
         return None
 
@@ -423,14 +440,46 @@ class Study:
     def completed(self) -> list[Trial]:
         return [t for t in self.trials if t.state == TrialState.COMPLETE]
 
-    def pareto_front(self) -> Front:
-        """Feasible, non-dominated, completed trials (ordered by trial number)."""
+    def pareto_front(
+        self, *, confidence: float | None = None, resolution: Mapping[str, float] | None = None
+    ) -> Front:
+        """Feasible, non-dominated, completed trials (ordered by trial number).
+
+        Values are compared at a resolution (``pareto.DEFAULT_RESOLUTION``, accuracy to 1e-6,
+        updated by the spec's ``resolution`` and then by ``resolution``), so floating-point
+        noise never keeps a dominated trial on the front. ``confidence=0.95`` also ties two
+        timings whose 95% intervals overlap: a trial is then dominated only by one better
+        beyond the intervals in some objective and worse beyond them in none.
+        """
+        if confidence is not None and confidence not in CONFIDENCE_LEVELS:
+            raise ConfigError(
+                f"confidence must be None (the plain front) or one of {list(CONFIDENCE_LEVELS)} (the "
+                f"level of the intervals measurements carry), got {confidence!r}"
+            )
+        res = parse_resolution({**(self.spec.get("resolution") or {}), **(resolution or {})})
         feasible = [t for t in self.completed() if t.feasible]
         if not feasible:
-            return Front([], self.objectives)
+            return Front([], self.objectives, confidence=confidence, resolution=res)
         losses = np.array([self._loss(t) for t in feasible])
-        mask = non_dominated(losses)
-        return Front([t for t, keep in zip(feasible, mask, strict=True) if keep], self.objectives)
+        steps = [res.get(m, 0.0) for m in self.objectives]
+        if confidence is None:
+            mask = non_dominated(at_resolution(losses, steps))
+        else:
+            lows, highs = self._interval_losses(feasible)
+            mask = non_dominated_with_intervals(losses, lows, highs, steps)
+        kept = [t for t, keep in zip(feasible, mask, strict=True) if keep]
+        return Front(kept, self.objectives, confidence=confidence, resolution=res)
+
+    def _interval_losses(self, trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
+        """Each trial's objective intervals in minimization form (NaN where it has none)."""
+        lows = np.full((len(trials), len(self.objectives)), np.nan)
+        highs = np.full_like(lows, np.nan)
+        for i, t in enumerate(trials):
+            for k, (metric, direction) in enumerate(self.objectives.items()):
+                if metric in t.intervals:
+                    lo, hi = t.intervals[metric]
+                    lows[i, k], highs[i, k] = (lo, hi) if direction == "min" else (-hi, -lo)
+        return lows, highs
 
     def _loss(self, t: Trial) -> list[float]:
         return to_loss([t.metrics[m] for m in self.objectives], self.directions)
@@ -504,6 +553,25 @@ class Study:
         (default 3), with the baseline beside each, and return their median numbers and spread
         (``paretotune.workers.confirm``). Stored; read again with ``confirmations()``."""
         return _workers().confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
+
+    def compare(
+        self,
+        a: Trial | int,
+        b: Trial | int,
+        *,
+        evaluator: Any = None,
+        processes: int | None = None,
+        show_progress: bool | None = None,
+    ) -> Comparison:
+        """An A/B verdict: trials ``a`` and ``b`` measured side by side in ``processes`` fresh
+        processes (default 5), interleaved inside each; one line per metric of the study
+        ("trial 12 is 8.1% faster than trial 4 at p50 (...)" or "no significant difference").
+        Stored; read again with ``comparisons()`` (``paretotune.search.comparisons``)."""
+        return _workers().compare(self, a, b, evaluator=evaluator, processes=processes, show_progress=show_progress)
+
+    def comparisons(self, run_id: str | None = None) -> list[Comparison]:
+        """The stored A/B comparisons of this study, oldest first."""
+        return stored_comparisons(self, run_id=run_id)
 
     def confirmations(self, run_id: str | None = None) -> list[Confirmation]:
         """The summaries of a stored confirmation run (default: the latest; [] if none)."""

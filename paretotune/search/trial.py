@@ -43,6 +43,9 @@ class Trial:
     is_baseline: bool = False
     duration_s: float | None = None
     duplicate_of: int | None = None
+    #: metric -> (low, high): the measurement's 95% interval of that metric (timings, from the
+    #: harness's bootstrap; `speedup` from its per-block ratios); empty when it gave none
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +58,7 @@ class Trial:
             "is_baseline": self.is_baseline,
             "duration_s": self.duration_s,
             "duplicate_of": self.duplicate_of,
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
         }
 
 
@@ -109,4 +113,21 @@ def trial_from_optuna(
         is_baseline=bool(attrs.get("baseline")),
         duration_s=duration,
         duplicate_of=duplicate_of,
+        intervals=intervals_of({f"{k}_ci": v for k, v in (attrs.get("intervals") or {}).items()}, metrics),
     )
+
+
+def intervals_of(details: Mapping[str, Any], metrics: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """The ``<metric>_ci`` entries of a measurement's details, as metric -> (low, high), for the
+    metrics it measured; a malformed entry is left out (no interval, not a made-up one)."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, value in details.items():
+        if not key.endswith("_ci") or key[:-3] not in metrics:
+            continue
+        if (
+            isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and value[0] <= value[1]
+        ):
+            out[key[:-3]] = (float(value[0]), float(value[1]))
+    return out

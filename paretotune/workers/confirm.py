@@ -8,12 +8,17 @@ front). Each of `processes` fresh interpreters measures every chosen config once
 rotated by one per process, together with the study's baseline config at each chosen trial's
 batch size and threads, so each process also yields a paired speedup. Every measurement is
 stored as it finishes (table ``pt_confirmations``); `paretotune.search.confirmations`
-summarizes a run from those rows (medians, spreads, paired speedups).
+summarizes a run from those rows (medians, spreads, paired speedups, intervals over processes).
+
+`compare` is the A/B test beside it: two trials measured together in each of K fresh
+processes (interleaved window by window inside each), stored in the same table with roles
+"compare_a"/"compare_b", and judged by `paretotune.search.comparisons`.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import sys
 import uuid
 from collections.abc import Sequence
@@ -21,6 +26,7 @@ from typing import Any
 
 from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, Trial, TrialState
+from paretotune.search.comparisons import COMPARE_A, COMPARE_B, TIMINGS, Comparison, comparisons
 from paretotune.search.confirmations import (
     REFERENCE,
     TRIAL,
@@ -125,5 +131,118 @@ def confirm(
 
 
 def _timing_details(details: dict[str, Any]) -> dict[str, Any]:
-    keep = ("stable", "spread", "windows", "n_samples", "cache_hit", "artifact_source", "hardware")
-    return {k: details[k] for k in keep if k in details}
+    keep = ("stable", "spread", "windows", "n_samples", "cache_hit", "artifact_source", "hardware", "ci_level")
+    return {k: v for k, v in details.items() if k in keep or k.endswith("_ci")}
+
+
+# -- A/B comparison -----------------------------------------------------------------------------
+
+DEFAULT_COMPARE_PROCESSES = 5
+#: rounds of (a, b) calls per process for an evaluator without `measure_pair` (a callable)
+CALLABLE_ROUNDS = 3
+
+
+class PairedMeasure:
+    """What a compare process runs: configs `a` and `b` measured side by side.
+
+    A `TaskEvaluator` (anything with `measure_pair`) times them interleaved window by window;
+    any other evaluator is called alternately, a, b, b, a, ... (`CALLABLE_ROUNDS` each), each
+    call standing for a window. The executor's message is `a`'s config; the result holds both.
+    """
+
+    def __init__(self, evaluator: Any, a: Config, b: Config) -> None:
+        self.evaluator, self.a, self.b = evaluator, a, b
+
+    def __call__(self, config: Config) -> Any:
+        from paretotune.evaluators.measurement import Measurement
+        from paretotune.workers._entry import _normalize
+
+        if hasattr(self.evaluator, "measure_pair"):
+            return self.evaluator.measure_pair(self.a, self.b)
+        runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        for i in range(CALLABLE_ROUNDS):
+            for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
+                metrics, _ = _normalize(self.evaluator(self.a if side == "a" else self.b))
+                runs[side].append(metrics)
+        details: dict[str, Any] = {"timing": "a callable evaluator, called alternately"}
+        for side, got in runs.items():
+            common = set.intersection(*(set(m) for m in got))
+            details[side] = {
+                "metrics": {k: float(statistics.median(m[k] for m in got)) for k in sorted(common)},
+                "windows": {k: [float(m[k]) for m in got] for k in TIMINGS if k in common},
+                "n_samples": len(got),
+            }
+        return Measurement(metrics=dict(details["a"]["metrics"]), details=details)
+
+
+def _comparable(study: Study, field: str, item: Trial | int) -> Trial:
+    number = item.number if isinstance(item, Trial) else item
+    by_number = {t.number: t for t in study.trials}
+    if isinstance(number, bool) or not isinstance(number, int) or number not in by_number:
+        raise ConfigError(
+            f"{field}: {item!r} is not a trial number of study {study.name!r} "
+            f"(it has trials 0..{max(by_number, default=-1)})"
+        )
+    t = by_number[number]
+    if t.state != TrialState.COMPLETE or t.config is None:
+        raise ConfigError(
+            f"{field}: trial {number} of study {study.name!r} is {t.state.value}; only COMPLETE "
+            "trials (measured, not answered as duplicates) can be compared"
+        )
+    return t
+
+
+def _config(t: Trial) -> Config:
+    if t.config is None:  # _comparable refused it already
+        raise ConfigError(f"trial {t.number} has no config")
+    return t.config
+
+
+def compare(
+    study: Study,
+    a: Trial | int,
+    b: Trial | int,
+    *,
+    evaluator: Any = None,
+    processes: int | None = None,
+    show_progress: bool | None = None,
+) -> Comparison:
+    """Measure trials `a` and `b` side by side in `processes` fresh processes (default 5,
+    at least 2), interleaved inside each, their builds from the artifact cache; store every
+    process's measurement and return the verdict (`search.comparisons`), one line per metric.
+    """
+    processes = DEFAULT_COMPARE_PROCESSES if processes is None else processes
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 2:
+        raise ConfigError(
+            f"processes must be an integer >= 2 (an A/B test needs fresh processes to repeat in), "
+            f"got {processes!r}"
+        )
+    ta, tb = _comparable(study, "a", a), _comparable(study, "b", b)
+    if ta.number == tb.number:
+        raise ConfigError(f"b: trial {tb.number} is also a; compare two different trials")
+    from paretotune.workers.pool import resolve_evaluator
+
+    config_a, config_b = _config(ta), _config(tb)
+    measure = PairedMeasure(resolve_evaluator(study, evaluator), config_a, config_b)
+    run_id = uuid.uuid4().hex
+    progress = sys.stderr.isatty() if show_progress is None else show_progress
+    log.info("comparing trials %d and %d of %r in %d fresh processes (run %s)",
+             ta.number, tb.number, study.name, processes, run_id)
+    pair = [ta.number, tb.number]
+    for p in range(processes):
+        with TrialExecutor(measure, timeout_s=study.trial_timeout_s) as executor:
+            outcome = executor.run(config_a)
+        error = (None if outcome.state == TrialState.COMPLETE else
+                 outcome.reason if outcome.state == TrialState.FAIL else f"invalid: {outcome.reason}")
+        shared = {k: v for k, v in outcome.details.items() if k not in ("a", "b")}
+        for role, t, side in ((COMPARE_A, ta, "a"), (COMPARE_B, tb, "b")):
+            got = outcome.details.get(side) or {}
+            metrics = got.get("metrics") if error is None else None
+            details = {"role": role, "pair": pair, **{k: v for k, v in got.items() if k != "metrics"}, **shared}
+            study.store.record_confirmation(
+                study.name, run_id, p, t.number, _config(t).to_json(), metrics, details, error,
+            )
+        if progress:
+            sys.stderr.write(f"compare: process {p + 1}/{processes}: {error or 'measured'}\n")
+            sys.stderr.flush()
+    return comparisons(study, run_id=run_id)[0]

@@ -68,3 +68,69 @@ def tiny_bert() -> torch.nn.Module:
         intermediate_size=128, max_position_embeddings=128, attn_implementation="eager",
     )
     return MiniLMEmbedder(BertModel(config, add_pooling_layer=False)).eval()
+
+
+class SleepingRunner:
+    """A fake engine whose timed call waits `ms` x the factor in `factor_file` (8 bytes, a
+    float another process may rewrite: a slowdown that hits every engine of this process
+    alike). It sleeps until just before its deadline and spins the rest, so the call lasts
+    what it says (a bare sleep overshoots by a fixed amount, which would bias a ratio).
+    The accuracy pass runs the wrapped real runner."""
+
+    def __init__(self, inner: object, ms: float, factor_file: str | None = None) -> None:
+        self.inner = inner
+        self.ms = ms
+        self.factor_file = factor_file
+
+    def factor(self) -> float:
+        if self.factor_file is None:
+            return 1.0
+        import os
+        import struct
+
+        fd = os.open(self.factor_file, os.O_RDONLY)
+        try:
+            return float(struct.unpack("d", os.pread(fd, 8, 0))[0])
+        finally:
+            os.close(fd)
+
+    def prepare(self, inputs: object) -> object:
+        import time
+
+        def call() -> None:
+            deadline = time.perf_counter() + self.ms * self.factor() / 1e3
+            rest = deadline - time.perf_counter() - 3e-4
+            if rest > 0:
+                time.sleep(rest)
+            while time.perf_counter() < deadline:
+                pass
+
+        return call
+
+    def run(self, inputs: object) -> object:
+        return self.inner.run(inputs)  # type: ignore[attr-defined]
+
+
+def write_factor(path: str, factor: float) -> None:
+    import os
+    import struct
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, struct.pack("d", factor), 0)
+    finally:
+        os.close(fd)
+
+
+#: run by `python -c` as the background process: rewrite the factor every `period` seconds,
+#: alternating between the given values, until killed
+PERTURBER = """
+import os, struct, sys, time
+path, period, values = sys.argv[1], float(sys.argv[2]), [float(v) for v in sys.argv[3:]]
+fd = os.open(path, os.O_WRONLY)
+i = 0
+while True:
+    os.pwrite(fd, struct.pack("d", values[i % len(values)]), 0)
+    i += 1
+    time.sleep(period)
+"""

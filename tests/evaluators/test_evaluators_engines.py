@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
 
-from paretotune.errors import EvaluationError
+from paretotune.errors import ConfigError, EvaluationError
 from paretotune.evaluators import METRIC_NAMES, Task, TaskEvaluator
 from paretotune.evaluators.onnxruntime_engine import LOSSLESS_OPS, WEIGHT_OPS
 
@@ -149,14 +150,28 @@ def test_cache_skips_a_second_build(tiny_task: Task, tmp_path) -> None:
     assert c.metrics["model_bytes"] == a.metrics["model_bytes"]
 
 
-def test_baseline_is_torch_fp32_at_the_same_batch_and_threads(
+def test_baseline_is_torch_fp32_at_the_same_batch_and_threads_timed_beside_each_trial(
     tiny_evaluator: TaskEvaluator,
 ) -> None:
     m = tiny_evaluator({**ORT, "batch_size": 4, "threads": 2})
-    assert m.details["baseline"]["engine"] == "torch" and m.details["baseline"]["bit_width"] == 32
-    assert (4, 2) in tiny_evaluator._baselines
+    base = m.details["baseline"]
+    assert base["engine"] == "torch" and base["bit_width"] == 32 and base["timing"].startswith("paired")
+    assert len(base["window_ratios"]) == len(m.details["window_p50_ms"]) == 3
+    assert len(base["block_ratios"]) >= 3  # the sides alternate in blocks inside each window
+    assert m.metrics["speedup"] == pytest.approx(float(np.median(base["block_ratios"])), rel=1e-3)
+    assert m.metrics["baseline_latency_p50_ms"] == base["p50_ms"]
     again = tiny_evaluator({**ORT, "bit_width": 8, "batch_size": 4, "threads": 2})
-    assert again.metrics["baseline_latency_p50_ms"] == m.metrics["baseline_latency_p50_ms"]
+    # timed again beside this trial: its own samples, not the first trial's number
+    assert again.details["baseline"]["window_p50_ms"] != base["window_p50_ms"]
+
+
+def test_reference_none_times_only_the_trial(tiny_task, tmp_path) -> None:
+    evaluator = TaskEvaluator(tiny_task, cache_dir=tmp_path, timing=FAST, reference="none")
+    m = evaluator(ORT)
+    assert "speedup" not in m.metrics and "baseline_latency_p50_ms" not in m.metrics
+    assert m.details["baseline"]["timing"].startswith("none")
+    with pytest.raises(ConfigError, match=r"reference must be one of \['paired', 'none'\], got 'cached'"):
+        TaskEvaluator(tiny_task, cache_dir=tmp_path, reference="cached")
 
 
 def test_a_model_that_fails_to_export_carries_the_exporters_message(tmp_path) -> None:

@@ -100,7 +100,20 @@ def test_onnx_bundle_is_complete_and_valid(digits_study: Recorded, tmp_path: Pat
     assert measurements["trial"]["metrics"] == trial.metrics
     assert measurements["baseline"]["trial"] == 0
     assert measurements["baseline"]["metrics"] == study.baseline_trial().metrics
-    assert "pt.load_exported" in (root / "README.md").read_text()
+    readme = (root / "README.md").read_text()
+    assert "pt.load_exported" in readme
+    # the intervals and the paired speedup travel with the bundle
+    intervals = measurements["trial"]["intervals"]
+    assert intervals["latency_p50_ms"] == list(trial.intervals["latency_p50_ms"])
+    lo, hi = intervals["latency_p50_ms"]
+    assert lo <= trial.metrics["latency_p50_ms"] <= hi and "throughput" in intervals
+    speedup = measurements["speedup"]
+    assert speedup["value"] == trial.metrics["speedup"] and speedup["timing"].startswith("paired")
+    assert speedup["interval"] == list(trial.intervals["speedup"]) and speedup["blocks"] >= 3
+    assert speedup["reference_p50_ms"] == trial.metrics["baseline_latency_p50_ms"]
+    assert f"| latency_p50_ms | {trial.metrics['latency_p50_ms']:.6g} | {lo:.6g}-{hi:.6g} |" in readme
+    assert f"Speedup {trial.metrics['speedup']:.3g}x the unmodified model (95% interval " in readme
+    assert measurements["baseline"]["intervals"]["speedup"] == [1.0, 1.0]
 
 
 def test_torch_trial_is_rebuilt_without_the_cache_and_loads_back(digits_study: Recorded, tmp_path: Path) -> None:

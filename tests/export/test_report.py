@@ -59,9 +59,15 @@ def test_report_is_self_contained_and_has_every_section(report: Path, digits_stu
     assert text.count("plotly.js v") == 1  # plotly.js inline, once
     assert text.count("Plotly.newPlot") == 5  # 3 objective pairs, hypervolume, parameters
     assert '"type":"parcoords"' in text
-    for heading in ("Pareto front", "Hypervolume", "Parameters", "The front (", "Confirmed in fresh processes",
-                    "Failed and invalid trials"):
+    for heading in ("Pareto front", "Hypervolume", "Parameters", "The front (", "The front with 95% confidence (",
+                    "Confirmed in fresh processes", "A/B comparisons", "Failed and invalid trials"):
         assert f"<h2>{heading}" in text
+    # the timings' intervals as error bars, and in the front's table
+    assert '"error_x":{"array":' in text and '"arrayminus":' in text
+    assert "latency_p50_ms 95% CI</th>" in text
+    noisy = text.split("<h2>The front with 95% confidence")[1].split("<h2>")[0]
+    assert [int(n) for n in re.findall(r"<tr><td class=\"num\">(\d+)</td>", noisy)] == [
+        t.number for t in digits_study.study.pareto_front(confidence=0.95)]
     front = digits_study.study.pareto_front()
     table = text.split("<h2>The front")[1].split("<h2>")[0]
     assert [int(n) for n in re.findall(r"<tr><td class=\"num\">(\d+)</td>", table)] == [t.number for t in front]

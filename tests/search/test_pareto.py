@@ -94,3 +94,78 @@ def test_knee_is_the_balanced_point() -> None:
         {"latency_p50_ms": "min", "accuracy": "max"},
     )
     assert front.pick("knee").number == 2
+
+
+# -- dominance that respects noise ------------------------------------------------------------------
+
+def _noisy_study(tmp_path, rows: list[tuple[float, float, tuple[float, float] | None]]) -> pt.Study:
+    """A study whose trial i (0: the baseline) measured rows[i] = (p50, accuracy, p50 interval)."""
+    space = pt.SearchSpace({"x": pt.Choice(list(range(len(rows))))})
+    study = pt.create_study("noise", f"sqlite:///{tmp_path}/n.db", space=space, warm_start="none",
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"})
+    for i in range(1, len(rows)):
+        study.enqueue({"x": i})
+    for p50, accuracy, ci in rows:
+        pending = study.ask()
+        details = {"latency_p50_ms_ci": list(ci)} if ci else {}
+        study.tell(pending, {"latency_p50_ms": p50, "accuracy": accuracy}, details)
+    return study
+
+
+def test_exact_ties_and_float_noise_do_not_keep_a_dominated_trial_on_the_front(tmp_path) -> None:
+    study = _noisy_study(tmp_path, [
+        (11.66, 1.0, None),            # the unmodified baseline: fidelity 1
+        (3.2, 1.0 - 3.6e-13, None),    # ORT fp32: 3.6x faster, fidelity 1 - 3.6e-13
+        (5.0, 0.9, None),
+        (7.0, 0.9, None),              # an exact tie in accuracy with trial 2, and slower
+        (2.0, 0.9 - 1e-13, None),      # faster than 2 and 3, 1e-13 less accurate
+    ])
+    assert [t.number for t in study.pareto_front()] == [1, 4]
+    # a coarser resolution is the study's to choose, per metric
+    coarse = study.pareto_front(resolution={"accuracy": 0.5})
+    assert [t.number for t in coarse] == [4] and coarse.resolution["accuracy"] == 0.5
+    # and with exact comparison, the noise would win
+    assert 0 in [t.number for t in study.pareto_front(resolution={"accuracy": 0})]
+
+
+def test_the_front_with_confidence_ties_timings_whose_intervals_overlap(tmp_path) -> None:
+    study = _noisy_study(tmp_path, [
+        (10.0, 0.95, (9.5, 10.5)),
+        (3.0, 0.95, (2.9, 3.1)),
+        (3.05, 0.95, (2.95, 3.15)),  # 1.7% slower than trial 1, inside its interval
+        (3.3, 0.95, (3.2, 3.4)),     # slower beyond the intervals
+        (3.04, 0.90, None),          # no interval: its point counts, so 1 is faster and as accurate
+    ])
+    assert [t.number for t in study.pareto_front()] == [1]
+    noisy = study.pareto_front(confidence=0.95)
+    assert [t.number for t in noisy] == [1, 2] and noisy.confidence == 0.95
+    assert study.trial(2).intervals == {"latency_p50_ms": (2.95, 3.15)}  # read back from the store
+    with pytest.raises(pt.ConfigError, match=r"confidence must be None .* one of \[0.95\].*got 0.9"):
+        study.pareto_front(confidence=0.9)
+    with pytest.raises(pt.ConfigError, match=r"resolution.accuracy: must be a finite number >= 0.*got -1"):
+        study.pareto_front(resolution={"accuracy": -1})
+
+
+def test_the_interval_level_is_the_harness_level() -> None:
+    from paretotune.evaluators.timing import CI_LEVEL
+    from paretotune.search.pareto import INTERVAL_LEVEL
+
+    assert INTERVAL_LEVEL == CI_LEVEL
+
+
+def test_a_studys_resolution_is_stored_with_it(tmp_path) -> None:
+    space = pt.SearchSpace({"x": pt.Choice([0, 1])})
+    url = f"sqlite:///{tmp_path}/r.db"
+    study = pt.create_study("r", url, space=space, warm_start="none", resolution={"accuracy": 0.5},
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"})
+    study.enqueue({"x": 1})
+    for p50, accuracy in ((2.0, 1.0), (1.0, 0.9)):
+        pending = study.ask()
+        study.tell(pending, {"latency_p50_ms": p50, "accuracy": accuracy})
+    again = pt.load_study("r", url)
+    assert again.spec["resolution"] == {"accuracy": 0.5}
+    assert [t.number for t in again.pareto_front()] == [1]  # 0.9 and 1.0 tie at 0.5
+    assert [t.number for t in again.pareto_front(resolution={"accuracy": 1e-6})] == [0, 1]
+    with pytest.raises(pt.ConfigError, match=r"resolution.accuracy: must be a finite number >= 0.*got 'x'"):
+        pt.create_study("bad", url, space=space, resolution={"accuracy": "x"},
+                        objectives={"latency_p50_ms": "min", "accuracy": "max"})

@@ -50,6 +50,8 @@ def test_confirm_measures_each_trial_in_fresh_processes_with_paired_baseline(sto
         assert c.processes == 3 and c.metrics["latency_p50_ms"] == statistics.median(p50s)
         assert c.spread["latency_p50_ms"] == pytest.approx(max(p50s) / min(p50s) - 1)
         assert c.best_p50_ms == min(p50s)
+        # the interval of the median over 3 processes is their range, which covers 75%
+        assert c.intervals["latency_p50_ms"] == (min(p50s), max(p50s)) and c.interval_level == 0.75
         assert c.recorded == study.trial(c.trial).metrics
     assert by[0].speedup == 1.0 and by[0].speedup_range == (1.0, 1.0)  # the baseline against itself
     # paired per process: the process factor cancels, leaving (1 + 0) / (1 + x) exactly

@@ -86,16 +86,23 @@ def test_baseline_runs_first_and_relative_metrics_use_it(tmp_path, toy_space) ->
     assert not {t.number for t in infeasible} & {t.number for t in front}
 
 
-def test_speedup_without_a_reference_at_that_batch_size_fails_the_trial_with_why(tmp_path) -> None:
-    space = pt.SearchSpace({"batch_size": pt.Choice([1, 8])})
+def test_speedup_without_a_reference_timed_beside_the_trial_fails_the_trial_with_why(tmp_path) -> None:
+    space = pt.SearchSpace({"batch_size": pt.Choice([1, 8]), "x": pt.Choice([0.0, 0.1])})
     study = pt.create_study("sp", f"sqlite:///{tmp_path}/sp.db", space=space,
                             objectives={"speedup": "max", "accuracy": "max"}, sampler="random", seed=0,
-                            duplicates="measure")  # batch 1 may be measured again to end the run
+                            warm_start="none")
     study.optimize(helpers_eval.no_baseline_latency, n_trials=1)
-    study.enqueue({"batch_size": 8})
-    study.optimize(helpers_eval.no_baseline_latency, n_trials=2, timeout_s=30)
+    assert study.trials[0].metrics["speedup"] == 1.0  # the baseline against itself
+    # neither at another batch size nor at the baseline's own: another trial's latency, timed
+    # in another process at another time, is never the reference
+    study.enqueue({"batch_size": 8, "x": 0.0})
+    study.enqueue({"batch_size": 1, "x": 0.1})
+    for _ in range(2):
+        pending = study.ask()
+        study.tell(pending, helpers_eval.no_baseline_latency(pending.config))
     failed = [t for t in study.trials if t.state == pt.TrialState.FAIL]
-    assert failed and "speedup needs the baseline's latency at batch_size=8" in failed[0].reason
+    assert [t.config["batch_size"] for t in failed] == [8, 1]
+    assert all("speedup needs a reference timed in the same process" in t.reason for t in failed)
 
 
 def test_grid_ends_the_study_when_the_space_is_exhausted(tmp_path) -> None:
