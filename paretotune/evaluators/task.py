@@ -496,14 +496,15 @@ def resolve_task(task: Any, *, validate: bool = False) -> tuple[Any, str | None]
 
 
 def as_evaluator(
-    obj: Any, cache_dir: str | os.PathLike[str] | None = None, *, scenario: Any = None
+    obj: Any, cache_dir: str | os.PathLike[str] | None = None, *, scenario: Any = None,
+    reference: str = "paired",
 ) -> Callable[[Mapping[str, Any]], Any]:
-    """A Task becomes a `TaskEvaluator` timing under `scenario` (the study's); any other
-    callable(config) is used as it is."""
+    """A Task becomes a `TaskEvaluator` timing under `scenario` (the study's), with the
+    `speedup` reference policy `reference`; any other callable(config) is used as it is."""
     if isinstance(obj, Task):
         from paretotune.evaluators.evaluator import TaskEvaluator
 
-        return TaskEvaluator(obj, cache_dir=cache_dir, scenario=scenario)
+        return TaskEvaluator(obj, cache_dir=cache_dir, scenario=scenario, reference=reference)
     if callable(obj):
         return obj
     raise ConfigError(

@@ -47,10 +47,15 @@ def study_task(study: Study, given: Any = None, *, purpose: str = "an evaluator 
 
 
 def resolve_evaluator(study: Study, evaluator: Any) -> Callable[..., Any]:
-    """A ``pt.Task``, an import path, any callable, or None (the task stored with the study)."""
+    """A ``pt.Task``, an import path, any callable, or None (the task stored with the study).
+
+    A study whose objectives and constraints don't use ``speedup`` times no reference beside
+    its trials (``reference="none"``: half the timing); one that does gets the paired speedup."""
     from paretotune.evaluators import as_evaluator
 
-    return as_evaluator(study_task(study, evaluator), scenario=study.scenario)
+    needs_speedup = "speedup" in study.objectives or any(c.metric == "speedup" for c in study.constraints)
+    return as_evaluator(study_task(study, evaluator), scenario=study.scenario,
+                        reference="paired" if needs_speedup else "none")
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
