@@ -45,8 +45,8 @@ def trial_rows(
     for c in study.constraints:
         if c.metric not in metric_keys:
             metric_keys.append(c.metric)
-    if compact:
-        metric_keys += [m for m in TABLE_METRICS if m not in metric_keys]
+    if compact:  # the headline metrics some trial has (no empty `speedup` column, say)
+        metric_keys += [m for m in TABLE_METRICS if m not in metric_keys and any(m in t.metrics for t in trials)]
     for t in trials:
         for k in (t.config or {}):
             if k not in cfg_keys:
