@@ -245,3 +245,48 @@ def finite(values: Mapping[str, Any]) -> str | None:
         if not math.isfinite(v):
             return f"metric {k!r} is {v}"
     return None
+
+
+def _losses(trials: Sequence[Trial], objectives: Mapping[str, str]) -> np.ndarray:
+    return np.array([to_loss([t.metrics[m] for m in objectives], list(objectives.values())) for t in trials])
+
+
+def interval_losses(trials: Sequence[Trial], objectives: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each trial's objective intervals in minimization form (NaN where it has none)."""
+    lows = np.full((len(trials), len(objectives)), np.nan)
+    highs = np.full_like(lows, np.nan)
+    for i, t in enumerate(trials):
+        for k, (metric, direction) in enumerate(objectives.items()):
+            if metric in t.intervals:
+                lo, hi = t.intervals[metric]
+                lows[i, k], highs[i, k] = (lo, hi) if direction == "min" else (-hi, -lo)
+    return lows, highs
+
+
+def front_of(completed: Sequence[Trial], objectives: Mapping[str, str], *, confidence: float | None,
+             resolution: Mapping[str, float]) -> Front:
+    """The feasible, non-dominated trials of ``completed``, compared at ``resolution`` (and,
+    with ``confidence``, tied where their intervals overlap)."""
+    feasible = [t for t in completed if t.feasible]
+    if not feasible:
+        return Front([], dict(objectives), confidence=confidence, resolution=dict(resolution))
+    losses = _losses(feasible, objectives)
+    steps = [resolution.get(m, 0.0) for m in objectives]
+    if confidence is None:
+        mask = non_dominated(at_resolution(losses, steps))
+    else:
+        lows, highs = interval_losses(feasible, objectives)
+        mask = non_dominated_with_intervals(losses, lows, highs, steps)
+    kept = [t for t, keep in zip(feasible, mask, strict=True) if keep]
+    return Front(kept, dict(objectives), confidence=confidence, resolution=dict(resolution))
+
+
+def hypervolume_history(completed: Sequence[Trial], objectives: Mapping[str, str],
+                        ref: np.ndarray) -> list[tuple[int, float]]:
+    """(trial number, hypervolume of the feasible trials so far) for each completed trial."""
+    out, pts = [], []
+    for t in sorted(completed, key=lambda t: t.number):
+        if t.feasible:
+            pts.append(to_loss([t.metrics[m] for m in objectives], list(objectives.values())))
+        out.append((t.number, hypervolume(np.array(pts), ref) if pts else 0.0))
+    return out

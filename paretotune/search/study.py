@@ -39,11 +39,10 @@ from paretotune.search.objectives import (
 from paretotune.search.pareto import (
     CONFIDENCE_LEVELS,
     Front,
-    at_resolution,
     finite,
+    front_of,
     hypervolume,
-    non_dominated,
-    non_dominated_with_intervals,
+    hypervolume_history,
     parse_resolution,
     reference_point,
     to_loss,
@@ -55,6 +54,7 @@ from paretotune.search.proposals import (
     Proposals,
     warm_start_configs,
 )
+from paretotune.search.relative import derive_relative
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
 from paretotune.search.spec import StudySpec
 from paretotune.search.trial import PendingTrial, Trial, TrialState, intervals_of, trial_from_optuna
@@ -390,28 +390,7 @@ class Study:
             base: Trial | None = Trial(pending.number, TrialState.COMPLETE, pending.config, dict(metrics))
         else:
             base = self._wait_for_baseline(wait_s)
-        if base is None:
-            return "the baseline trial did not complete, so relative metrics are unavailable"
-        if "accuracy" in metrics and "accuracy" in base.metrics:
-            metrics["accuracy_drop"] = base.metrics["accuracy"] - metrics["accuracy"]
-        lat = metrics.get("latency_p50_ms")
-        if pending.is_baseline and lat:
-            metrics["speedup"] = 1.0  # the baseline against itself, by construction
-            return None
-        if "speedup" in metrics:  # paired by the evaluator (TaskEvaluator: per-block ratios)
-            return None
-        ref = metrics.get("baseline_latency_p50_ms")
-        if lat and ref:
-            metrics["speedup"] = ref / lat
-        elif lat:
-            # another trial's latency is never the reference: it was timed in another process,
-            # at another time (BENCHMARKING.md rule 10)
-            return (
-                "speedup needs a reference timed in the same process as the trial: the evaluator "
-                "returns `speedup` (paired) or `baseline_latency_p50_ms` (the unmodified model at "
-                f"batch_size={pending.config.get('batch_size')}, timed beside the trial)"
-            )
-        return None
+        return derive_relative(pending, metrics, base)
 
     def _wait_for_baseline(self, wait_s: float) -> Trial | None:
         """The completed baseline, waiting while another worker runs it. None when it failed,
@@ -457,29 +436,7 @@ class Study:
                 f"level of the intervals measurements carry), got {confidence!r}"
             )
         res = parse_resolution({**(self.spec.get("resolution") or {}), **(resolution or {})})
-        feasible = [t for t in self.completed() if t.feasible]
-        if not feasible:
-            return Front([], self.objectives, confidence=confidence, resolution=res)
-        losses = np.array([self._loss(t) for t in feasible])
-        steps = [res.get(m, 0.0) for m in self.objectives]
-        if confidence is None:
-            mask = non_dominated(at_resolution(losses, steps))
-        else:
-            lows, highs = self._interval_losses(feasible)
-            mask = non_dominated_with_intervals(losses, lows, highs, steps)
-        kept = [t for t, keep in zip(feasible, mask, strict=True) if keep]
-        return Front(kept, self.objectives, confidence=confidence, resolution=res)
-
-    def _interval_losses(self, trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
-        """Each trial's objective intervals in minimization form (NaN where it has none)."""
-        lows = np.full((len(trials), len(self.objectives)), np.nan)
-        highs = np.full_like(lows, np.nan)
-        for i, t in enumerate(trials):
-            for k, (metric, direction) in enumerate(self.objectives.items()):
-                if metric in t.intervals:
-                    lo, hi = t.intervals[metric]
-                    lows[i, k], highs[i, k] = (lo, hi) if direction == "min" else (-hi, -lo)
-        return lows, highs
+        return front_of(self.completed(), self.objectives, confidence=confidence, resolution=res)
 
     def _loss(self, t: Trial) -> list[float]:
         return to_loss([t.metrics[m] for m in self.objectives], self.directions)
@@ -502,14 +459,7 @@ class Study:
     def hypervolume_history(self) -> list[tuple[int, float]]:
         """(trial number, hypervolume of the feasible front so far) for each completed trial."""
         ref = self.reference_point()
-        if ref is None:
-            return []
-        out, pts = [], []
-        for t in sorted(self.completed(), key=lambda t: t.number):
-            if t.feasible:
-                pts.append(self._loss(t))
-            out.append((t.number, hypervolume(np.array(pts), ref) if pts else 0.0))
-        return out
+        return [] if ref is None else hypervolume_history(self.completed(), self.objectives, ref)
 
     # -- running ------------------------------------------------------------------------------
     def optimize(
