@@ -93,3 +93,18 @@ def fake_server(config: Any) -> dict[str, float]:
     qps = 100.0 * config.get("max_batch_size", 1) ** 0.5 * config.get("instances", 1)
     return {"server_qps": qps, "server_p99_ms": 1.0 + config.get("max_queue_delay_us", 0) / 1000,
             "accuracy": 0.9}
+
+
+def wait_for_completed(name: str, url: str, n: int, timeout_s: float = 60.0) -> bool:
+    """Poll until study `name` holds `n` completed trials (it may not exist yet); False on timeout."""
+    import paretotune as pt
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if pt.load_study(name, url).counts()["COMPLETE"] >= n:
+                return True
+        except pt.ParetotuneError:
+            pass
+        time.sleep(0.2)
+    return False

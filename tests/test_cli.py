@@ -8,12 +8,13 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import paretotune as pt
+
+import helpers_eval
 
 SPACE = textwrap.dedent(
     """\
@@ -102,14 +103,7 @@ def test_worker_joins_a_running_study_with_only_url_and_name(tmp_path: Path) -> 
     controller = subprocess.Popen([sys.executable, "-m", "paretotune.cli", "run", str(spec), "--storage", url,
                                    "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if pt.load_study("join", url).counts()["COMPLETE"] >= 2:
-                    break
-            except pt.ParetotuneError:
-                pass
-            time.sleep(0.2)
+        helpers_eval.wait_for_completed("join", url, 2)
         worker = cli("worker", "--storage", url, "--study", "join")
         assert worker.returncode == 0, worker.stderr
         assert "joined 'join'" in worker.stderr

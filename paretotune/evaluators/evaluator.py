@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -195,12 +195,8 @@ class TaskEvaluator:
             result = results[0]
             compute = results[1] if len(results) > 1 else None
             slot_wait_s = slot.last_wait_s
-        except ParetotuneError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the engine failing to run is the trial failing
-            raise EvaluationError(
-                f"running the built {spec.engine} engine at batch_size={spec.batch_size} failed: {exc}"
-            ) from exc
+        except Exception as exc:  # the engine failing to run is the trial failing
+            _reraise(exc, f"running the built {spec.engine} engine at batch_size={spec.batch_size}")
         intervals_started = time.perf_counter()
         metrics = {
             "latency_p50_ms": result.p50_ms,
@@ -426,12 +422,8 @@ class TaskEvaluator:
         if built is None:
             try:
                 built = self._build(spec)
-            except ParetotuneError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any build crash fails the trial with its reason
-                raise EvaluationError(
-                    f"building {spec.engine} bit_width={spec.bit_width} failed: {type(exc).__name__}: {exc}"
-                ) from exc
+            except Exception as exc:  # any build crash fails the trial with its reason
+                _reraise(exc, f"building {spec.engine} bit_width={spec.bit_width}")
             self.builds += 1
             meta = {
                 "accuracy": built.accuracy,
@@ -655,6 +647,13 @@ class TaskEvaluator:
     def _batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """Fixed timing inputs at `batch_size`, the same for every engine (`Task.timing_batch`)."""
         return self.task.timing_batch(batch_size)
+
+
+def _reraise(exc: Exception, what: str) -> NoReturn:
+    """Our own errors as they are; any other crash as an EvaluationError naming ``what``."""
+    if isinstance(exc, ParetotuneError):
+        raise exc
+    raise EvaluationError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _torch_family(spec: BuildSpec) -> Any:

@@ -504,20 +504,13 @@ class Study:
         (``paretotune.workers.confirm``). Stored; read again with ``confirmations()``."""
         return _workers().confirm(self, trials, evaluator=evaluator, processes=processes, show_progress=show_progress)
 
-    def compare(
-        self,
-        a: Trial | int,
-        b: Trial | int,
-        *,
-        evaluator: Any = None,
-        processes: int | None = None,
-        show_progress: bool | None = None,
-    ) -> Comparison:
-        """An A/B verdict: trials ``a`` and ``b`` measured side by side in ``processes`` fresh
-        processes (default 5), interleaved inside each; one line per metric of the study
-        ("trial 12 is 8.1% faster than trial 4 at p50 (...)" or "no significant difference").
-        Stored; read again with ``comparisons()`` (``paretotune.search.comparisons``)."""
-        return _workers().compare(self, a, b, evaluator=evaluator, processes=processes, show_progress=show_progress)
+    def compare(self, a: Trial | int, b: Trial | int, **options: Any) -> Comparison:
+        """An A/B verdict: trials ``a`` and ``b`` measured side by side in fresh processes,
+        interleaved inside each; one line per metric of the study ("trial 12 is 8.1% faster
+        than trial 4 at p50 (...)" or "no significant difference"). ``options``: those of
+        ``paretotune.workers.compare`` (``processes`` (default 5), ``evaluator``,
+        ``show_progress``). Stored; read again with ``comparisons()``."""
+        return _workers().compare(self, a, b, **options)
 
     def comparisons(self, run_id: str | None = None) -> list[Comparison]:
         """The stored A/B comparisons of this study, oldest first."""

@@ -50,22 +50,10 @@ def _chosen(study: Study, trials: Sequence[Trial | int] | Trial | int | None) ->
         return chosen
     if isinstance(trials, (int, Trial)):
         trials = [trials]
-    by_number = {t.number: t for t in study.trials}
     out: list[Trial] = []
     for item in trials:
-        number = item.number if isinstance(item, Trial) else item
-        if isinstance(number, bool) or not isinstance(number, int) or number not in by_number:
-            raise ConfigError(
-                f"trials: {item!r} is not a trial number of study {study.name!r} "
-                f"(it has trials 0..{max(by_number, default=-1)})"
-            )
-        t = by_number[number]
-        if t.state != TrialState.COMPLETE or t.config is None:
-            raise ConfigError(
-                f"trials: trial {number} of study {study.name!r} is {t.state.value}; only "
-                "COMPLETE trials (measured, not answered as duplicates) can be confirmed"
-            )
-        if all(o.number != number for o in out):
+        t = _complete_trial(study, "trials", item, "confirmed")
+        if all(o.number != t.number for o in out):
             out.append(t)
     return out
 
@@ -175,7 +163,8 @@ class PairedMeasure:
         return Measurement(metrics=dict(details["a"]["metrics"]), details=details)
 
 
-def _comparable(study: Study, field: str, item: Trial | int) -> Trial:
+def _complete_trial(study: Study, field: str, item: Trial | int, verb: str) -> Trial:
+    """The COMPLETE trial `item` names (a Trial or its number); ConfigError naming `field`."""
     number = item.number if isinstance(item, Trial) else item
     by_number = {t.number: t for t in study.trials}
     if isinstance(number, bool) or not isinstance(number, int) or number not in by_number:
@@ -187,9 +176,13 @@ def _comparable(study: Study, field: str, item: Trial | int) -> Trial:
     if t.state != TrialState.COMPLETE or t.config is None:
         raise ConfigError(
             f"{field}: trial {number} of study {study.name!r} is {t.state.value}; only COMPLETE "
-            "trials (measured, not answered as duplicates) can be compared"
+            f"trials (measured, not answered as duplicates) can be {verb}"
         )
     return t
+
+
+def _comparable(study: Study, field: str, item: Trial | int) -> Trial:
+    return _complete_trial(study, field, item, "compared")
 
 
 def _config(t: Trial) -> Config:

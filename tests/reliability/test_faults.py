@@ -153,14 +153,7 @@ def test_killed_controller_resumes_without_loss_or_duplicates(tmp_path: Path) ->
     ))
     cmd = [sys.executable, "-m", "paretotune.cli", "run", str(spec), "--storage", url, "--no-progress"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if pt.load_study("ctl", url).counts()["COMPLETE"] >= 6:
-                break
-        except pt.ParetotuneError:
-            pass
-        time.sleep(0.2)
+    helpers_eval.wait_for_completed("ctl", url, 6, timeout_s=90)
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = pt.load_study("ctl", url)

@@ -167,30 +167,16 @@ def test_results_are_read_from_loadgens_own_logs(loadgen, tmp_path) -> None:
     )
     assert run.latency_ms["min"] >= 1.0  # the engine's 1 ms, as LoadGen timed it
     assert run.batcher["requests"] == run.query_count
-    again = read_run(
-        folders[0],
-        scenario="server",
-        target_qps=400.0,
-        min_duration_s=0.5,
-        min_query_count=500,
-        wall_s=0.0,
-        batcher={},
-    )
+    again = read_run(folders[0], scenario="server", target_qps=400.0, min_duration_s=0.5, min_query_count=500,
+                     wall_s=0.0, batcher={})
     assert again.valid == run.valid and again.latency_ms == run.latency_ms
 
 
 def test_a_log_without_the_verdict_is_an_error(tmp_path) -> None:
     (tmp_path / "mlperf_log_detail.txt").write_text(':::MLLOG {"key": "x", "value": 1}\n')
     with pytest.raises(EvaluationError, match="no 'result_validity' record"):
-        read_run(
-            tmp_path,
-            scenario="server",
-            target_qps=1.0,
-            min_duration_s=1.0,
-            min_query_count=1,
-            wall_s=0.0,
-            batcher={},
-        )
+        read_run(tmp_path, scenario="server", target_qps=1.0, min_duration_s=1.0, min_query_count=1, wall_s=0.0,
+                 batcher={})
 
 
 def test_an_engine_that_cannot_be_built_or_warmed_is_an_evaluation_error(loadgen) -> None:
