@@ -29,6 +29,7 @@ from paretotune.evaluators.hardware import (
 )
 from paretotune.evaluators.measurement import Measurement
 from paretotune.evaluators.slot import TimingSlot, slot_name, timing_slot
+from paretotune.evaluators.sources import CACHE_FORMAT, ModelSource, SpecSource
 from paretotune.evaluators.task import Task
 from paretotune.evaluators.timing import (
     CI_LEVEL,
@@ -44,12 +45,11 @@ from paretotune.evaluators.timing import _host_clock as host_clock
 from paretotune.space.scenario import Scenario, SingleStream, scenario_from_dict
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 logger = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
-CACHE_FORMAT = 2  # bump when the artifact layout changes (2: torch artifacts are state_dicts)
 #: how the reference of `speedup` is timed: "paired" (in the same process, interleaved with the
 #: trial window by window) or "none" (no reference, no `speedup`: half the timing, for studies
 #: whose objectives and constraints don't use it)
@@ -82,7 +82,7 @@ class BuiltArtifact:
 
     `data` is the engine's artifact: the ONNX model (engine "onnxruntime"), the TensorRT plan,
     the packed OpenVINO IR, or for the torch engines the fp32 module's weights
-    (`torch_engine.serialize`; `load_torch_module` gives the engine's module); `accuracy` is the task metric measured when it was built; `source` says where it
+    (`torch_engine.serialize`; `sources.load_torch_module` gives the engine's module); `accuracy` is the task metric measured when it was built; `source` says where it
     came from: "memory", "disk" (the artifact cache) or "built" (built just now).
     """
 
@@ -143,7 +143,7 @@ class TaskEvaluator:
             raise ConfigError(f"reference must be one of {list(REFERENCE_POLICIES)}, got {reference!r}")
         self.reference = reference
         self._built: OrderedDict[str, _Built] = OrderedDict()
-        self._exports: OrderedDict[str, bytes] = OrderedDict()
+        self.models = ModelSource(task, self.cache)
         #: the reference model's runner per thread count (a runner, never a timing)
         self._reference_runners: dict[int, Any] = {}
         self._reference_outputs: np.ndarray | None = None
@@ -467,7 +467,7 @@ class TaskEvaluator:
 
     def _build(self, spec: BuildSpec) -> _Built:
         started = time.perf_counter()
-        source = _Source(self, spec)
+        source = SpecSource(self.models, spec)
         made = engines.get(spec.engine).build(source, spec)
         details, model_bytes = source.details, made.model_bytes
         if "zeroed_weights" in details:  # unstructured sparsity: credit a bitmask encoding's size
@@ -486,66 +486,6 @@ class TaskEvaluator:
         built.build_s = time.perf_counter() - started
         built.accuracy = self._accuracy(runner)
         return built
-
-    def _transformed_module(self, spec: BuildSpec, details: dict[str, Any]) -> torch.nn.Module:
-        from paretotune.evaluators import pruning
-        from paretotune.evaluators.torch_engine import TorchRunner, to_tensors
-
-        module = self.task.fresh_module()
-        if spec.prune_ratio > 0:
-            before = pruning.count_parameters(module)
-            args = to_tensors(self.task.example_inputs, self.task.input_names)
-            pruning.prune_structured(module, args, spec.prune_ratio, self.task.prune_ignore)
-            details["parameters_before"], details["parameters"] = (
-                before,
-                pruning.count_parameters(module),
-            )
-            if self.task.finetune is not None:
-                tuned = time.perf_counter()
-                try:
-                    self.task.finetune(module)
-                except Exception as exc:  # noqa: BLE001 - the user's hook failing fails the trial
-                    raise EvaluationError(f"the task's finetune hook raised {exc!r}") from exc
-                module.eval()
-                details["finetune_s"] = round(time.perf_counter() - tuned, 3)
-            out = TorchRunner(module, self.task.input_names).run(self.task.example_inputs)
-            ref = TorchRunner(self.task.reference_module(), self.task.input_names).run(
-                self.task.example_inputs
-            )
-            if out.shape != ref.shape:
-                raise EvaluationError(
-                    f"pruning changed the output shape from {ref.shape} to {out.shape}; name the "
-                    f"output layer in Task(prune_ignore=[...])"
-                )
-        if spec.sparsity > 0:
-            zeros, total = pruning.apply_sparsity(module, spec.sparsity)
-            details["zeroed_weights"], details["sparse_weights"] = zeros, total
-        return module
-
-    def _export(self, spec: BuildSpec, module: Any) -> bytes:
-        """The fp32 ONNX export of the (pruned) model, shared by every ORT variant of it."""
-        from paretotune.evaluators.onnx_graph import export_onnx
-
-        key = cache_key(
-            "export",
-            CACHE_FORMAT,
-            self.task.model_id(),
-            self.task.data_id(),
-            spec.prune_ratio,
-            spec.sparsity,
-            library_versions(("torch", "onnx")),
-        )
-        if key in self._exports:
-            return self._exports[key]
-        entry = self.cache.get(key)
-        data = entry.data if entry is not None and entry.data is not None else None
-        if data is None:
-            data = export_onnx(module, self.task)
-            self.cache.put(key, {"kind": "fp32 onnx export"}, data)
-        self._exports[key] = data
-        while len(self._exports) > 2:
-            self._exports.popitem(last=False)
-        return data
 
     def _runner(self, built: _Built, threads: int, spec: BuildSpec | None = None) -> Any:
         """The runner of `built` for `threads` and `spec`'s runtime options (default: the
@@ -656,18 +596,6 @@ def _reraise(exc: Exception, what: str) -> NoReturn:
     raise EvaluationError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _torch_family(spec: BuildSpec) -> Any:
-    from paretotune.evaluators.engines.torch import TorchEngine
-
-    engine = engines.get(spec.engine)
-    if not isinstance(engine, TorchEngine):
-        torch_engines = [e.name for e in engines.registered() if isinstance(e, TorchEngine)]
-        raise InvalidConfigError(
-            f"engine={spec.engine!r} has no torch module; allowed: {torch_engines}"
-        )
-    return engine
-
-
 def _trial_details(
     spec: BuildSpec, built: _Built, source: str, slot: TimingSlot, wait_s: float, reset: bool, phase: str
 ) -> dict[str, Any]:
@@ -688,48 +616,9 @@ def _trial_details(
     return out
 
 
-def engine_module(task: Task, spec: BuildSpec, module: torch.nn.Module) -> torch.nn.Module:
-    """The torch / torch_cuda engine's module for `spec`, from the fp32 (pruned) `module`:
-    cast or dynamically quantized, deterministically (the same weights give the same module)."""
-    result: torch.nn.Module = _torch_family(spec).module_for(task, spec, module)
-    return result
-
-
-def load_torch_module(task: Task, spec: BuildSpec, data: bytes) -> torch.nn.Module:
-    """The engine's module of a torch artifact (`BuiltArtifact.data`): its fp32 weights restored
-    on a fresh copy of the task's model (no unpickling), then built for `spec`."""
-    result: torch.nn.Module = _torch_family(spec).load(task, spec, data)
-    return result
-
-
 def _runner_key(spec: BuildSpec, threads: int) -> Any:
     """Runners are per thread count, and per runtime options for engines that have them."""
     return (threads, spec.runtime_options) if spec.runtime_options else threads
-
-
-class _Source:
-    """What an engine's build reads (`engines.BuildSource`): the task, its transformed fp32
-    module (made once, on first use) and that module's ONNX export (the evaluator's cache)."""
-
-    def __init__(self, evaluator: TaskEvaluator, spec: BuildSpec) -> None:
-        self.task = evaluator.task
-        self.cache = evaluator.cache
-        self.details: dict[str, Any] = {}
-        self._evaluator = evaluator
-        self._spec = spec
-        self._module: torch.nn.Module | None = None
-
-    def module(self) -> torch.nn.Module | None:
-        if self.task.is_onnx:
-            return None
-        if self._module is None:
-            self._module = self._evaluator._transformed_module(self._spec, self.details)
-        return self._module
-
-    def onnx(self) -> bytes:
-        if self.task.is_onnx:
-            return self.task.onnx_bytes()
-        return self._evaluator._export(self._spec, self.module())
 
 
 def _gpu_timing_details(runner: Any, compute: TimingResult) -> dict[str, Any]:

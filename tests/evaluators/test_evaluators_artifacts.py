@@ -16,7 +16,7 @@ import torch
 
 from paretotune.errors import EvaluationError
 from paretotune.evaluators import Task, TaskEvaluator
-from paretotune.evaluators.evaluator import engine_module, load_torch_module
+from paretotune.evaluators.sources import engine_module, load_torch_module
 from paretotune.evaluators.torch_engine import ARTIFACT_FORMAT, restore, serialize
 
 from _evmodels import FAST, tiny_net

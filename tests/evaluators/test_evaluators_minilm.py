@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from paretotune.evaluators import Task, TaskEvaluator
-from paretotune.evaluators.evaluator import load_torch_module
 from paretotune.evaluators.onnxruntime_engine import LOSSLESS_OPS
 from paretotune.evaluators.pruning import prune_structured
+from paretotune.evaluators.sources import load_torch_module
 from paretotune.evaluators.torch_engine import to_tensors
 
 from _evmodels import FAST

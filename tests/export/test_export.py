@@ -21,7 +21,7 @@ import paretotune as pt
 from examples.digits import load_data
 from paretotune.cli import main
 from paretotune.evaluators import TaskEvaluator, load_task
-from paretotune.evaluators.evaluator import load_torch_module
+from paretotune.evaluators.sources import load_torch_module
 from paretotune.evaluators.torch_engine import TorchRunner
 from paretotune.export import BUNDLE_MARKER, ExportedModel, VerificationError, parse_pick
 
