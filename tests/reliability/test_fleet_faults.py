@@ -62,7 +62,7 @@ def _check(url: str, n_trials: int) -> list[pt.Trial]:
 
 @pytest.mark.postgres
 def test_a_fleet_worker_killed_mid_trial_loses_nothing_across_studies(pg_url: str) -> None:
-    _submit_three(pg_url, 6, "sluggish_fake_evaluator")
+    _submit_three(pg_url, 4, "sluggish_fake_evaluator")
     procs = [_worker(pg_url)]  # the survivor
     hit: tuple[str, int] | None = None
     for _ in range(3):  # a kill that lands between two trials is tried again on a new victim
@@ -84,7 +84,7 @@ def test_a_fleet_worker_killed_mid_trial_loses_nothing_across_studies(pg_url: st
             break
     assert hit is not None, "no kill landed mid-trial in three tries"
     _wait(pg_url, procs, 300)
-    failed = _check(pg_url, 6)
+    failed = _check(pg_url, 4)
     assert failed and all((t.reason or "").startswith("worker lost") for t in failed)
     lost_trial = pt.load_study(hit[0], pg_url).trial(hit[1])
     assert lost_trial.state == pt.TrialState.FAIL and lost_trial.reason.startswith("worker lost")
@@ -95,7 +95,7 @@ def test_a_fleet_worker_killed_mid_trial_loses_nothing_across_studies(pg_url: st
 
 @pytest.mark.postgres
 def test_postgres_stopped_for_five_seconds_while_three_studies_run(pg_cluster, pg_url: str) -> None:
-    _submit_three(pg_url, 8)
+    _submit_three(pg_url, 6)
     procs = [_worker(pg_url), _worker(pg_url)]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and sum(StudyStore(pg_url).claim_counts(n)["done"] for n in NAMES) < 4:
@@ -104,4 +104,4 @@ def test_postgres_stopped_for_five_seconds_while_three_studies_run(pg_cluster, p
     time.sleep(5)
     pg_cluster.start()
     _wait(pg_url, procs, 300)
-    _check(pg_url, 8)
+    _check(pg_url, 6)
