@@ -96,8 +96,9 @@ def fleet(url: str, n_trials: int, seeds: list[int], cache: str, n_workers: int 
     return elapsed
 
 
-def overhead(url: str, n_trials: int, n_studies: int) -> float:
-    """Trials/s of one fleet worker over ``n_studies`` submitted null-evaluator studies."""
+def overhead(url: str, n_trials: int, n_studies: int, max_warm: int | None = None) -> float:
+    """Trials/s of one fleet worker over ``n_studies`` submitted null-evaluator studies
+    (``max_warm``: its warm trial processes, default DEFAULT_MAX_WARM)."""
     space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.001)})
     tag = uuid.uuid4().hex[:6]
     names = []
@@ -106,9 +107,9 @@ def overhead(url: str, n_trials: int, n_studies: int) -> float:
                                 task="paretotune.testing:null_evaluator", sampler="random", seed=i, warm_start="none")
         submit(study, n_trials=max(2, n_trials // n_studies))
         names.append(study.name)
-    from paretotune.workers.fleet import FleetWorker
+    from paretotune.workers.fleet import DEFAULT_MAX_WARM, FleetWorker
 
-    FleetWorker(url, worker=f"bench-{tag}").run(exit_when_idle_s=1.0)
+    FleetWorker(url, worker=f"bench-{tag}", max_warm=max_warm or DEFAULT_MAX_WARM).run(exit_when_idle_s=1.0)
     done = sorted(ft.datetime_complete for n in names for ft in pt.load_study(n, url).optuna_study.trials
                   if ft.datetime_complete)
     span = (done[-1] - done[0]).total_seconds()
@@ -172,6 +173,7 @@ def main() -> None:
             rows = {"single-study worker": single_study_overhead(db, overhead_trials)}
             for n in (1, 3, 10):
                 rows[f"fleet worker, {n} open studies"] = overhead(db, overhead_trials, n)
+            rows["fleet worker, 10 open studies, --max-warm 10"] = overhead(db, overhead_trials, 10, max_warm=10)
             results["overhead_trials_per_s"] = rows
     finally:
         if cluster is not None:

@@ -181,7 +181,8 @@ def _print_front(study: Any, fmt: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.study is None:
         return _fleet_worker(args)
-    if args.tag or args.metrics_port is not None or args.exit_when_idle is not None or args.backend != "local":
+    if (args.tag or args.metrics_port is not None or args.exit_when_idle is not None or args.backend != "local"
+            or args.max_warm is not None):
         raise ConfigError("--tag, --metrics-port, --exit-when-idle and --backend are for a fleet worker (no --study); "
                           "run one study on Ray with `paretotune run SPEC --backend ray`")
     from paretotune.search import load_study_from_store
@@ -217,7 +218,7 @@ def _stop_status(store: Any, name: str) -> int:
 
 def _fleet_worker(args: argparse.Namespace) -> int:
     from paretotune.storage import StudyStore
-    from paretotune.workers.fleet import FleetWorker
+    from paretotune.workers.fleet import DEFAULT_MAX_WARM, FleetWorker
     from paretotune.workers.loop import raise_on_sigterm
 
     if args.n_trials is not None or args.task is not None:
@@ -241,8 +242,10 @@ def _fleet_worker(args: argparse.Namespace) -> int:
         return 0
     if args.address is not None or args.max_concurrent is not None:
         raise ConfigError(f"--address and --max-concurrent apply to --backend ray only; got --backend {args.backend}")
+    _flag_int("--max-warm", args.max_warm, 1)
     store = StudyStore(_storage(args), create=False)
-    worker = FleetWorker(store, tags=args.tag or (), metrics_port=args.metrics_port)
+    worker = FleetWorker(store, tags=args.tag or (), metrics_port=args.metrics_port,
+                         max_warm=args.max_warm or DEFAULT_MAX_WARM)
     caps = worker.capabilities
     print(f"fleet worker {worker.worker} on {store.masked_url}: {caps['cpus']} CPUs, GPUs {caps['gpus'] or 'none'}, "
           f"engines {caps['engines']}, tags {caps['tags'] or 'none'}"
@@ -498,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, help="fleet: serve Prometheus metrics on this port")
     w.add_argument("--exit-when-idle", type=float, metavar="S",
                    help="fleet: exit after S seconds with no runnable study (default: serve forever)")
+    w.add_argument("--max-warm", type=int, default=None, metavar="N",
+                   help="fleet: trial processes kept warm, one per recently served study (default 3)")
     w.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="fleet: run the trials here (local) or on a Ray cluster through Ray's placement")
     w.add_argument("--address", help="fleet, backend ray: the Ray cluster (auto, host:port, ray://...)")
