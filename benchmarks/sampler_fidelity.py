@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,22 +74,30 @@ FRONT_REF_MIN_SHARE = 0.01
 # -- problems ----------------------------------------------------------------------------------
 
 
-@dataclass
 class Problem:
     """A space, an evaluator (config -> metrics), objectives, constraints and a scorer."""
 
-    name: str
-    kind: str  # continuous | mixed | categorical
-    space: Any
-    evaluate: Callable[[Any], dict[str, float]]
-    objectives: dict[str, str]
-    constraints: dict[str, tuple[str, float]] = field(default_factory=dict)
-    extra_metrics: list[str] = field(default_factory=list)
-    ref: np.ndarray | None = None
-    ref_kind: str = "baseline"  # front | random | baseline (the digits table's documented one)
-    true_hv: float = float("nan")
-    #: metrics -> whether the point counts (the digits table's accuracy_drop constraint)
-    feasible: Callable[[Mapping[str, float]], bool] = lambda m: True
+    def __init__(
+        self,
+        name: str,
+        kind: str,  # continuous | mixed | categorical
+        space: Any,
+        evaluate: Callable[[Any], Any],
+        objectives: Mapping[str, str],
+        *,
+        constraints: Mapping[str, tuple[str, float]] | None = None,
+        extra_metrics: Sequence[str] = (),
+        feasible: Callable[[Mapping[str, float]], bool] | None = None,
+    ) -> None:
+        self.name, self.kind, self.space, self.evaluate = name, kind, space, evaluate
+        self.objectives = dict(objectives)
+        self.constraints = dict(constraints or {})
+        self.extra_metrics = list(extra_metrics)
+        #: metrics -> whether the point counts (the digits table's accuracy_drop constraint)
+        self.feasible = feasible or (lambda m: True)
+        self.ref: np.ndarray | None = None
+        self.ref_kind = "baseline"  # front | random | baseline (the digits table's documented one)
+        self.true_hv = float("nan")
 
     def losses(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
         from paretotune.search.pareto import to_loss
