@@ -76,3 +76,34 @@ def test_the_baseline_is_told_as_an_observation_like_any_other(tmp_path, sampler
     # and it is one of the observations the sampler learns from
     seen = study.optuna_study._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     assert [t.number for t in seen] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("sampler", [{"name": "tpe", "n_startup_trials": 4}, {"name": "nsga2", "population_size": 4}])
+def test_model_based_samplers_propose_what_optuna_proposes_after_the_same_baseline(tmp_path, sampler) -> None:
+    """Past the start-up, too: given the same first trial (the baseline), Optuna's sampler
+    makes the same proposals. A proposal of a config measured before (NSGA-II's crossover
+    copies a parent) is answered from the store, told with the same values and not counted
+    in the budget, where plain Optuna measures it again."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = pt.create_study(
+        "model", f"sqlite:///{tmp_path}/s.db", space=SPACE, objectives={n: "min" for n in NAMES},
+        extra_metrics=NAMES, sampler=sampler, seed=5,
+    )
+    for _ in range(14):
+        pending = study.ask()
+        study.tell(pending, _metrics(pending.config))
+    ours = study.optuna_study.get_trials(deepcopy=False)
+    plain = optuna.create_study(directions=["minimize"] * 2, sampler=make_sampler(sampler, seed=worker_seed(5, "main")))
+    plain.enqueue_trial(SPACE.to_params(SPACE.baseline()))
+    for _ in range(len(ours)):
+        trial = plain.ask()
+        config = SPACE.suggest(trial)
+        plain.tell(trial, [_metrics(config)[n] for n in NAMES])
+    theirs = plain.get_trials(deepcopy=False)
+    for mine, other in zip(ours, theirs, strict=True):
+        assert mine.params == pytest.approx(other.params, rel=1e-11, abs=1e-12)
+        assert mine.values == pytest.approx(other.values, rel=1e-11, abs=1e-12)
+    answered = [t for t in ours if t.user_attrs.get("duplicate_of") is not None]
+    assert len(ours) == 14 + len(answered)
+    if sampler["name"] == "nsga2":
+        assert answered  # this seed's crossover copies a parent (trial 11 repeats trial 3)
