@@ -277,8 +277,7 @@ class TrueFront:
 
 
 def run_one(
-    table: str, label: str, spec: Any, seed: int, budget: int, objectives: Mapping[str, str],
-    warm_start: str | None = None,
+    table: str, label: str, spec: Any, seed: int, budget: int, objectives: Mapping[str, str]
 ) -> dict[str, Any]:
     """One study with `spec` and `seed`, replaying the table until `budget` completed trials.
     Returns the completed trials' metrics in completion order and timing."""
@@ -301,7 +300,6 @@ def run_one(
             constraints={"accuracy_drop": ("<=", MAX_DROP)},
             sampler=spec,
             seed=seed,
-            warm_start=warm_start,
         )
         completed: list[dict[str, float]] = []
         invalid = 0
@@ -350,7 +348,6 @@ def compare(
     seeds_for: Mapping[str, int] | None = None,
     max_fraction_for: Mapping[str, float] | None = None,
     seed_offset: int = 0,
-    warm_start: str | None = None,
 ) -> dict[str, Any]:
     from scipy.stats import mannwhitneyu
 
@@ -363,7 +360,7 @@ def compare(
         for label, _ in samplers
     }
     work = [
-        (str(table), label, spec, seed, cap[label], dict(objectives), warm_start)
+        (str(table), label, spec, seed, cap[label], dict(objectives))
         for label, spec in samplers
         for seed in range(seed_offset, seed_offset + n_seeds[label])
         if cap[label] > 0
@@ -425,7 +422,6 @@ def compare(
         "objectives": dict(objectives),
         "seeds": n_seeds,
         "seed_offset": seed_offset,
-        "warm_start": warm_start or "corners",
         "budgets": budgets,
         "rows": rows,
         "wall_s": round(wall, 1),
@@ -447,8 +443,7 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"{result['valid_configs']} valid configs, {result['feasible_configs']} feasible, "
         f"true front {result['true_front_size']} points; objectives {result['objectives']}; "
-        f"seeds per sampler {result['seeds']} (from seed {result.get('seed_offset', 0)}); "
-        f"warm start {result.get('warm_start', 'corners')}; budgets "
+        f"seeds per sampler {result['seeds']} (from seed {result.get('seed_offset', 0)}); budgets "
         f"{result['budgets']} completed trials; {result['wall_s']} s, load {result['load_average']}",
         "",
         "| sampler | budget | HV ratio: median (min-max) | seeds with HV ratio >= 0.95 | "
@@ -503,8 +498,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="build-table: first N configs only")
     parser.add_argument("--seed-offset", type=int, default=0,
                         help="first seed (default 0): another offset checks a result on disjoint seeds")
-    parser.add_argument("--warm-start", default=None,
-                        help="the studies' warm_start (default: the study default, corners)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -529,7 +522,6 @@ def main(argv: list[str] | None = None) -> int:
         seeds_for={"gp": gp_seeds},
         max_fraction_for={"gp": args.gp_max_fraction or (0.05 if args.quick else 0.10)},
         seed_offset=args.seed_offset,
-        warm_start=args.warm_start,
     )
     print(markdown(result))
     if any(r["sampler"] == "tpe" for r in result["rows"]) and 0.10 in fractions:

@@ -15,7 +15,6 @@ and its two ways of telling Optuna; it imports nothing of the study's.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,11 +38,8 @@ MAX_DUPLICATE_STREAK = 8
 MAX_FAILURES_PER_CONFIG = 2
 #: fail reasons that speak of the worker, not of the config: they never count against it
 WORKER_FAILURES = ("worker lost", "interrupted", "store connection lost")
-#: what a new study queues after its baseline (spec key `warm_start`): the corners; the
-#: corners followed by a Latin-hypercube design over the space (`design_configs`); nothing
-WARM_STARTS = ("corners", "corners+latin", "none")
-#: configs in the Latin design of `corners+latin`
-LATIN_DESIGN_SIZE = 8
+#: what a new study queues after its baseline (spec key `warm_start`)
+WARM_STARTS = ("corners", "none")
 
 ParamsKey = tuple[tuple[str, Any], ...]
 
@@ -246,52 +242,3 @@ def _batching_recipe(space: SearchSpace) -> dict[str, Any]:
     if delays and delay is not None and delay.is_active(recipe):
         recipe["max_queue_delay_us"] = delays[0]
     return recipe
-
-
-def design_configs(space: SearchSpace, n: int, rng: random.Random, exclude: Sequence[Config] = ()) -> list[Config]:
-    """A Latin-hypercube design of `n` valid configs: every unconditional finite dimension
-    (and each continuous one, cut into `n` strata) takes its values in equal shares over the
-    design, in a random order, so `n` draws cover each axis as evenly as they can, where
-    independent random draws repeat values and miss others. Conditional dimensions, per-layer
-    choices and a forbidden combination's replacement are drawn at random. Configs in
-    `exclude` (the baseline, the corners) and repeats are left out."""
-    from paretotune.space.dimensions import Float, PerLayer
-
-    columns: dict[str, list[Any]] = {}
-    for name, dim in space.dimensions.items():
-        if dim.when or isinstance(dim, PerLayer):
-            continue
-        values = dim.values()
-        if values is None and isinstance(dim, Float):
-            lo, hi = (math.log(dim.low), math.log(dim.high)) if dim.log else (dim.low, dim.high)
-            cells = [lo + (hi - lo) * (i + rng.random()) / n for i in range(n)]
-            column = [dim.validate(name, math.exp(v) if dim.log else v) for v in cells]
-        elif values:
-            column = [values[(i * len(values)) // n] for i in range(n)] if n >= len(values) else rng.sample(values, n)
-        else:
-            continue
-        rng.shuffle(column)
-        columns[name] = column
-    seen = {c.hash for c in exclude}
-    out: list[Config] = []
-    for i in range(n):
-        fixed = {name: column[i] for name, column in columns.items()}
-        config = None
-        for _ in range(50):
-            point = {**dict(space.sample(rng)), **fixed}
-            try:
-                config = space.config(
-                    {k: v for k, v in point.items() if space.dimensions[k].is_active(point)}, fill_defaults=True
-                )
-            except (ConfigError, InvalidConfigError):
-                config = None
-                if fixed:  # a forbidden row: free one of its dimensions and draw again
-                    fixed.pop(rng.choice(sorted(fixed)))
-                continue
-            if config.hash not in seen:
-                break
-            config = None
-        if config is not None:
-            seen.add(config.hash)
-            out.append(config)
-    return out

@@ -45,11 +45,9 @@ from paretotune.search.pareto import (
 )
 from paretotune.search.proposals import (
     DUPLICATE_POLICIES,
-    LATIN_DESIGN_SIZE,
     MAX_INVALID_STREAK,
     WARM_STARTS,
     Proposals,
-    design_configs,
     warm_start_configs,
 )
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
@@ -193,13 +191,9 @@ class Study:
 
     def enqueue_warm_start(self) -> list[Config]:
         """Queue the spec's warm start after the baseline (`warm_start_configs`)."""
-        kind = self.spec.get("warm_start") or WARM_STARTS[0]
-        if kind == "none":
+        if (self.spec.get("warm_start") or WARM_STARTS[0]) == "none":
             return []
         configs = warm_start_configs(self.space)
-        if kind == "corners+latin":
-            rng = random.Random(worker_seed(self.spec.get("seed"), "warm-start"))
-            configs += design_configs(self.space, LATIN_DESIGN_SIZE, rng, [self.space.baseline(), *configs])
         for config in configs:
             self._optuna.enqueue_trial(
                 self.space.to_params(config), user_attrs={"warm_start": True}, skip_if_exists=False

@@ -59,42 +59,5 @@ def test_none_leaves_the_start_to_the_sampler_and_bad_values_are_refused(storage
     study = pt.create_study("n", storage_url, space=space(), objectives=OBJECTIVES,
                             warm_start="none")
     assert [t.is_baseline for t in study.trials] == [True]
-    with pytest.raises(ConfigError, match=r"warm_start must be one of \['corners', 'corners\+latin', 'none'\], got 'all'"):
+    with pytest.raises(ConfigError, match=r"warm_start must be one of \['corners', 'none'\], got 'all'"):
         pt.create_study("b", storage_url, space=space(), objectives=OBJECTIVES, warm_start="all")
-
-
-def test_a_latin_design_covers_each_axis_evenly() -> None:
-    import random
-
-    from paretotune.search.proposals import design_configs
-
-    grid = pt.SearchSpace({"a": pt.Choice([1, 2, 3, 4]), "x": pt.Float(0.0, 1.0), "b": pt.Choice(["p", "q"])})
-    design = design_configs(grid, 8, random.Random(0))
-    assert len(design) == len({c.hash for c in design}) == 8
-    assert sorted(c["a"] for c in design) == [1, 1, 2, 2, 3, 3, 4, 4]
-    assert sorted(c["b"] for c in design) == ["p"] * 4 + ["q"] * 4
-    assert sorted(int(c["x"] * 8) for c in design) == list(range(8))  # one draw per stratum
-    # forbidden rows are redrawn valid; excluded configs never come back
-    corners = warm_start_configs(space())
-    again = design_configs(space(), 6, random.Random(1), [space().baseline(), *corners])
-    assert again and all(space().violation(dict(c)) is None for c in again)
-    assert not {c.hash for c in again} & {c.hash for c in [space().baseline(), *corners]}
-
-
-def test_corners_plus_latin_queues_the_design_after_the_corners(storage_url) -> None:
-    from paretotune.search.proposals import LATIN_DESIGN_SIZE
-
-    study = pt.create_study("l", storage_url, space=space(), objectives=OBJECTIVES, seed=0,
-                            warm_start="corners+latin")
-    queued = sum(t.state == pt.TrialState.WAITING for t in study.trials)
-    corners = warm_start_configs(study.space)
-    assert 1 + len(corners) < queued <= 1 + len(corners) + LATIN_DESIGN_SIZE
-    evaluator = FakeEvaluator()
-    for _ in range(queued):
-        pending = study.ask()
-        study.tell(pending, evaluator(pending.config))
-    done = study.trials
-    assert done[0].is_baseline and [t.config for t in done[1:1 + len(corners)]] == corners
-    design = [t.config for t in done[1 + len(corners):]]
-    assert len({c.hash for c in design}) == len(design)
-    assert {c["batch_size"] for c in design} == {1, 8}  # the corners only ever have batch 1
