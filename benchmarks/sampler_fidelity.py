@@ -261,8 +261,11 @@ def _metrics_of(result: Any) -> dict[str, float]:
     return dict(result.metrics) if hasattr(result, "metrics") else dict(result)
 
 
-def run_optuna(problem: Problem, sampler: str, seed: int, budget: int) -> list[dict[str, float]]:
-    """Plain Optuna: the same sampler, ask/tell, until `budget` trials completed."""
+def run_optuna(
+    problem: Problem, sampler: str, seed: int, budget: int, baseline: bool = False
+) -> list[dict[str, float]]:
+    """Plain Optuna: the same sampler, ask/tell, until `budget` trials completed; `baseline`
+    enqueues the space's baseline as trial 0, as paretotune does (an ablation)."""
     import optuna
 
     from paretotune.errors import InvalidConfigError
@@ -272,6 +275,8 @@ def run_optuna(problem: Problem, sampler: str, seed: int, budget: int) -> list[d
     _quiet()
     directions = ["minimize" if d == "min" else "maximize" for d in problem.objectives.values()]
     study = optuna.create_study(directions=directions, sampler=make_sampler(sampler, seed=seed))
+    if baseline:
+        study.enqueue_trial(problem.space.to_params(problem.space.baseline()))
     constraints = parse_constraints(problem.constraints)
     base_acc = None
     if problem.constraints:  # the user knows the unoptimized model's accuracy
@@ -350,6 +355,7 @@ def compare(
     path: str = "worker",
     table: Path = TABLE,
     log_progress: bool = True,
+    optuna_baseline: bool = False,
 ) -> dict[str, Any]:
     from scipy.stats import mannwhitneyu
 
@@ -364,7 +370,7 @@ def compare(
             t0 = time.perf_counter()
             ours = [problem.hv(run_paretotune(problem, sampler, s, n, path)) for s in seeds]
             t1 = time.perf_counter()
-            plain = [problem.hv(run_optuna(problem, sampler, s, n)) for s in seeds]
+            plain = [problem.hv(run_optuna(problem, sampler, s, n, optuna_baseline)) for s in seeds]
             t2 = time.perf_counter()
             med_ours, med_plain = statistics.median(ours), statistics.median(plain)
             ratio = med_ours / med_plain if med_plain > 0 else float("nan")
@@ -381,7 +387,7 @@ def compare(
             if log_progress:
                 logging.warning("%s %s: ratio %.3f p %.3f (%.0f s)", label, sampler, ratio, p, t2 - t0)
     return {
-        "rows": rows, "path": path, "seeds": list(seeds), "wall_s": round(time.perf_counter() - started, 1),
+        "rows": rows, "path": path, "seeds": list(seeds), "optuna_baseline": optuna_baseline, "wall_s": round(time.perf_counter() - started, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -406,6 +412,7 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{len(result['seeds'])} seeds ({result['seeds'][0]}-{result['seeds'][-1]}), path {result['path']}, "
+        f"{'Optuna also measures the baseline first, ' if result.get('optuna_baseline') else ''}"
         f"{result['wall_s']} s, load {result['load_average']}"
     )
     return "\n".join(lines)
@@ -423,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"completed trials (default {BUDGET}, digits {DIGITS_BUDGET}, gp at most {GP_BUDGET})")
     parser.add_argument("--gp-problems", nargs="+", default=None, help=f"default {list(GP_PROBLEMS)}")
     parser.add_argument("--path", choices=("worker", "optimize"), default="worker")
+    parser.add_argument("--optuna-baseline", action="store_true",
+                        help="ablation: Optuna's side also measures the space's baseline first")
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -434,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     result = compare(
         problems, samplers, seeds, budget=args.budget,
-        gp_problems=args.gp_problems or GP_PROBLEMS, path=args.path,
+        gp_problems=args.gp_problems or GP_PROBLEMS, path=args.path, optuna_baseline=args.optuna_baseline,
     )
     print(markdown(result))
     if args.json:
