@@ -235,7 +235,8 @@ PYMOO_PROBLEMS: dict[str, tuple[str, str, dict[str, Any], str]] = {
 PROBLEMS = (*PYMOO_PROBLEMS, "digits")
 #: GP's asks take seconds each: it runs on these problems only (one per kind and dimension count)
 GP_PROBLEMS = ("zdt1-6", "dtlz2-mixed")  # GP asks take seconds each: two problems
-QUICK_PROBLEMS = ("zdt1-6", "dtlz2-6", "dtlz2-mixed", "digits")
+QUICK_PROBLEMS = ("zdt1-6", "dtlz2-mixed", "digits")
+QUICK_SEEDS = 5
 
 
 def make_problem(label: str, table: Path = TABLE) -> Problem:
@@ -421,10 +422,10 @@ def markdown(result: Mapping[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"problems {list(QUICK_PROBLEMS)}, tpe and random, 10 seeds")
+                        help=f"problems {list(QUICK_PROBLEMS)}, tpe and random, {QUICK_SEEDS} seeds (about 5 min)")
     parser.add_argument("--problems", nargs="+", default=None, help=f"default: all of {list(PROBLEMS)}")
     parser.add_argument("--samplers", nargs="+", default=None, choices=SAMPLERS)
-    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--seeds", type=int, default=None, help=f"default {SEEDS} ({QUICK_SEEDS} with --quick)")
     parser.add_argument("--seed-offset", type=int, default=0)
     parser.add_argument("--budget", type=int, default=None,
                         help=f"completed trials (default {BUDGET}, digits {DIGITS_BUDGET}, gp at most {GP_BUDGET})")
@@ -440,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--problems: unknown {unknown}; known: {list(PROBLEMS)}")
     samplers = args.samplers or (["tpe", "random"] if args.quick else list(SAMPLERS))
-    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    n_seeds = args.seeds or (QUICK_SEEDS if args.quick else SEEDS)
+    seeds = list(range(args.seed_offset, args.seed_offset + n_seeds))
     result = compare(
         problems, samplers, seeds, budget=args.budget,
         gp_problems=args.gp_problems or GP_PROBLEMS, path=args.path, optuna_baseline=args.optuna_baseline,
