@@ -148,6 +148,39 @@ def test_sampler_efficiency_tiny(tmp_path: Path) -> None:
     assert "| tpe | 11 (2%) |" in stdout
 
 
+def test_sampler_fidelity_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("pymoo")
+    out = tmp_path / "fid.json"
+    stdout = _run(
+        "benchmarks/sampler_fidelity.py", "--problems", "zdt1-6", "--samplers", "random",
+        "--seeds", "2", "--budget", "4", "--json", str(out), timeout=120,
+    )
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert (row["problem"], row["sampler"], row["budget"], row["seeds"]) == ("zdt1-6", "random", 4, [0, 1])
+    assert len(row["hv_paretotune"]) == len(row["hv_optuna"]) == 2
+    assert all(0.0 <= v <= row["true_hv"] + 1e-9 for v in row["hv_paretotune"] + row["hv_optuna"])
+    assert 0.0 <= row["p"] <= 1.0 and row["ref_kind"] == "random"
+    assert "| zdt1-6 | continuous (random) | random | 4 |" in stdout
+
+
+def test_sampler_fidelity_problems_reach_their_known_fronts() -> None:
+    """The mixed space can reach DTLZ2's front (its distance variables can all be 0.5), and a
+    front point scores the true front's share of the hypervolume, not more."""
+    pytest.importorskip("pymoo")
+    fid = _script("sampler_fidelity")
+    mixed = fid.make_problem("dtlz2-mixed")
+    on_front = mixed.space.config({"x0": 0.3, "x1": 0.7, "x2": 0.5, "x3": 9, "x4": 500, "x5": "mid"})
+    f = mixed.evaluate(on_front)
+    assert sum(v * v for v in f.values()) == pytest.approx(1.0)  # DTLZ2's front: the unit sphere
+    assert mixed.ref_kind == "front" and list(mixed.ref) == pytest.approx([1.1, 1.1, 1.1])
+    assert 0.0 < mixed.hv([f]) < mixed.true_hv
+    off = mixed.evaluate(mixed.space.config({"x0": 0.3, "x1": 0.7, "x2": 0.0, "x3": 1, "x4": 0, "x5": "off"}))
+    assert sum(v * v for v in off.values()) > 1.5
+    zdt = fid.make_problem("zdt1-6")
+    assert zdt.ref_kind == "random" and zdt.hv([{"f1": 1e9, "f2": 1e9}]) == 0.0
+
+
 def test_repeatability_tiny(tmp_path: Path) -> None:
     out = tmp_path / "rep.json"
     stdout = _run("benchmarks/repeatability.py", "--repeats", "1", "--configs", "2",
