@@ -406,17 +406,15 @@ def markdown(result: Mapping[str, Any]) -> str:
 
     for r in result["rows"]:
         p = f"**{r['p']:.3f}**" if r["p"] <= ALPHA else f"{r['p']:.3f}"
-        lines.append(
-            f"| {r['problem']} | {r['kind']} ({r.get('ref_kind', '')}) | {r['sampler']} | {r['budget']} | {cell(r['hv_paretotune'], r['true_hv'])} | "
-            f"{cell(r['hv_optuna'], r['true_hv'])} | {r['ratio']:.3f} | {p} | {'yes' if r['ok'] else '**no**'} |"
-        )
-    lines.append("")
-    lines.append(
-        f"{len(result['seeds'])} seeds ({result['seeds'][0]}-{result['seeds'][-1]}), path {result['path']}, "
-        f"{'Optuna also measures the baseline first, ' if result.get('optuna_baseline') else ''}"
-        f"{result['wall_s']} s, load {result['load_average']}"
-    )
-    return "\n".join(lines)
+        cells = [r["problem"], f"{r['kind']} ({r.get('ref_kind', '')})", r["sampler"], r["budget"],
+                 cell(r["hv_paretotune"], r["true_hv"]), cell(r["hv_optuna"], r["true_hv"]), f"{r['ratio']:.3f}", p,
+                 "yes" if r["ok"] else "**no**"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    seeds = result["seeds"]
+    also = "Optuna also measures the baseline first, " if result.get("optuna_baseline") else ""
+    footer = f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]}), path {result['path']}, {also}" \
+             f"{result['wall_s']} s, load {result['load_average']}"
+    return "\n".join([*lines, "", footer])
 
 
 def main(argv: list[str] | None = None) -> int:
