@@ -117,9 +117,16 @@ def fleet_ray_trial(config: dict[str, Any], storage_url: str) -> None:
     report_outcome(config, lambda: _study_executor(storage_url, config[STUDY_KEY]))
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=8)
+def _store(storage_url: str) -> StudyStore:
+    """One store (and connection pool) per URL in the driver, for the per-trial resource reads."""
+    return StudyStore(storage_url, create=False)
+
+
 def _requires(storage_url: str, name: str) -> dict[str, Any]:
-    rows = {r["name"]: r for r in StudyStore(storage_url, create=False).fleet_studies()}
+    """What the study needs now: read per trial, so a study submitted again with other
+    resources is placed with those."""
+    rows = {r["name"]: r for r in _store(storage_url).fleet_studies()}
     return dict(rows[name]["requires"]) if name in rows else {}
 
 
