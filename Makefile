@@ -7,6 +7,8 @@ PIP    := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 # Extra pytest arguments: make test PYTEST_ARGS="-k storage -x"
 PYTEST_ARGS ?=
+# pytest-xdist worker processes for `make test`'s first phase (scripts/run-tests.sh; 0: one process)
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv test demo lint bench clean postgres browser gpu-wheelhouse
 
@@ -24,7 +26,7 @@ venv: $(VENV)/.installed
 # ensure-postgres.sh and ensure-chromium.sh install Debian's packages if missing. The REQUIRE
 # variables make a missing server or browser a failure, never a silent skip.
 test: venv postgres browser
-	PARETOTUNE_REQUIRE_POSTGRES=1 PARETOTUNE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PARETOTUNE_REQUIRE_POSTGRES=1 PARETOTUNE_REQUIRE_BROWSER=1 PYTHON_BIN=$(BIN)/python PYTEST_WORKERS=$(PYTEST_WORKERS) bash scripts/run-tests.sh $(PYTEST_ARGS)
 
 postgres:
 	bash scripts/ensure-postgres.sh

@@ -24,11 +24,36 @@ def _postgres_required() -> bool:
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 
+_TESTS = Path(__file__).resolve().parent
+_RAY_TESTS = _TESTS / "ray"
+#: modules whose assertions are relations between timings (a paired speedup, a p99 bound at a
+#: QPS, an A/B verdict) or that need Ray's whole cluster: `make test` (scripts/run-tests.sh) runs
+#: them alone in one process after the parallel phase, so no other test's load moves them
+SERIAL = {
+    _TESTS / "evaluators" / "serving" / "test_serving_queueing.py",
+    _TESTS / "evaluators" / "test_evaluators_timing.py",
+    _TESTS / "workers" / "test_compare.py",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses the cluster `postgres`, so `-m "not postgres"` leaves it out."""
+    """Mark every test that uses the cluster `postgres`, so `-m "not postgres"` leaves it out,
+    and the `SERIAL` ones and the Ray tests `serial` (the Ray tests start one local cluster, and
+    `ray stop --force` at its end stops every Ray process on the machine). Under pytest-xdist
+    each worker starts its own PostgreSQL cluster."""
     for item in items:
         if "pg_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+        path = Path(str(item.path)).resolve()
+        if _RAY_TESTS in path.parents or path in SERIAL:
+            item.add_marker(pytest.mark.serial)
+
+
+@pytest.fixture(autouse=True)
+def _own_spool(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test spools measurements to its own folder (not ~/.cache/paretotune/spool): two
+    tests running at once may use the same study name."""
+    monkeypatch.setenv("PARETOTUNE_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
 
 
 @pytest.fixture(scope="session")

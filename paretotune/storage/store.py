@@ -442,9 +442,12 @@ class StudyStore:
                 .values(state=DONE if completed else RELEASED)
             )
 
-    def release_if_stale(self, claim_id: int, heartbeat_at: float) -> bool:
-        """Release an active claim only if its heartbeat is still ``heartbeat_at``: the
-        compare-and-set that keeps two reapers from reaping the same trial."""
+    def take_over_if_stale(self, claim_id: int, heartbeat_at: float) -> bool:
+        """Take an active claim over for reaping, only if its heartbeat is still
+        ``heartbeat_at``: the compare-and-set that keeps two reapers from reaping the same trial.
+        The claim stays active (its slot stays taken) with a fresh heartbeat until the reaper
+        settles it, so a slow worker that completes the trial meanwhile never lets a second
+        trial into its slot; a reaper that dies there leaves a claim that goes stale again."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 claims_table.update()
@@ -453,7 +456,7 @@ class StudyStore:
                     claims_table.c.state == ACTIVE,
                     claims_table.c.heartbeat_at == heartbeat_at,
                 )
-                .values(state=RELEASED)
+                .values(heartbeat_at=time.time())
             )
             return bool(result.rowcount)
 

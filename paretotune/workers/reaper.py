@@ -33,16 +33,18 @@ def reap_stale(study: Study, grace_s: float, *, max_retries: int = MAX_RETRIES) 
     store = study.store
     reaped: list[int] = []
     for claim in store.stale_claims(study.name, grace_s):
-        if not store.release_if_stale(claim["id"], claim["heartbeat_at"]):
+        if not store.take_over_if_stale(claim["id"], claim["heartbeat_at"]):
             continue  # another reaper, or the worker itself, got there first
         number = claim["trial_number"]
-        if number is None:
-            continue
-        if study.fail_lost(number, f"worker lost: no heartbeat from {claim['worker']} for {grace_s:g} s",
-                           max_retries):
+        if number is not None and study.fail_lost(
+            number, f"worker lost: no heartbeat from {claim['worker']} for {grace_s:g} s", max_retries
+        ):
             reaped.append(number)
-        elif study.trial_state(number) == TrialState.COMPLETE:
+        elif number is not None and study.trial_state(number) == TrialState.COMPLETE:
+            # the worker was slow, not lost: it completed the trial while it was being reaped
             store.finish_claim_forced(claim["id"], completed=True)
+            continue
+        store.finish_claim(claim["id"], completed=False)  # the slot goes back to the budget
     held = store.active_trial_numbers(study.name)
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_s)
     for ft in study.optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):

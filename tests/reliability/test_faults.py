@@ -102,6 +102,11 @@ def test_sigkill_workers_mid_trial_loses_nothing(pg_url: str) -> None:
     frozen = {ft.number: ft for ft in study.optuna_study.trials}
     retried_from = {ft.user_attrs.get("retry_of") for ft in frozen.values()}
     for t in failed:
+        if t.config is None:
+            # killed between asking for the trial and sampling its config: nothing was measured,
+            # and there is no config to queue again
+            assert t.reason == "worker lost: its trial was never claimed", t.reason
+            continue
         assert t.number in retried_from, f"trial {t.number}'s config was re-queued"
         retry = next(ft for ft in frozen.values() if ft.user_attrs.get("retry_of") == t.number)
         assert retry.params == frozen[t.number].params

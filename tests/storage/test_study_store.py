@@ -83,11 +83,27 @@ def test_stale_claims_are_released_once(storage_url: str) -> None:
     time.sleep(0.05)
     stale = store.stale_claims("s", grace_s=0.01)
     assert [x["id"] for x in stale] == [c]
-    assert store.release_if_stale(c, stale[0]["heartbeat_at"]) is True
-    assert store.release_if_stale(c, stale[0]["heartbeat_at"]) is False  # a second reaper loses
+    assert store.take_over_if_stale(c, stale[0]["heartbeat_at"]) is True
+    assert store.take_over_if_stale(c, stale[0]["heartbeat_at"]) is False  # a second reaper loses
     d = store.claim("s", "w", target=3)
     store.heartbeat([d])
     assert store.stale_claims("s", grace_s=5.0) == []
+
+
+def test_a_claim_taken_over_for_reaping_keeps_its_slot(storage_url: str) -> None:
+    # a slow worker may complete its trial while a reaper settles the claim: until it is
+    # settled, no other trial gets the slot, so the budget is never exceeded
+    store = StudyStore(storage_url)
+    store.save_spec("s", {})
+    c = store.claim("s", "w", target=1)
+    assert c is not None
+    time.sleep(0.05)
+    (stale,) = store.stale_claims("s", grace_s=0.01)
+    assert store.take_over_if_stale(c, stale["heartbeat_at"])
+    assert store.claim("s", "other", target=1) is None
+    assert store.stale_claims("s", grace_s=0.01 + 0.04) == []  # the take-over is a heartbeat
+    store.finish_claim_forced(c, completed=True)
+    assert store.claim("s", "other", target=1) is None and store.claim_counts("s")["done"] == 1
 
 
 def test_measurements_are_kept_once_per_trial(storage_url: str) -> None:
