@@ -480,7 +480,9 @@ class TaskEvaluator:
         built = _Built(spec, made.artifact, float("nan"), model_bytes, 0.0, details)
         if made.runner is not None:
             built.runners[_runner_key(spec, 1)] = made.runner
-        runner = self._runner(built, 1, spec)
+        # at the trial's threads, as a cached artifact's runner is made: an option bounded by the
+        # threads (OpenVINO's num_streams) would fail a fresh build at 1 and pass a cached one
+        runner = self._runner(built, spec.threads, spec)
         if spec.torch_compile:  # compiling happens on the first call: part of the build
             runner.run(self.task.example_inputs)
         built.build_s = time.perf_counter() - started

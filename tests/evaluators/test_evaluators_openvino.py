@@ -345,3 +345,13 @@ def test_triton_layout_mirrors_the_compile_properties() -> None:
     text = ove.triton_parameters_text(layout.parameters)
     assert text.count("parameters {") == 3
     assert 'key: "NUM_STREAMS"\n  value: { string_value: "AUTO" }' in text
+
+
+def test_a_fresh_build_makes_its_runner_at_the_trials_threads(tiny_evaluator: Any) -> None:
+    # the build's first runner is made at the trial's threads, as for an artifact loaded from
+    # the cache: two streams at two threads build from an empty cache (they failed at 1 thread)
+    config = {"engine": "openvino", "num_streams": 2, "threads": 2}
+    m = tiny_evaluator(config)
+    assert m.metrics["latency_p50_ms"] > 0
+    again = tiny_evaluator(config)  # from memory now; the same runner serves it
+    assert again.metrics["latency_p50_ms"] > 0

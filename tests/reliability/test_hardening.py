@@ -384,6 +384,7 @@ SLOW_SPEC = """\
 """
 
 
+@pytest.mark.serial  # a SIGINT sent while a trial runs: a loaded machine can miss the moment
 def test_ctrl_c_marks_the_running_trials_interrupted(tmp_path: Path) -> None:
     spec = write(tmp_path, SLOW_SPEC)
     url = f"sqlite:///{tmp_path}/slow.db"
