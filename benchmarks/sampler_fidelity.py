@@ -88,8 +88,17 @@ class Problem:
         constraints: Mapping[str, tuple[str, float]] | None = None,
         extra_metrics: Sequence[str] = (),
         feasible: Callable[[Mapping[str, float]], bool] | None = None,
+        baseline: str | None = None,
     ) -> None:
         self.name, self.kind, self.space, self.evaluate = name, kind, space, evaluate
+        #: the study's `baseline` rule: None, create_study's default for a callable ("centre"),
+        #: or "low" for the digits table, which replays a pt.Task (the model as given)
+        self.baseline = baseline
+
+    @property
+    def baseline_config(self) -> Any:
+        """The config paretotune's study measures first (for the ablation and the constraint)."""
+        return self.space.baseline(self.baseline or "centre")
         self.objectives = dict(objectives)
         self.constraints = dict(constraints or {})
         self.extra_metrics = list(extra_metrics)
@@ -214,6 +223,7 @@ def _digits_problem(table: Path = TABLE) -> Problem:
         "digits", "categorical", stored_space(table), truth.replay, dict(OBJECTIVES),
         constraints={"accuracy_drop": ("<=", MAX_DROP)},
         feasible=lambda m: base_acc - m["accuracy"] <= MAX_DROP,
+        baseline="low",
     )
     prob.ref = truth.ref
     prob.true_hv = truth.hv
@@ -277,11 +287,11 @@ def run_optuna(
     directions = ["minimize" if d == "min" else "maximize" for d in problem.objectives.values()]
     study = optuna.create_study(directions=directions, sampler=make_sampler(sampler, seed=seed))
     if baseline:
-        study.enqueue_trial(problem.space.to_params(problem.space.baseline()))
+        study.enqueue_trial(problem.space.to_params(problem.baseline_config))
     constraints = parse_constraints(problem.constraints)
     base_acc = None
     if problem.constraints:  # the user knows the unoptimized model's accuracy
-        base_acc = _metrics_of(problem.evaluate(problem.space.baseline()))["accuracy"]
+        base_acc = _metrics_of(problem.evaluate(problem.baseline_config))["accuracy"]
     done: list[dict[str, float]] = []
     asks = 0
     while len(done) < budget and asks < 20 * budget:
@@ -324,7 +334,8 @@ def run_paretotune(
         study = pt.create_study(
             f"fidelity-{seed}", storage=f"sqlite:///{tmp}/study.db", space=problem.space,
             objectives=dict(problem.objectives), constraints=dict(problem.constraints) or None,
-            extra_metrics=list(problem.extra_metrics), sampler=sampler, seed=seed, **study_options,
+            extra_metrics=list(problem.extra_metrics), sampler=sampler, seed=seed,
+            **({"baseline": problem.baseline} if problem.baseline else {}), **study_options,
         )
         if path == "optimize":
             study.optimize(problem.evaluate, n_trials=budget, show_progress=False)

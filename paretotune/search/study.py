@@ -182,12 +182,16 @@ class Study:
             return TrialState.COMPLETE
         return states[-1] if states else None
 
+    def baseline_config(self) -> Config:
+        """The config the baseline trial measures (the spec's `baseline` rule, `SearchSpace.baseline`)."""
+        return self.space.baseline(self.spec.get("baseline") or "low")
+
     def enqueue_baseline(self) -> None:
         """Queue the baseline (unless one already completed or waits): it runs before the rest."""
         if self._baseline_state() in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING):
             return
         self._optuna.enqueue_trial(
-            self.space.to_params(self.space.baseline()),
+            self.space.to_params(self.baseline_config()),
             user_attrs={"baseline": True},
             skip_if_exists=False,
         )
@@ -196,7 +200,7 @@ class Study:
         """Queue the spec's warm start after the baseline (`warm_start_configs`)."""
         if (self.spec.get("warm_start") or WARM_STARTS[0]) == "none":
             return []
-        configs = warm_start_configs(self.space)
+        configs = warm_start_configs(self.space, self.baseline_config())
         for config in configs:
             self._optuna.enqueue_trial(
                 self.space.to_params(config), user_attrs={"warm_start": True}, skip_if_exists=False
