@@ -96,7 +96,13 @@ SAMPLERS: list[tuple[str, Any]] = [
     # of objectives); the project's tpe is the same plus constant_liar
     ("optuna TPESampler()", {"name": "tpe", "constant_liar": False}),
     ("optuna NSGAIISampler()", {"name": "nsga2", "population_size": 50}),
+    # start designs (issue 18): the default tpe, with the study option beside it
+    ("tpe cover", "tpe"),
 ]
+#: label -> the study options (create_study keywords) its runs add to the defaults
+STUDY_OPTIONS: dict[str, dict[str, Any]] = {
+    "tpe cover": {"warm_start": "cover"},  # the corners, then a covering design (search/start.py)
+}
 FRACTIONS = (0.05, 0.10, 0.20)
 ALPHA = 0.1
 
@@ -300,6 +306,7 @@ def run_one(
             constraints={"accuracy_drop": ("<=", MAX_DROP)},
             sampler=spec,
             seed=seed,
+            **STUDY_OPTIONS.get(label, {}),
         )
         completed: list[dict[str, float]] = []
         invalid = 0

@@ -91,14 +91,9 @@ class Problem:
         baseline: str | None = None,
     ) -> None:
         self.name, self.kind, self.space, self.evaluate = name, kind, space, evaluate
-        #: the study's `baseline` rule: None, create_study's default for a callable ("centre"),
-        #: or "low" for the digits table, which replays a pt.Task (the model as given)
+        #: the study's `baseline` rule: None, create_study's default for these callables
+        #: ("centre"); "low" for the digits table, whose accuracy_drop constraint makes it so
         self.baseline = baseline
-
-    @property
-    def baseline_config(self) -> Any:
-        """The config paretotune's study measures first (for the ablation and the constraint)."""
-        return self.space.baseline(self.baseline or "centre")
         self.objectives = dict(objectives)
         self.constraints = dict(constraints or {})
         self.extra_metrics = list(extra_metrics)
@@ -107,6 +102,11 @@ class Problem:
         self.ref: np.ndarray | None = None
         self.ref_kind = "baseline"  # front | random | baseline (the digits table's documented one)
         self.true_hv = float("nan")
+
+    @property
+    def baseline_config(self) -> Any:
+        """The config paretotune's study measures first (for the ablation and the constraint)."""
+        return self.space.baseline(self.baseline or "centre")
 
     def losses(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
         from paretotune.search.pareto import to_loss

@@ -39,7 +39,7 @@ MAX_FAILURES_PER_CONFIG = 2
 #: fail reasons that speak of the worker, not of the config: they never count against it
 WORKER_FAILURES = ("worker lost", "interrupted", "store connection lost")
 #: what a new study queues after its baseline (spec key `warm_start`)
-WARM_STARTS = ("corners", "none")
+WARM_STARTS = ("corners", "none", "cover")
 
 ParamsKey = tuple[tuple[str, Any], ...]
 

@@ -57,6 +57,7 @@ from paretotune.search.proposals import (
 from paretotune.search.relative import derive_relative
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
 from paretotune.search.spec import StudySpec
+from paretotune.search.start import cover_configs
 from paretotune.search.trial import PendingTrial, Trial, TrialState, intervals_of, trial_from_optuna
 from paretotune.space import Config, Scenario, Server
 from paretotune.storage import StopKind, StudyStore, is_transient, retry
@@ -200,7 +201,10 @@ class Study:
         """Queue the spec's warm start after the baseline (`warm_start_configs`)."""
         if (self.spec.get("warm_start") or WARM_STARTS[0]) == "none":
             return []
-        configs = warm_start_configs(self.space, self.baseline_config())
+        baseline = self.baseline_config()
+        configs = warm_start_configs(self.space, baseline)
+        if self.spec.get("warm_start") == "cover":  # then a covering design (`search.start`)
+            configs += cover_configs(self.space, self.spec.get("seed"), [baseline, *configs])
         for config in configs:
             self._optuna.enqueue_trial(
                 self.space.to_params(config), user_attrs={"warm_start": True}, skip_if_exists=False

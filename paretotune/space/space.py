@@ -61,6 +61,11 @@ class SearchSpace:
             self._check_rule(i, rule) for i, rule in enumerate(forbidden)
         ]
 
+    @property
+    def order(self) -> list[str]:
+        """The dimensions' names with every condition's dimensions before the one it conditions."""
+        return list(self._order)
+
     # -- construction checks ----------------------------------------------------------------
     def _topological_order(self) -> list[str]:
         for name, dim in self.dimensions.items():
