@@ -71,9 +71,10 @@ def create_study(
     config with that measurement (trial state DUPLICATE, not counted against ``n_trials``);
     "measure" evaluates it again. ``warm_start``: "corners" (default) queues, after the
     baseline, one config per engine x bit width with every layer at that precision (the
-    textbook recipes); "none" leaves the start to the sampler. ``accuracy_range``: the
-    values a valid `accuracy` lies in (default: the task's ``accuracy_range``, else [0, 1]);
-    a trial reporting one outside it is FAIL. ``scenario``: how trials are timed:
+    textbook recipes); "cover" queues them, then a seeded covering design in which every value
+    of every dimension appears (`paretotune.search.start`); "none" leaves the start to the
+    sampler. ``accuracy_range``: the values a valid `accuracy` lies in (default: the task's
+    ``accuracy_range``, else [0, 1]); a trial reporting one outside it is FAIL. ``scenario``: how trials are timed:
     ``pt.SingleStream()`` (default: a closed loop of batches), ``pt.Server(p99_ms=25)`` (the
     highest QPS whose p99 meets the bound, by MLPerf LoadGen, with the dynamic batcher's
     settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.

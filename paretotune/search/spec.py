@@ -76,9 +76,10 @@ class StudySpec:
             )
         if self.baseline is not None and self.baseline not in BASELINE_RULES:
             raise ConfigError(f"baseline must be one of {list(BASELINE_RULES)}, got {self.baseline!r}")
-        object.__setattr__(self, "baseline", self.baseline or BASELINE_RULES[0])
+        rule = self.baseline or BASELINE_RULES[0]
+        object.__setattr__(self, "baseline", rule)
         try:
-            space.baseline(self.baseline)
+            space.baseline(rule)
         except InvalidConfigError as exc:
             raise ConfigError(
                 f"space: the baseline (every dimension at its default) is forbidden ({exc}); change a "

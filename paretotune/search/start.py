@@ -89,7 +89,9 @@ def cover_configs(space: SearchSpace, seed: int | None, start: Iterable[Config] 
             dim = dims[name]
             if not dim.is_active(values):
                 continue
-            order = sorted(range(len(cells[name])), key=lambda i, n=name: (used[n][i], rng.random()))
+            uses = used[name]
+            ties = [rng.random() for _ in uses]
+            order = sorted(range(len(uses)), key=lambda i: (uses[i], ties[i]))
             for i in order:
                 candidate = _draw(dim, cells[name][i], rng)
                 if space.violation({**values, name: candidate}) is None:
