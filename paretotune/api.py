@@ -11,6 +11,7 @@ from paretotune.errors import ConfigError
 from paretotune.search import Study, StudySpec, create_study_from_spec, load_study_from_store
 from paretotune.search.samplers import DEFAULT_SAMPLER
 from paretotune.search.spec import default_baseline_rule
+from paretotune.search.studies import check_study_name
 from paretotune.space import Scenario, SearchSpace, SingleStream, scenario_from_dict
 from paretotune.storage import StudyStore
 
@@ -86,6 +87,7 @@ def create_study(
     objectives and constraints), or "centre", the middle of its range (the default otherwise:
     a black-box function's parameters, where a corner would be an extreme point the sampler
     is drawn to). Declared defaults win under both; a categorical one takes its first choice.
+    Left out, an existing study of that name keeps the rule it was created with.
     """
     given = {k: v for k, v in locals().items() if k in StudySpec.FIELDS}  # the study's fields, once
     chosen = scenario_from_dict(scenario)
@@ -109,11 +111,16 @@ def create_study(
             space = space.bind(task_obj.layers)
     fields = {**given, "space": space, "task": task_path, "accuracy_range": accuracy_range, "scenario": chosen}
     spec = StudySpec(**fields)
-    if baseline is None:  # hasattr(layers): a pt.Task, not a callable(config) -> metrics
-        baseline = default_baseline_rule(spec, over_model=hasattr(task_obj, "layers"))
+    store = StudyStore(storage)
+    if baseline is None:
+        stored = store.load_spec(check_study_name(name))
+        if stored is not None:  # an existing study keeps the rule it was created with
+            baseline = stored.get("baseline") or "low"
+        else:  # hasattr(layers): a pt.Task, not a callable(config) -> metrics
+            baseline = default_baseline_rule(spec, over_model=hasattr(task_obj, "layers"))
     if baseline != spec.baseline:
         spec = StudySpec(**{**fields, "baseline": baseline})
-    study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
+    study = create_study_from_spec(name, store, spec, load_if_exists=load_if_exists)
     study.task = task_obj
     return study
 

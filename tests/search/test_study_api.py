@@ -128,5 +128,8 @@ def test_the_baseline_rule_follows_what_the_baseline_is_for(tmp_path) -> None:
     chosen = pt.create_study("low", url, space=space, objectives={"accuracy": "max"}, baseline="low")
     assert dict(chosen.baseline_config()) == {"prune_ratio": 0.0, "batch_size": 1}
     assert pt.load_study("abs", url).baseline_config() == absolute.baseline_config()
+    # a study stored before the rule existed has no `baseline` key: run again, it keeps "low"
+    again = pt.create_study("low", url, space=space, objectives={"accuracy": "max"})
+    assert dict(again.baseline_config()) == {"prune_ratio": 0.0, "batch_size": 1}
     with pytest.raises(pt.ConfigError, match=r"baseline must be one of \['low', 'centre'\], got 'mid'"):
         pt.create_study("bad", url, space=space, objectives={"accuracy": "max"}, baseline="mid")
