@@ -75,10 +75,10 @@ def create_study(
     textbook recipes); "cover" queues them, then a seeded covering design in which every value
     of every dimension appears (`paretotune.search.start`); "none" leaves the start to the
     sampler. ``accuracy_range``: the values a valid `accuracy` lies in (default: the task's
-    ``accuracy_range``, else [0, 1]); a trial reporting one outside it is FAIL. ``scenario``: how trials are timed:
-    ``pt.SingleStream()`` (default: a closed loop of batches), ``pt.Server(p99_ms=25)`` (the
-    highest QPS whose p99 meets the bound, by MLPerf LoadGen, with the dynamic batcher's
-    settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.
+    ``accuracy_range``, else [0, 1]); a trial reporting one outside it is FAIL. ``scenario``:
+    how trials are timed: ``pt.SingleStream()`` (default: a closed loop of batches),
+    ``pt.Server(p99_ms=25)`` (the highest QPS whose p99 meets the bound, by MLPerf LoadGen,
+    with the dynamic batcher's settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.
     ``resolution``: metric -> the smallest difference the Pareto front counts (default accuracy
     1e-6, so floating-point noise never keeps a dominated trial on the front; 0 compares exactly).
     ``baseline``: where trial 0 (the baseline) puts a numeric dimension that declares no
