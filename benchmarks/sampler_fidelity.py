@@ -11,8 +11,9 @@ budget of completed trials. paretotune's side is its callable-evaluator path: `c
 on SQLite in a temporary directory, then the worker loop that `Study.optimize(callable)` runs
 with one worker (`run_worker`, here with a fixed worker id so a seed reproduces; `--path
 optimize` calls `Study.optimize` itself, whose worker ids are random), with everything the
-study adds: the baseline trial first, the warm start, answered duplicates, canonical configs,
-constraints told with `set_constraint`. Optuna's side is a plain ask/tell loop: a forbidden
+study adds: the baseline trial first (create_study's default rule: the centre of each range
+here, the lower bounds on the digits table, whose constraint is relative), the warm start,
+answered duplicates, canonical configs, constraints told with `set_constraint`. Optuna's side is a plain ask/tell loop: a forbidden
 or INVALID config is told PRUNED and not counted, constraints are set on the trial.
 
 Problems (pymoo's, a dev dependency): ZDT1-3 (2 objectives), DTLZ1-2 (3 objectives) and WFG4
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gp-problems", nargs="+", default=None, help=f"default {list(GP_PROBLEMS)}")
     parser.add_argument("--path", choices=("worker", "optimize"), default="worker")
     parser.add_argument("--optuna-baseline", action="store_true",
-                        help="ablation: Optuna's side also measures the space's baseline first")
+                        help="ablation: Optuna's side also measures paretotune's baseline first")
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
