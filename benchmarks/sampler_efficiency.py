@@ -96,7 +96,13 @@ SAMPLERS: list[tuple[str, Any]] = [
     # of objectives); the project's tpe is the same plus constant_liar
     ("optuna TPESampler()", {"name": "tpe", "constant_liar": False}),
     ("optuna NSGAIISampler()", {"name": "nsga2", "population_size": 50}),
+    # start designs (issue 18): the default tpe, with the study option beside it
+    ("tpe cover", "tpe"),
 ]
+#: label -> the study options (create_study keywords) its runs add to the defaults
+STUDY_OPTIONS: dict[str, dict[str, Any]] = {
+    "tpe cover": {"warm_start": "cover"},  # the corners, then a covering design (search/start.py)
+}
 FRACTIONS = (0.05, 0.10, 0.20)
 ALPHA = 0.1
 
@@ -300,6 +306,7 @@ def run_one(
             constraints={"accuracy_drop": ("<=", MAX_DROP)},
             sampler=spec,
             seed=seed,
+            **STUDY_OPTIONS.get(label, {}),
         )
         completed: list[dict[str, float]] = []
         invalid = 0
@@ -394,7 +401,10 @@ def compare(
                 continue  # not run: too slow at this budget (see --gp-max-fraction)
             cell = scores[(label, budget)]
             base = scores.get(("random", budget))
-            p_hv = p_igd = None
+            p_hv = p_igd = p_tpe = None
+            default = scores.get(("tpe", budget))  # a start design against the default it changes
+            if default is not None and label.startswith("tpe ") and STUDY_OPTIONS.get(label):
+                p_tpe = float(mannwhitneyu(cell["hv"], default["hv"], alternative="two-sided").pvalue)
             if base is not None and label != "random":
                 p_hv = float(mannwhitneyu(cell["hv"], base["hv"], alternative="greater").pvalue)
                 p_igd = float(mannwhitneyu(cell["igd"], base["igd"], alternative="less").pvalue)
@@ -407,6 +417,7 @@ def compare(
                     "igd_plus": cell["igd"],
                     "p_hv_vs_random": p_hv,
                     "p_igd_vs_random": p_igd,
+                    "p_hv_vs_tpe": p_tpe,
                     "seeds": n_seeds[label],
                     "run_budget": last,
                     "s_per_run": statistics.median(scores[(label, last)]["s"]),
@@ -461,6 +472,15 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"{sum(v >= TARGET for v in row['hv_ratio'])}/{len(row['hv_ratio'])} | {_q(row['igd_plus'])} | {p(row['p_hv_vs_random'])} | {p(row['p_igd_vs_random'])} | "
             f"{row['seeds']} | {row['s_per_run']:.1f} ({row['run_budget']}) |"
         )
+    against = [r for r in result["rows"] if r.get("p_hv_vs_tpe") is not None]
+    if against:
+        lines += ["", "Start designs against the default `tpe` (HV ratio, two-sided Mann-Whitney U):", ""]
+        for row in against:
+            tpe = next(r for r in result["rows"] if r["sampler"] == "tpe" and r["budget"] == row["budget"])
+            lines.append(
+                f"- {row['sampler']}, {row['budget']} ({row['fraction']:.0%}): median "
+                f"{np.median(row['hv_ratio']):.3f} vs {np.median(tpe['hv_ratio']):.3f}, p = {row['p_hv_vs_tpe']:.3f}"
+            )
     return "\n".join(lines)
 
 

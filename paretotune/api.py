@@ -10,6 +10,8 @@ from typing import Any
 from paretotune.errors import ConfigError
 from paretotune.search import Study, StudySpec, create_study_from_spec, load_study_from_store
 from paretotune.search.samplers import DEFAULT_SAMPLER
+from paretotune.search.spec import default_baseline_rule
+from paretotune.search.studies import check_study_name
 from paretotune.space import Scenario, SearchSpace, SingleStream, scenario_from_dict
 from paretotune.storage import StudyStore
 
@@ -58,6 +60,7 @@ def create_study(
     accuracy_range: Sequence[float] | None = None,
     scenario: Scenario | Mapping[str, Any] | None = None,
     resolution: Mapping[str, float] | None = None,
+    baseline: str | None = None,
     load_if_exists: bool = False,
 ) -> Study:
     """Create a study in ``storage`` (None: ``sqlite:///paretotune.db``).
@@ -69,14 +72,22 @@ def create_study(
     config with that measurement (trial state DUPLICATE, not counted against ``n_trials``);
     "measure" evaluates it again. ``warm_start``: "corners" (default) queues, after the
     baseline, one config per engine x bit width with every layer at that precision (the
-    textbook recipes); "none" leaves the start to the sampler. ``accuracy_range``: the
-    values a valid `accuracy` lies in (default: the task's ``accuracy_range``, else [0, 1]);
-    a trial reporting one outside it is FAIL. ``scenario``: how trials are timed:
-    ``pt.SingleStream()`` (default: a closed loop of batches), ``pt.Server(p99_ms=25)`` (the
-    highest QPS whose p99 meets the bound, by MLPerf LoadGen, with the dynamic batcher's
-    settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.
+    textbook recipes); "cover" queues them, then a seeded covering design in which every value
+    of every dimension appears (`paretotune.search.start`); "none" leaves the start to the
+    sampler. ``accuracy_range``: the values a valid `accuracy` lies in (default: the task's
+    ``accuracy_range``, else [0, 1]); a trial reporting one outside it is FAIL. ``scenario``:
+    how trials are timed: ``pt.SingleStream()`` (default: a closed loop of batches),
+    ``pt.Server(p99_ms=25)`` (the highest QPS whose p99 meets the bound, by MLPerf LoadGen,
+    with the dynamic batcher's settings searched) or ``pt.Offline()``; a dict such as ``{"kind": "server", "p99_ms": 25}``.
     ``resolution``: metric -> the smallest difference the Pareto front counts (default accuracy
     1e-6, so floating-point noise never keeps a dominated trial on the front; 0 compares exactly).
+    ``baseline``: where trial 0 (the baseline) puts a numeric dimension that declares no
+    ``default``: "low", its lower bound (a model's knobs, where the lower bound means nothing
+    applied: the default with a ``pt.Task`` or with `accuracy_drop` / `speedup` among the
+    objectives and constraints), or "centre", the middle of its range (the default otherwise:
+    a black-box function's parameters, where a corner would be an extreme point the sampler
+    is drawn to). Declared defaults win under both; a categorical one takes its first choice.
+    Left out, an existing study of that name keeps the rule it was created with.
     """
     given = {k: v for k, v in locals().items() if k in StudySpec.FIELDS}  # the study's fields, once
     chosen = scenario_from_dict(scenario)
@@ -98,9 +109,18 @@ def create_study(
         check_space_keys(list(space.dimensions))  # a pt.Task's evaluator takes only its own keys
         if not space.is_bound:
             space = space.bind(task_obj.layers)
-    spec = StudySpec(**{**given, "space": space, "task": task_path, "accuracy_range": accuracy_range,
-                        "scenario": chosen})
-    study = create_study_from_spec(name, StudyStore(storage), spec, load_if_exists=load_if_exists)
+    fields = {**given, "space": space, "task": task_path, "accuracy_range": accuracy_range, "scenario": chosen}
+    spec = StudySpec(**fields)
+    store = StudyStore(storage)
+    if baseline is None:
+        stored = store.load_spec(check_study_name(name))
+        if stored is not None:  # an existing study keeps the rule it was created with
+            baseline = stored.get("baseline") or "low"
+        else:  # hasattr(layers): a pt.Task, not a callable(config) -> metrics
+            baseline = default_baseline_rule(spec, over_model=hasattr(task_obj, "layers"))
+    if baseline != spec.baseline:
+        spec = StudySpec(**{**fields, "baseline": baseline})
+    study = create_study_from_spec(name, store, spec, load_if_exists=load_if_exists)
     study.task = task_obj
     return study
 

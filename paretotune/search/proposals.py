@@ -39,7 +39,7 @@ MAX_FAILURES_PER_CONFIG = 2
 #: fail reasons that speak of the worker, not of the config: they never count against it
 WORKER_FAILURES = ("worker lost", "interrupted", "store connection lost")
 #: what a new study queues after its baseline (spec key `warm_start`)
-WARM_STARTS = ("corners", "none")
+WARM_STARTS = ("corners", "none", "cover")
 
 ParamsKey = tuple[tuple[str, Any], ...]
 
@@ -194,7 +194,7 @@ class Proposals:
         return True
 
 
-def warm_start_configs(space: SearchSpace) -> list[Config]:
+def warm_start_configs(space: SearchSpace, baseline: Config | None = None) -> list[Config]:
     """The corners of the space's main axes: one config per `engine` x `bit_width` value (the
     dimensions of those names), every other dimension at its default, so a PerLayer precision
     puts every layer at its default choice (int8 in the standard space) and an engine's
@@ -212,7 +212,7 @@ def warm_start_configs(space: SearchSpace) -> list[Config]:
     combos: list[dict[str, Any]] = [{}]
     for axis in axes:
         combos = [{**c, name: v} for c in combos for name, v in axis]
-    baseline = space.baseline()
+    baseline = space.baseline() if baseline is None else baseline
     out: list[Config] = []
     seen = {baseline.hash}  # a set: a Choice of 20,000 engines must stay linear
     batching = _batching_recipe(space)

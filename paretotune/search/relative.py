@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from paretotune.search.trial import PendingTrial, Trial
 
+#: metrics measured against the baseline trial: a study naming one has a reference config
+RELATIVE_METRICS = ("accuracy_drop", "speedup")
+
 
 def derive_relative(pending: PendingTrial, metrics: dict[str, float], base: Trial | None) -> str | None:
     """Fill ``metrics`` with accuracy_drop and speedup against ``base`` (the completed

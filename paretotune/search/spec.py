@@ -22,8 +22,10 @@ from paretotune.search.objectives import (
 )
 from paretotune.search.pareto import parse_resolution
 from paretotune.search.proposals import DUPLICATE_POLICIES, WARM_STARTS
+from paretotune.search.relative import RELATIVE_METRICS
 from paretotune.search.samplers import DEFAULT_SAMPLER, sampler_names
 from paretotune.space import Scenario, SearchSpace, SingleStream, scenario_from_dict
+from paretotune.space.dimensions import BASELINE_RULES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ class StudySpec:
     scenario: Scenario | Mapping[str, Any] | None = None
     #: metric -> the smallest difference the front counts (`pareto.DEFAULT_RESOLUTION` added to)
     resolution: Mapping[str, float] | None = None
+    #: where the baseline puts a dimension that declares no default (`BASELINE_RULES`; None:
+    #: "low", what every study stored before this field existed was created with)
+    baseline: str | None = None
 
     #: the field names: `create_study`'s study arguments and a YAML spec's study keys
     FIELDS: ClassVar[tuple[str, ...]]
@@ -69,8 +74,12 @@ class StudySpec:
                 "space: a PerLayer dimension has layers='auto' but no task to take the layers from; "
                 "pass task=... or bind the space with space.bind(layers)"
             )
+        if self.baseline is not None and self.baseline not in BASELINE_RULES:
+            raise ConfigError(f"baseline must be one of {list(BASELINE_RULES)}, got {self.baseline!r}")
+        rule = self.baseline or BASELINE_RULES[0]
+        object.__setattr__(self, "baseline", rule)
         try:
-            space.baseline()
+            space.baseline(rule)
         except InvalidConfigError as exc:
             raise ConfigError(
                 f"space: the baseline (every dimension at its default) is forbidden ({exc}); change a "
@@ -140,6 +149,8 @@ class StudySpec:
             **({"scenario": scenario.to_dict()} if not isinstance(scenario, SingleStream) else {}),
             # stored only when given, so the specs of older studies still match
             **({"resolution": dict(self.resolution)} if self.resolution else {}),
+            # stored only when it is not "low", so the specs of older studies still match
+            **({"baseline": self.baseline} if self.baseline != BASELINE_RULES[0] else {}),
         }
 
     @classmethod
@@ -156,3 +167,16 @@ class StudySpec:
 
 
 StudySpec.FIELDS = tuple(f.name for f in fields(StudySpec))
+
+
+def default_baseline_rule(spec: StudySpec, *, over_model: bool) -> str:
+    """`create_study`'s `baseline` when none is given. The baseline is a reference config ("the
+    model as given", undeclared dimensions at their lower bound: nothing applied) in a study
+    over a pt.Task, and in one whose objectives or constraints are relative to it
+    (`RELATIVE_METRICS`). Otherwise (a black-box function) it is only the first observation
+    and the hypervolume's reference, and the centre of each undeclared range serves it
+    without pulling the sampler towards a corner."""
+    metrics = {*spec.objectives, *(c.metric for c in spec.constraints)}
+    if over_model or metrics & set(RELATIVE_METRICS):
+        return "low"
+    return "centre"

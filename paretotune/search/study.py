@@ -57,6 +57,7 @@ from paretotune.search.proposals import (
 from paretotune.search.relative import derive_relative
 from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
 from paretotune.search.spec import StudySpec
+from paretotune.search.start import cover_configs
 from paretotune.search.trial import PendingTrial, Trial, TrialState, intervals_of, trial_from_optuna
 from paretotune.space import Config, Scenario, Server
 from paretotune.storage import StopKind, StudyStore, is_transient, retry
@@ -182,12 +183,16 @@ class Study:
             return TrialState.COMPLETE
         return states[-1] if states else None
 
+    def baseline_config(self) -> Config:
+        """The config the baseline trial measures (the spec's `baseline` rule, `SearchSpace.baseline`)."""
+        return self.space.baseline(self.spec.get("baseline") or "low")
+
     def enqueue_baseline(self) -> None:
         """Queue the baseline (unless one already completed or waits): it runs before the rest."""
         if self._baseline_state() in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING):
             return
         self._optuna.enqueue_trial(
-            self.space.to_params(self.space.baseline()),
+            self.space.to_params(self.baseline_config()),
             user_attrs={"baseline": True},
             skip_if_exists=False,
         )
@@ -196,7 +201,10 @@ class Study:
         """Queue the spec's warm start after the baseline (`warm_start_configs`)."""
         if (self.spec.get("warm_start") or WARM_STARTS[0]) == "none":
             return []
-        configs = warm_start_configs(self.space)
+        baseline = self.baseline_config()
+        configs = warm_start_configs(self.space, baseline)
+        if self.spec.get("warm_start") == "cover":  # then a covering design (`search.start`)
+            configs += cover_configs(self.space, self.spec.get("seed"), [baseline, *configs])
         for config in configs:
             self._optuna.enqueue_trial(
                 self.space.to_params(config), user_attrs={"warm_start": True}, skip_if_exists=False

@@ -77,6 +77,20 @@ class Dimension(ABC):
         """The value of the unoptimized baseline."""
         return self._default
 
+    def baseline_value(self, rule: str = "low") -> Any:
+        """This dimension's value in the baseline under ``rule`` (see ``BASELINE_RULES``): the
+        declared default if there is one; else ``default`` ("low": the lower bound, "nothing
+        applied") or, under "centre", the centre of a numeric range (a categorical has no
+        centre and keeps its first choice)."""
+        if rule not in BASELINE_RULES:
+            raise ConfigError(f"baseline rule must be one of {list(BASELINE_RULES)}, got {rule!r}")
+        if rule == "centre" and self._default is None:
+            return self._centre()
+        return self.default
+
+    def _centre(self) -> Any:
+        return self.default
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.kind, **self._params()}
         if self._default is not None:
@@ -97,6 +111,12 @@ class Dimension(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "type")
         return f"{type(self).__name__}({args})"
+
+
+#: where the baseline puts a dimension that declares no default: "low", its lower bound (a
+#: model's knobs: nothing applied) or "centre", the middle of its range (a black-box function's
+#: parameters, where a corner is an extreme point that draws the sampler towards it)
+BASELINE_RULES = ("low", "centre")
 
 
 class _Missing:
@@ -157,6 +177,15 @@ class Float(Dimension):
     @property
     def default(self) -> float:
         return self.low if self._default is None else self._default
+
+    def _centre(self) -> float:
+        """The range's middle: geometric on a log scale, the lower middle grid point on a step."""
+        grid = self.values()
+        if grid is not None:
+            return grid[(len(grid) - 1) // 2]
+        if self.log:
+            return _round(math.sqrt(self.low * self.high))
+        return _round((self.low + self.high) / 2)
 
     def validate(self, name: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -235,6 +264,12 @@ class Int(Dimension):
     @property
     def default(self) -> int:
         return self.low if self._default is None else self._default
+
+    def _centre(self) -> int:
+        """The range's middle on its step grid (the lower one of two); geometric on a log scale."""
+        if self.log:
+            return min(self.high, max(self.low, round(math.sqrt(self.low * self.high))))
+        return self.low + ((self.high - self.low) // self.step // 2) * self.step
 
     def validate(self, name: str, value: Any) -> int:
         if isinstance(value, float) and value.is_integer():

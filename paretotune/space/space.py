@@ -61,6 +61,11 @@ class SearchSpace:
             self._check_rule(i, rule) for i, rule in enumerate(forbidden)
         ]
 
+    @property
+    def order(self) -> list[str]:
+        """The dimensions' names with every condition's dimensions before the one it conditions."""
+        return list(self._order)
+
     # -- construction checks ----------------------------------------------------------------
     def _topological_order(self) -> list[str]:
         for name, dim in self.dimensions.items():
@@ -179,13 +184,20 @@ class SearchSpace:
         return None
 
     def config(
-        self, values: Mapping[str, Any], *, fill_defaults: bool = False, allow_forbidden: bool = False
+        self,
+        values: Mapping[str, Any],
+        *,
+        fill_defaults: bool = False,
+        allow_forbidden: bool = False,
+        baseline: str = "low",
     ) -> Config:
         """Validate a user-given point and resolve it into a Config.
 
         Unknown names and values of inactive dimensions are errors, never dropped.
         A forbidden combination raises InvalidConfigError with its reason (unless
         ``allow_forbidden``: how an INVALID trial shows the combination that was refused).
+        ``fill_defaults`` fills a missing active dimension with its baseline value under the
+        ``baseline`` rule (``Dimension.baseline_value``).
         """
         if not isinstance(values, Mapping):
             raise ConfigError(f"config must be a mapping of dimension name to value, got {values!r}")
@@ -204,7 +216,7 @@ class SearchSpace:
             if name in values:
                 out[name] = dim.validate(name, values[name])
             elif fill_defaults:
-                out[name] = dim.default
+                out[name] = dim.baseline_value(baseline)
             else:
                 raise ConfigError(f"config: active dimension `{name}` has no value")
         reason = self.violation(out)
@@ -212,9 +224,12 @@ class SearchSpace:
             raise InvalidConfigError(reason)
         return Config({n: out[n] for n in self.dimensions if n in out})
 
-    def baseline(self) -> Config:
-        """The unoptimized reference point: every active dimension at its default."""
-        return self.config({}, fill_defaults=True)
+    def baseline(self, rule: str = "low") -> Config:
+        """The unoptimized reference point: every active dimension at its declared default; one
+        that declares none at its lower bound (``rule="low"``: a model's knobs, where the lower
+        bound means nothing applied) or the centre of its range (``"centre"``, a black-box
+        function's parameters); a categorical one at its first choice."""
+        return self.config({}, fill_defaults=True, baseline=rule)
 
     # -- sampling -------------------------------------------------------------------------------
     def suggest(self, trial: optuna.trial.BaseTrial) -> Config:

@@ -43,7 +43,7 @@ def check_complete_and_consistent(study: pt.Study, n_trials: int) -> None:
 def test_trials_land_in_the_store_with_the_local_pools_states(
     storage_url: str, ray_cluster: RayCluster
 ) -> None:
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
     study = pt.create_study("ray-store", storage_url, space=space, objectives=OBJECTIVES, sampler="random", seed=3)
     for x in helpers_eval.FAILURES:
         study.enqueue({"x": x})
@@ -125,7 +125,7 @@ def test_start_up_trials_do_not_balloon_and_actors_are_reused(
 
 
 def test_a_scheduler_is_refused_for_a_multi_objective_study(tmp_path: Path) -> None:
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
     study = pt.create_study("ray-asha", f"sqlite:///{tmp_path}/a.db", space=space, objectives=OBJECTIVES)
     with pytest.raises(pt.ConfigError) as err:
         study.optimize(FakeEvaluator(), n_trials=3, backend="ray", scheduler="asha")
@@ -135,7 +135,7 @@ def test_a_scheduler_is_refused_for_a_multi_objective_study(tmp_path: Path) -> N
 
 
 def test_resources_that_fit_no_node_are_an_error(tmp_path: Path, ray_cluster: RayCluster) -> None:
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
     study = pt.create_study("ray-big", f"sqlite:///{tmp_path}/b.db", space=space, objectives=OBJECTIVES)
     with pytest.raises(pt.ConfigError, match=r"fits on no node .*'GPU': 2\.0"):
         study.optimize(FakeEvaluator(), n_trials=3, backend="ray", address=ray_cluster.address,
@@ -151,7 +151,7 @@ def write_spec(path: Path, name: str, storage: str, *, task: str, n_trials: int,
         task: {task}
         space:
           dimensions:
-            x: {{type: float, low: 0.0, high: 1.0, step: 0.01}}
+            x: {{type: float, low: 0.0, high: 1.0, step: 0.01, default: 0.0}}
         objectives: {{latency_p50_ms: min, accuracy: max}}
         sampler: random
         seed: 0

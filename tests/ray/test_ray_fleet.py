@@ -13,7 +13,7 @@ from paretotune.workers.fleet import submit
 from paretotune.workers.ray_fleet import run_ray_fleet
 
 OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
-SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
 
 
 def test_a_ray_fleet_serves_every_submitted_study(tmp_path: Path, ray_cluster: RayCluster) -> None:

@@ -46,7 +46,7 @@ def test_placement_counts_per_node_and_caps_at_the_budget() -> None:
 
 
 def test_unknown_backend_options_are_refused(tmp_path: Path) -> None:
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
     study = pt.create_study("opts", f"sqlite:///{tmp_path}/o.db", space=space, objectives=["latency_p50_ms"])
     with pytest.raises(pt.ConfigError, match=r"unknown option\(s\) \['num_gpus'\]; allowed: \['address'"):
         study.optimize(lambda c: {}, n_trials=2, backend="ray", num_gpus=1)
@@ -59,7 +59,7 @@ def test_unknown_backend_options_are_refused(tmp_path: Path) -> None:
 def test_the_searcher_pickles_to_its_settings_and_refuses_tuner_restore(tmp_path: Path) -> None:
     """Tune pickles its searcher (tuner.pkl); Tuner.restore would lose its state (ray#30861),
     so the searcher points at the store instead of pretending to restore."""
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
     url = f"sqlite:///{tmp_path}/p.db"
     pt.create_study("pickle", url, space=space, objectives=["latency_p50_ms"])
     searcher = StudySearcher(url, "pickle", 5)

@@ -46,7 +46,7 @@ def lost(study: pt.Study) -> int:
         if by_number[n].state == pt.TrialState.FAIL and (by_number[n].reason or "").startswith("worker lost")
     }
     return len(done - measured) + len(measured - done - explained)
-SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
 
 
 def pool_workers(parent_pid: int) -> list[psutil.Process]:
@@ -148,7 +148,7 @@ def test_killed_controller_resumes_without_loss_or_duplicates(tmp_path: Path) ->
         """\
         name: ctl
         task: helpers_eval:slow
-        space: {dimensions: {x: {type: float, low: 0.0, high: 1.0, step: 0.01}}}
+        space: {dimensions: {x: {type: float, low: 0.0, high: 1.0, step: 0.01, default: 0.0}}}
         objectives: {latency_p50_ms: min, accuracy: max}
         sampler: random
         seed: 1

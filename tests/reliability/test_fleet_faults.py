@@ -17,7 +17,7 @@ from paretotune.storage import FleetState, StudyStore
 from paretotune.workers.fleet import submit
 
 OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
-SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
 NAMES = ("fleet-a", "fleet-b", "fleet-c")
 
 

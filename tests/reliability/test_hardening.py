@@ -34,7 +34,7 @@ from paretotune.workers.pool import check_budget, max_local_workers
 import helpers_eval
 
 OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
-X_SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+X_SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -62,7 +62,7 @@ def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
 GOOD_SPEC = """\
     name: s
     task: paretotune.testing:fake_evaluator
-    space: {dimensions: {x: {type: float, low: 0.0, high: 1.0, step: 0.5}}}
+    space: {dimensions: {x: {type: float, low: 0.0, high: 1.0, step: 0.5, default: 0.0}}}
     objectives: {latency_p50_ms: min, accuracy: max}
     budget: {n_trials: 2, n_workers: 1}
 """
@@ -378,7 +378,7 @@ def test_an_evaluator_that_cannot_be_loaded_is_named() -> None:
 SLOW_SPEC = """\
     name: slow
     task: helpers_eval:two_seconds
-    space: {dimensions: {x: {type: float, low: 0.0, high: 1.0, step: 0.1}}}
+    space: {dimensions: {x: {type: float, low: 0.0, high: 1.0, step: 0.1, default: 0.0}}}
     objectives: {latency_p50_ms: min, accuracy: max}
     budget: {n_trials: 30, n_workers: 2}
 """

@@ -74,8 +74,9 @@ def test_measure_policy_and_enqueued_configs_measure_again(storage_url) -> None:
 
 def test_a_sampler_stuck_on_measured_configs_is_stepped_to_a_neighbour(storage_url) -> None:
     space = pt.SearchSpace({"x": pt.Int(0, 30), "y": pt.Int(0, 30)})
+    # baseline "low": the fake evaluator reads x as a model knob, valid near 0 only
     study = pt.create_study("s", storage_url, space=space, objectives=OBJECTIVES,
-                            sampler="grid", seed=0)
+                            sampler="grid", seed=0, baseline="low")
     drive(study, 2)
     # a user enqueueing the same point again and again stands in for a stuck sampler
     for _ in range(MAX_DUPLICATE_STREAK + 1):

@@ -31,6 +31,16 @@ def _study(tmp_path, sampler: str, seed: int = 3) -> pt.Study:
     )
 
 
+def test_a_callable_study_measures_the_centre_of_undeclared_ranges_first(tmp_path) -> None:
+    """Without a pt.Task no dimension has an "unmodified" value, so one that declares no
+    default starts at the centre of its range (geometric on a log scale), not at the lower
+    corner, an extreme point that multi-objective samplers are drawn to."""
+    study = _study(tmp_path, "random")
+    assert study.spec["baseline"] == "centre"
+    assert dict(study.baseline_config()) == {"a": 0.5, "b": 0.5, "c": pytest.approx(10**-1.5, rel=1e-11), "n": 8}
+    assert dict(study.ask().config) == dict(study.baseline_config())
+
+
 def test_random_proposes_what_optunas_random_sampler_proposes(tmp_path) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = _study(tmp_path, "random")
@@ -48,7 +58,7 @@ def test_random_proposes_what_optunas_random_sampler_proposes(tmp_path) -> None:
         plain.tell(trial, [_metrics(config)[n] for n in NAMES])
     # trial 0 is the baseline (enqueued: it draws nothing from the sampler); after it, the
     # same configs in the same order, up to the canonical form's 12 significant digits
-    assert ours[0] == dict(SPACE.baseline())
+    assert ours[0] == dict(study.baseline_config())
     assert len(ours[1:]) == len(theirs)
     for mine, other in zip(ours[1:], theirs, strict=True):
         assert mine.keys() == other.keys()
@@ -69,7 +79,7 @@ def test_the_baseline_is_told_as_an_observation_like_any_other(tmp_path, sampler
     # what a sampler reads of a trial: its state, its values, its params and distributions,
     # its constraints; the baseline's are of the same kind as any proposal's
     assert base.state == other.state == optuna.trial.TrialState.COMPLETE
-    assert base.values == [_metrics(SPACE.baseline())[n] for n in NAMES]
+    assert base.values == [_metrics(study.baseline_config())[n] for n in NAMES]
     assert base.distributions == other.distributions
     assert base.constraints == other.constraints == {}
     assert set(base.system_attrs) <= set(other.system_attrs) | {"fixed_params"}
@@ -94,7 +104,7 @@ def test_model_based_samplers_propose_what_optuna_proposes_after_the_same_baseli
         study.tell(pending, _metrics(pending.config))
     ours = study.optuna_study.get_trials(deepcopy=False)
     plain = optuna.create_study(directions=["minimize"] * 2, sampler=make_sampler(sampler, seed=worker_seed(5, "main")))
-    plain.enqueue_trial(SPACE.to_params(SPACE.baseline()))
+    plain.enqueue_trial(SPACE.to_params(study.baseline_config()))
     for _ in range(len(ours)):
         trial = plain.ask()
         config = SPACE.suggest(trial)

@@ -110,3 +110,26 @@ def test_the_baseline_gate_caches_the_completed_baseline(tmp_path, toy_space) ->
     assert fresh.baseline_gate()
     fresh._optuna.get_trials = None  # any further read of all trials would now fail
     assert fresh.baseline_gate()
+
+
+def test_the_baseline_rule_follows_what_the_baseline_is_for(tmp_path) -> None:
+    """Without a pt.Task and with no metric relative to the baseline, an undeclared range's
+    centre is the baseline ("centre", stored with the spec); `accuracy_drop` or `speedup` make
+    the baseline the reference, the lower bounds (nothing applied), as with a Task."""
+    space = pt.SearchSpace({"prune_ratio": pt.Float(0.0, 0.4, step=0.1), "batch_size": pt.Int(1, 64, log=True)})
+    url = f"sqlite:///{tmp_path}/b.db"
+    absolute = pt.create_study("abs", url, space=space, objectives={"latency_p50_ms": "min", "accuracy": "max"})
+    assert absolute.spec["baseline"] == "centre"
+    assert dict(absolute.baseline_config()) == {"prune_ratio": 0.2, "batch_size": 8}
+    relative = pt.create_study("rel", url, space=space, objectives={"latency_p50_ms": "min", "accuracy": "max"},
+                               constraints={"accuracy_drop": ("<=", 0.01)})
+    assert "baseline" not in relative.spec  # "low", stored as every older spec was
+    assert dict(relative.baseline_config()) == {"prune_ratio": 0.0, "batch_size": 1}
+    chosen = pt.create_study("low", url, space=space, objectives={"accuracy": "max"}, baseline="low")
+    assert dict(chosen.baseline_config()) == {"prune_ratio": 0.0, "batch_size": 1}
+    assert pt.load_study("abs", url).baseline_config() == absolute.baseline_config()
+    # a study stored before the rule existed has no `baseline` key: run again, it keeps "low"
+    again = pt.create_study("low", url, space=space, objectives={"accuracy": "max"})
+    assert dict(again.baseline_config()) == {"prune_ratio": 0.0, "batch_size": 1}
+    with pytest.raises(pt.ConfigError, match=r"baseline must be one of \['low', 'centre'\], got 'mid'"):
+        pt.create_study("bad", url, space=space, objectives={"accuracy": "max"}, baseline="mid")

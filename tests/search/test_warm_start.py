@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 import paretotune as pt
@@ -59,5 +61,39 @@ def test_none_leaves_the_start_to_the_sampler_and_bad_values_are_refused(storage
     study = pt.create_study("n", storage_url, space=space(), objectives=OBJECTIVES,
                             warm_start="none")
     assert [t.is_baseline for t in study.trials] == [True]
-    with pytest.raises(ConfigError, match=r"warm_start must be one of \['corners', 'none'\], got 'all'"):
+    with pytest.raises(ConfigError, match=r"warm_start must be one of \['corners', 'none', 'cover'\], got 'all'"):
         pt.create_study("b", storage_url, space=space(), objectives=OBJECTIVES, warm_start="all")
+
+
+def test_cover_puts_every_value_of_every_dimension_in_the_start_and_is_seeded() -> None:
+    from paretotune.search.start import cover_configs
+
+    big = pt.SearchSpace({**space().dimensions, "prune_ratio": pt.Float(0.0, 0.5, step=0.1),
+                          "lr": pt.Float(1e-4, 1e-1, log=True)}, forbidden=[{"engine": "torch", "bit_width": 4}])
+    rows = cover_configs(big, seed=3)
+    assert len(rows) == 6  # the largest dimension (prune_ratio) has 6 values
+    for name in ("engine", "bit_width", "batch_size", "prune_ratio"):
+        assert {r[name] for r in rows} == set(big.dimensions[name].values()), name
+    assert not [r for r in rows if r["engine"] == "torch" and r["bit_width"] == 4]  # forbidden
+    # the continuous dimension gets one point in each of six log strata (a Latin hypercube)
+    strata = sorted(int(6 * (math.log(r["lr"]) - math.log(1e-4)) / (math.log(1e-1) - math.log(1e-4))) for r in rows)
+    assert strata == list(range(6))
+    assert rows == cover_configs(big, seed=3) and rows != cover_configs(big, seed=4)
+    assert cover_configs(pt.SearchSpace({"x": pt.Float(0.0, 1.0)}), seed=0) == []
+
+
+def test_a_cover_study_queues_the_corners_then_the_design(storage_url) -> None:
+    from paretotune.search.start import cover_configs
+
+    study = pt.create_study("c", storage_url, space=space(), objectives=OBJECTIVES, seed=1,
+                            warm_start="cover")
+    corners = warm_start_configs(study.space)
+    design = cover_configs(study.space, 1, [study.baseline_config(), *corners])
+    start = [study.baseline_config(), *corners, *design]
+    assert design and {c["batch_size"] for c in start} == {1, 8}
+    assert design[0]["batch_size"] == 8  # the value the baseline and the corners lack comes first
+    evaluator = FakeEvaluator()
+    for _ in range(1 + len(corners) + len(design)):
+        pending = study.ask()
+        study.tell(pending, evaluator(pending.config))
+    assert [t.config for t in study.trials] == start

@@ -85,3 +85,24 @@ def test_dimension_dict_rejects_unknown_keys() -> None:
         dimension_from_dict("x", {"type": "float", "low": 0, "hgih": 1})
     with pytest.raises(pt.ConfigError, match="type must be one of"):
         dimension_from_dict("x", {"type": "floaty", "low": 0, "high": 1})
+
+
+def test_the_baseline_rule_places_undeclared_numeric_dimensions() -> None:
+    """"low": the lower bound (a model's knobs, nothing applied); "centre": the middle of the
+    range, on its grid, geometric on a log scale. A declared default wins under both, and a
+    categorical has no centre: its first choice."""
+    space = pt.SearchSpace({
+        "f": pt.Float(-2.0, 4.0),
+        "g": pt.Float(0.0, 0.5, step=0.1),
+        "l": pt.Float(1e-4, 1.0, log=True),
+        "i": pt.Int(0, 1000, step=50),
+        "j": pt.Int(1, 64, log=True),
+        "d": pt.Float(0.0, 1.0, default=0.9),
+        "c": pt.Choice(["b", "a"]),
+    })
+    assert dict(space.baseline()) == dict(space.baseline("low")) == {
+        "f": -2.0, "g": 0.0, "l": 1e-4, "i": 0, "j": 1, "d": 0.9, "c": "b"}
+    assert dict(space.baseline("centre")) == {
+        "f": 1.0, "g": 0.2, "l": pytest.approx(0.01), "i": 500, "j": 8, "d": 0.9, "c": "b"}
+    with pytest.raises(pt.ConfigError, match=r"baseline rule must be one of \['low', 'centre'\], got 'middle'"):
+        space.baseline("middle")

@@ -21,7 +21,7 @@ from paretotune.storage import FleetState, StudyStore
 from paretotune.storage.store import claims_table
 from paretotune.workers.fleet import FAIR_SHARE_SLACK, FleetWorker, rank, study_requirements, submit
 
-SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
 OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
 
 
@@ -148,7 +148,7 @@ def test_a_warm_study_keeps_the_worker_within_the_slack() -> None:
 
 
 def test_the_metrics_endpoint_counts_what_ls_counts(storage_url: str) -> None:
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.5), "mode": pt.Choice(["ok", "raise"])})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.5, default=0.0), "mode": pt.Choice(["ok", "raise"])})
     submit(_study(storage_url, "metered", space=space), n_trials=3)
     worker, stop = FleetWorker(storage_url, metrics_port=0), threading.Event()
     thread = threading.Thread(target=worker.run, kwargs={"stop": stop})

@@ -36,7 +36,7 @@ def test_extras_never_override_the_evaluation_and_skip_failures() -> None:
 
 
 def _study(storage_url: str, name: str, max_failures: int) -> pt.Study:
-    return pt.create_study(name, storage=storage_url, space=pt.SearchSpace({"x": pt.Float(0.0, 1.0)}),
+    return pt.create_study(name, storage=storage_url, space=pt.SearchSpace({"x": pt.Float(0.0, 1.0, default=0.0)}),
                            objectives={"accuracy": "max"}, sampler="random", seed=0,
                            max_failures=max_failures)
 

@@ -11,7 +11,7 @@ import helpers_eval
 
 
 def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path) -> None:
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
     study = pt.create_study("faults", f"sqlite:///{tmp_path}/f.db", space=space,
                             objectives={"latency_p50_ms": "min", "accuracy": "max"}, sampler="random", seed=3)
     for x in (0.01, 0.02, 0.03, 0.04):
@@ -60,7 +60,7 @@ def test_budget_is_a_total_so_a_second_call_resumes(tmp_path, toy_space) -> None
 
 
 def test_objective_the_evaluator_never_returns_stops_the_study_early(tmp_path) -> None:
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
     study = pt.create_study("noacc", f"sqlite:///{tmp_path}/n.db", space=space,
                             objectives={"latency_p50_ms": "min", "accuracy": "max"})
     with pytest.raises(pt.StudyError) as err:
@@ -123,7 +123,7 @@ def test_grid_ends_the_study_when_the_space_is_exhausted(tmp_path) -> None:
 def test_queued_trials_are_never_taken_twice_on_sqlite(tmp_path) -> None:
     # SQLite ignores row locks; without serialized writes two workers can pop the same queued
     # trial (the baseline, an enqueued config) and both run it.
-    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01)})
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
     study = pt.create_study("q", f"sqlite:///{tmp_path}/q.db", space=space,
                             objectives=["latency_p50_ms", "accuracy"], sampler="random", seed=0)
     for i in range(1, 31):
