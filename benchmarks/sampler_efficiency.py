@@ -98,6 +98,9 @@ SAMPLERS: list[tuple[str, Any]] = [
     ("optuna NSGAIISampler()", {"name": "nsga2", "population_size": 50}),
     # start designs (issue 18): the default tpe, with the study option beside it
     ("tpe cover", "tpe"),
+    # tpe whose study first runs the front of a previous study of the same task on other
+    # hardware (`Study.enqueue_front_of`; only with --transfer-from)
+    ("tpe transfer", "tpe"),
 ]
 #: label -> the study options (create_study keywords) its runs add to the defaults
 STUDY_OPTIONS: dict[str, dict[str, Any]] = {
@@ -126,13 +129,16 @@ def stored_space(table: Path | str) -> Any:
     return SearchSpace.from_dict(meta["space"])
 
 
-def build_table(out: Path, *, limit: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
-    """Measure every config of `table_space()` once; write the CSV and its JSON sidecar."""
+def build_table(
+    out: Path, *, limit: int | None = None, cache_dir: str | None = None, space_of: Path | None = None
+) -> dict[str, Any]:
+    """Measure every config of `table_space()` (or of the space `space_of`, another table, was
+    built from: the same table on other hardware) once; write the CSV and its JSON sidecar."""
     from examples.digits import task
     from paretotune.errors import InvalidConfigError, ParetotuneError
     from paretotune.evaluators import TaskEvaluator, TimingPolicy, hardware_fingerprint
 
-    space = table_space()
+    space = table_space() if space_of is None else stored_space(space_of)
     configs = list(space.grid())
     with tempfile.TemporaryDirectory() as tmp:
         evaluator = TaskEvaluator(
@@ -283,10 +289,13 @@ class TrueFront:
 
 
 def run_one(
-    table: str, label: str, spec: Any, seed: int, budget: int, objectives: Mapping[str, str]
+    table: str, label: str, spec: Any, seed: int, budget: int, objectives: Mapping[str, str],
+    transfer: tuple[str, str] | None = None, keep: str | None = None,
 ) -> dict[str, Any]:
     """One study with `spec` and `seed`, replaying the table until `budget` completed trials.
-    Returns the completed trials' metrics in completion order and timing."""
+    Returns the completed trials' metrics in completion order and timing. `transfer`: the
+    (storage URL, name) of a previous study whose front the study queues first ("tpe
+    transfer"); `keep`: a folder to keep the study's store in (a source for `transfer`)."""
     import optuna
 
     import paretotune as pt
@@ -297,7 +306,8 @@ def run_one(
     logging.getLogger("paretotune").setLevel(logging.ERROR)
     replay = ReplayEvaluator(table)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = keep or scratch
         study = pt.create_study(
             f"eff-{seed}",
             storage=f"sqlite:///{tmp}/study.db",
@@ -308,6 +318,10 @@ def run_one(
             seed=seed,
             **STUDY_OPTIONS.get(label, {}),
         )
+        if label == "tpe transfer":
+            if transfer is None:
+                raise SystemExit("'tpe transfer' needs --transfer-from TABLE (the previous study's table)")
+            study.enqueue_front_of(pt.load_study(transfer[1], transfer[0]))
         completed: list[dict[str, float]] = []
         invalid = 0
         asks = 0
@@ -337,6 +351,21 @@ def run_one(
     }
 
 
+def previous_study(table: Path, objectives: Mapping[str, str], seed: int = 1000) -> tuple[str, str]:
+    """The previous study for "tpe transfer": `tpe` over 10% of `table` (the same space measured
+    on other hardware), kept in a temporary folder. Returns its (storage URL, name)."""
+    import paretotune as pt
+    from paretotune.testing import ReplayEvaluator
+
+    folder = tempfile.mkdtemp(prefix="pt-transfer-")
+    budget = max(2, round(0.10 * len(ReplayEvaluator(table).complete())))
+    run_one(str(table), "tpe", "tpe", seed, budget, dict(objectives), keep=folder)
+    url = f"sqlite:///{folder}/study.db"
+    front = pt.load_study(f"eff-{seed}", url).pareto_front()
+    print(f"previous study: tpe, {budget} trials of {table} (seed {seed}); its front holds {len(front)} configs")
+    return url, f"eff-{seed}"
+
+
 def _run_one_star(args: tuple) -> dict[str, Any]:
     return run_one(*args)
 
@@ -355,6 +384,7 @@ def compare(
     seeds_for: Mapping[str, int] | None = None,
     max_fraction_for: Mapping[str, float] | None = None,
     seed_offset: int = 0,
+    transfer: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     from scipy.stats import mannwhitneyu
 
@@ -367,7 +397,7 @@ def compare(
         for label, _ in samplers
     }
     work = [
-        (str(table), label, spec, seed, cap[label], dict(objectives))
+        (str(table), label, spec, seed, cap[label], dict(objectives), transfer)
         for label, spec in samplers
         for seed in range(seed_offset, seed_offset + n_seeds[label])
         if cap[label] > 0
@@ -403,7 +433,7 @@ def compare(
             base = scores.get(("random", budget))
             p_hv = p_igd = p_tpe = None
             default = scores.get(("tpe", budget))  # a start design against the default it changes
-            if default is not None and label.startswith("tpe ") and STUDY_OPTIONS.get(label):
+            if default is not None and label in ("tpe transfer", *STUDY_OPTIONS):
                 p_tpe = float(mannwhitneyu(cell["hv"], default["hv"], alternative="two-sided").pvalue)
             if base is not None and label != "random":
                 p_hv = float(mannwhitneyu(cell["hv"], base["hv"], alternative="greater").pvalue)
@@ -516,16 +546,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=None)
     parser.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     parser.add_argument("--limit", type=int, default=None, help="build-table: first N configs only")
+    parser.add_argument("--space-of", type=Path, default=None,
+                        help="build-table: the space another table was built from (the same table on other hardware)")
     parser.add_argument("--seed-offset", type=int, default=0,
                         help="first seed (default 0): another offset checks a result on disjoint seeds")
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
+    parser.add_argument(
+        "--transfer-from", type=Path, default=None,
+        help="'tpe transfer': a table of the same space measured on other hardware; a tpe study "
+             "of 10%% of it (seed 1000) is the previous study whose front each run queues first",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.command == "build-table":
-        meta = build_table(args.table, limit=args.limit)
+        meta = build_table(args.table, limit=args.limit, space_of=args.space_of)
         print(json.dumps({k: v for k, v in meta.items() if k not in ("space", "hardware")}, indent=2))
         return 0
     samplers = SAMPLERS if args.samplers is None else [s for s in SAMPLERS if s[0] in args.samplers]
+    if args.samplers is None and args.transfer_from is None:
+        samplers = [s for s in samplers if s[0] != "tpe transfer"]
     if args.samplers is not None and len(samplers) != len(args.samplers):
         known = [s[0] for s in SAMPLERS]
         raise SystemExit(f"--samplers: unknown label in {args.samplers}; known: {known}")
@@ -542,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds_for={"gp": gp_seeds},
         max_fraction_for={"gp": args.gp_max_fraction or (0.05 if args.quick else 0.10)},
         seed_offset=args.seed_offset,
+        transfer=None if args.transfer_from is None else previous_study(args.transfer_from, OBJECTIVE_SETS[args.objectives]),
     )
     print(markdown(result))
     if any(r["sampler"] == "tpe" for r in result["rows"]) and 0.10 in fractions:

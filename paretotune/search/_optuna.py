@@ -14,11 +14,18 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 __all__ = ["compute_hypervolume", "fail_running", "frozen_trial", "frozen_trial_of", "is_pareto_front",
-           "mark_if_running"]
+           "mark_if_running", "queued_params"]
 
 
 def _trial_id(ostudy: optuna.Study, number: int) -> int:
     return int(ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, number))
+
+
+def queued_params(ostudy: optuna.Study) -> list[dict[str, Any]]:
+    """The params of the enqueued trials that have not run yet (Optuna keeps a WAITING trial's
+    params in its ``fixed_params`` system attribute until it is asked)."""
+    return [dict(ft.system_attrs.get("fixed_params") or {})
+            for ft in ostudy.get_trials(deepcopy=False, states=(OptunaState.WAITING,))]
 
 
 def frozen_trial(ostudy: optuna.Study, number: int) -> FrozenTrial:

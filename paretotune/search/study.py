@@ -24,7 +24,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState as OptunaState
 
-from paretotune.errors import ConfigError, StudyError
+from paretotune.errors import ConfigError, InvalidConfigError, StudyError
 from paretotune.search import _optuna
 from paretotune.search.comparisons import Comparison
 from paretotune.search.comparisons import comparisons as stored_comparisons
@@ -212,6 +212,41 @@ class Study:
         if configs:
             log.info("study %r: %d warm-start configs queued after the baseline", self.name, len(configs))
         return configs
+
+    def enqueue_front_of(self, source: Study, *, limit: int | None = None) -> list[Config]:
+        """Transfer from a previous study: queue the Pareto front of ``source`` (the same model
+        measured on other hardware, say) to run next, so the sampler starts from the configs
+        that were best there. Its configs are re-validated in this space: one this space cannot
+        take (a dimension it lacks, a value outside its range, a forbidden combination) is
+        skipped, as is one already measured or queued here. ``limit``: at most this many, in
+        the source's trial order. Returns the configs queued."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"enqueue_front_of limit must be an integer >= 1 or None, got {limit!r}")
+        seen = {t.config.hash for t in self.trials if t.config is not None}
+        seen |= {self.space.from_params(p, allow_forbidden=True).hash for p in _optuna.queued_params(self._optuna) if p}
+        queued: list[Config] = []
+        refused: list[str] = []
+        for trial in source.pareto_front():
+            if trial.config is None:
+                continue
+            try:
+                config = self.space.config(dict(trial.config), fill_defaults=True)
+            except (ConfigError, InvalidConfigError) as exc:
+                refused.append(f"trial {trial.number}: {exc}")
+                continue
+            if config.hash in seen:
+                continue
+            seen.add(config.hash)
+            self._optuna.enqueue_trial(
+                self.space.to_params(config), user_attrs={"warm_start": True, "transfer_from": source.name},
+                skip_if_exists=False,
+            )
+            queued.append(config)
+            if limit is not None and len(queued) >= limit:
+                break
+        log.info("study %r: %d configs of study %r's front queued%s", self.name, len(queued), source.name,
+                 f"; {len(refused)} this space cannot take ({refused[0]}, ...)" if refused else "")
+        return queued
 
     def enqueue(self, values: Mapping[str, Any]) -> Config:
         """Queue a config to run before the sampler's own proposals (validated first; measured

@@ -133,3 +133,26 @@ def test_the_baseline_rule_follows_what_the_baseline_is_for(tmp_path) -> None:
     assert dict(again.baseline_config()) == {"prune_ratio": 0.0, "batch_size": 1}
     with pytest.raises(pt.ConfigError, match=r"baseline must be one of \['low', 'centre'\], got 'mid'"):
         pt.create_study("bad", url, space=space, objectives={"accuracy": "max"}, baseline="mid")
+
+
+def test_a_study_starts_from_a_previous_studys_front(tmp_path, toy_space) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    source = pt.create_study("on-a", url, space=toy_space, objectives=OBJ, warm_start="none", seed=0)
+    _inline(source, 12)
+    front = [t.config for t in source.pareto_front()]
+    assert front
+    # the target space lacks one bit width of the front: those configs cannot be taken there
+    gone = next(c["bit_width"] for c in front if c["bit_width"] != 32)
+    narrower = pt.SearchSpace({**toy_space.dimensions,
+                               "bit_width": pt.Choice([b for b in (32, 16, 8, 4) if b != gone])})
+    target = pt.create_study("on-b", url, space=narrower, objectives=OBJ, warm_start="none", seed=1)
+    queued = target.enqueue_front_of(source)
+    takeable = [c for c in front if c["bit_width"] != gone]
+    assert 0 < len(takeable) < len(front)
+    assert [dict(c) for c in queued] == [dict(c) for c in takeable]
+    assert target.enqueue_front_of(source) == []  # queued already: not twice
+    first = [target.ask() for _ in range(1 + len(queued))]  # the baseline, then the front
+    assert first[0].is_baseline
+    assert [dict(p.config) for p in first[1:]] == [dict(c) for c in takeable]
+    with pytest.raises(pt.ConfigError, match="limit must be an integer >= 1 or None, got 0"):
+        target.enqueue_front_of(source, limit=0)
