@@ -124,10 +124,10 @@ def test_server_qps_matches_md1(md1_measured) -> None:
         f"{q.md1_qps_at_p99(bound, d_ms / 1000):.1f}; runs {result.details['runs']}"
     )
     print(report)  # shown with -rP: the margin, run by run
-    # the engine never serves more than the queue on the same schedule allows; a loaded machine's
-    # scheduling stalls (which no deterministic service time models) can only make it serve less,
-    # so below that the bound is the model's spread over fresh schedules
-    assert result.server_qps <= same_schedule * (1 + TOLERANCE), report
+    # The M/D/1 queue's critical QPS over fresh arrival schedules brackets what LoadGen's search
+    # finds. The same-schedule value is reported, not asserted: D comes from the first runs, and
+    # a machine's stalls move it either way (measured: 193 against 288 under load, 339 against
+    # 294 quiet), while the spread over schedules held in every run.
     assert low * (1 - TOLERANCE) <= result.server_qps <= high * (1 + TOLERANCE), report
 
 
