@@ -108,3 +108,24 @@ def wait_for_completed(name: str, url: str, n: int, timeout_s: float = 60.0) -> 
             pass
         time.sleep(0.2)
     return False
+
+
+def flaky_ask(monkeypatch: Any, fail_on_call: int) -> list[int]:
+    """Optuna's ask creates its trial, then loses the store (as when PostgreSQL restarts between
+    the trial's insert and the sampler's read) on call ``fail_on_call``; the worker's retry asks
+    again, and the first trial has no claim. Returns the numbers asked, in order."""
+    import optuna
+    import sqlalchemy as sa
+
+    real_ask = optuna.Study.ask
+    asked: list[int] = []
+
+    def ask(self: optuna.Study, *args: object, **kwargs: object) -> optuna.Trial:
+        trial = real_ask(self, *args, **kwargs)
+        asked.append(trial.number)
+        if len(asked) == fail_on_call:
+            raise sa.exc.OperationalError("SELECT trials", {}, Exception("server closed the connection unexpectedly"))
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask)
+    return asked

@@ -294,7 +294,7 @@ class FleetWorker:
             if claimed is not None:
                 return study, claimed, target
             if not lifecycle.budget_left(study, target, self.window_s):
-                retry(self.store.set_fleet, study.name, state=FleetState.DONE, what="status", window_s=self.window_s)
+                lifecycle.mark_done(study, self.window_s)
                 log.info("study %r is done (%s)", study.name, self.store.stopped_reason(study.name) or
                          f"{target} completed trials")
         return None

@@ -22,9 +22,9 @@ from typing import Any
 from paretotune.errors import StorageError, StudyError
 from paretotune.evaluators.slot import timing_slot
 from paretotune.search import PendingTrial, Study, Trial, TrialState
-from paretotune.storage import StopKind, StudyStore
+from paretotune.storage import FleetState, StopKind, StudyStore
 from paretotune.storage.retry import is_transient, note_store_failure, retry
-from paretotune.workers.reaper import reap_stale
+from paretotune.workers.reaper import reap_stale, settle_unclaimed
 from paretotune.workers.retry import Spool
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,13 @@ def finish(study: Study, claim: int, trial: Trial, n_trials: int, window_s: floa
     study.store.stop_study(study.name, f"{n_failed} trials failed (max_failures={limit}); last: {trial.reason}",
                            StopKind.FAILED)
     return True
+
+
+def mark_done(study: Study, window_s: float) -> None:
+    """A fleet study with nothing more to run: FAIL the trials no claim holds
+    (`settle_unclaimed`), then mark it DONE, so that DONE means nothing is left RUNNING."""
+    retry(settle_unclaimed, study, what="settle", window_s=window_s)
+    retry(study.store.set_fleet, study.name, state=FleetState.DONE, what="status", window_s=window_s)
 
 
 def release(study: Study, claim: int) -> None:

@@ -18,7 +18,7 @@ from paretotune.errors import ConfigError, StudyError
 from paretotune.search import Study, TrialState
 from paretotune.workers.lifecycle import PROGRESS_POLL_S, Monitor
 from paretotune.workers.loop import run_worker
-from paretotune.workers.reaper import reap_stale
+from paretotune.workers.reaper import reap_stale, settle_unclaimed
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,8 @@ def run_study(
             trial_timeout_s=trial_timeout_s, show_progress=show_progress,
         )
     stop = study.store.stopped(study.name)
+    if stop is not None or study.counts()[TrialState.COMPLETE.value] >= n_trials:
+        settle_unclaimed(study)  # finished: a trial asked but never claimed is not left RUNNING
     if stop is not None and stop.is_error:
         raise StudyError(f"study {study.name!r} stopped: {stop.reason}")
     if stop is not None:

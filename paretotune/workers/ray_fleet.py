@@ -78,7 +78,7 @@ class FleetSearcher(StudySearcher):
                 self._idle_since = None
                 return self._hand_out(trial_id, study, claimed, row["target"], heartbeat)
             if not lifecycle.budget_left(study, row["target"], self.retry_window_s):
-                self._retry(self.store.set_fleet, study.name, state=FleetState.DONE, what="status")
+                lifecycle.mark_done(study, self.retry_window_s)
         self._idle_since = self._idle_since or now
         if (self.exit_when_idle_s is not None and now - self._idle_since >= self.exit_when_idle_s
                 and not self.held_claims()):

@@ -53,3 +53,33 @@ def reap_stale(study: Study, grace_s: float, *, max_retries: int = MAX_RETRIES) 
         if study.fail_lost(ft.number, "worker lost: its trial was never claimed", max_retries):
             reaped.append(ft.number)
     return reaped
+
+
+#: why `settle_unclaimed` fails a trial
+UNCLAIMED_REASON = "abandoned: asked but never claimed, and the study finished without it"
+
+
+def settle_unclaimed(study: Study) -> list[int]:
+    """Once ``study`` is finished (its budget filled, or it is stopped) and no claim is active,
+    FAIL every RUNNING trial, without a retry; returns their numbers.
+
+    No claim holds such a trial: an ask created it and its worker lost it before binding a
+    claim (the store failed mid-ask and the ask was retried, or the worker was killed). While
+    the study runs, `reap_stale` fails it after the grace period; a study that fills its budget
+    first would otherwise keep it RUNNING for good. Only trials asked before the check are
+    touched, so a claim taken afterwards (a raised budget) keeps its trial.
+    """
+    store = study.store
+    cutoff = datetime.datetime.now()
+    if store.claim_counts(study.name)["active"]:
+        return []
+    settled: list[int] = []
+    for ft in study.optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        if ft.datetime_start is not None and ft.datetime_start > cutoff:
+            continue
+        if study.tell_failure_by_number(ft.number, UNCLAIMED_REASON):
+            settled.append(ft.number)
+    if settled:
+        log.warning("study %r: trial(s) %s were asked but never claimed; failed them (the study is finished)",
+                    study.name, ", ".join(map(str, settled)))
+    return settled

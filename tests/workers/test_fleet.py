@@ -16,10 +16,13 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 import paretotune as pt
+from helpers_eval import flaky_ask
+
 from paretotune.cli import _fleet_rows, main
 from paretotune.storage import FleetState, StudyStore
 from paretotune.storage.store import claims_table
 from paretotune.workers.fleet import FAIR_SHARE_SLACK, FleetWorker, rank, study_requirements, submit
+from paretotune.workers.reaper import UNCLAIMED_REASON
 
 SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
 OBJ = {"latency_p50_ms": "min", "accuracy": "max"}
@@ -223,3 +226,16 @@ def test_a_worker_that_cannot_load_a_task_leaves_the_study_to_others(storage_url
     assert StudyStore(storage_url).claim_counts("broken-here") == {"active": 0, "done": 0, "released": 0}
     assert pt.load_study("broken-here", storage_url).counts()["FAIL"] == 0  # not failed for this worker's sake
     assert StudyStore(storage_url).claim_counts("fine")["done"] == 2
+
+
+def test_a_trial_orphaned_by_a_failed_ask_is_not_left_running(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _study(storage_url, "orphan")
+    submit(study, n_trials=3)
+    asked = flaky_ask(monkeypatch, fail_on_call=2)  # the baseline passes, the next ask is cut
+    stats = FleetWorker(storage_url).run(exit_when_idle_s=0.5)
+    assert stats.by_study == {"orphan": {"COMPLETE": 3}}
+    counts = pt.load_study("orphan", storage_url).counts()
+    assert counts["COMPLETE"] == 3 and counts["RUNNING"] == 0 and counts["FAIL"] == 1, counts
+    orphan = pt.load_study("orphan", storage_url).trial(asked[1])
+    assert orphan.state == pt.TrialState.FAIL and orphan.reason == UNCLAIMED_REASON
+    assert StudyStore(storage_url).fleet_studies()[0]["state"] == FleetState.DONE

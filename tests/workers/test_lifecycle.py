@@ -9,6 +9,7 @@ import pytest
 import paretotune as pt
 from paretotune.storage import StopKind
 from paretotune.workers.lifecycle import Heartbeat, Outcome, claim_trial, finish, release, tell
+from paretotune.workers.reaper import UNCLAIMED_REASON, settle_unclaimed
 
 
 def test_an_outcome_is_a_trial_state_with_its_reason() -> None:
@@ -83,3 +84,18 @@ def test_an_ask_that_fails_gives_its_slot_back(storage_url: str, monkeypatch: py
         claim_trial(study, "w1", 2, 1.0)
     assert study.store.claim_counts(study.name) == {"active": 0, "done": 0, "released": 1}
     release(study, 12345)  # an unknown claim: logged, never raised
+
+
+def test_a_finished_study_settles_only_the_trials_no_claim_holds(storage_url: str) -> None:
+    """`settle_unclaimed` fails an asked-but-never-claimed trial, and does nothing while a claim
+    is active: that claim's trial may be between its ask and its bind."""
+    study = _study(storage_url, "settle", max_failures=5)
+    claimed = claim_trial(study, "w1", 2, 5.0)
+    assert claimed is not None
+    orphan = study.optuna_study.ask()  # no claim: its worker was lost between ask and bind
+    assert settle_unclaimed(study) == []  # a claim is active: nothing is touched
+    assert study.trial_state(orphan.number) == pt.TrialState.RUNNING
+    finish(study, claimed.claim, tell(study, claimed.pending, Outcome.complete({"accuracy": 0.5}), 5.0), 2, 5.0)
+    assert settle_unclaimed(study) == [orphan.number]
+    assert study.trial(orphan.number).reason == UNCLAIMED_REASON
+    assert study.counts()["RUNNING"] == 0 and settle_unclaimed(study) == []

@@ -8,6 +8,9 @@ from paretotune.storage import StopKind
 from paretotune.testing import FakeEvaluator, null_evaluator
 
 import helpers_eval
+from helpers_eval import flaky_ask
+
+from paretotune.workers.reaper import UNCLAIMED_REASON
 
 
 def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path) -> None:
@@ -139,3 +142,16 @@ def test_queued_trials_are_never_taken_twice_on_sqlite(tmp_path) -> None:
     with study.store.engine.connect() as conn:
         bound = [r[0] for r in conn.execute(select(claims_table.c.trial_number))]
     assert len(bound) == len(set(bound)), "a trial was claimed by two workers"
+
+
+def test_a_trial_orphaned_by_a_failed_ask_is_settled_when_the_budget_is_met(tmp_path, monkeypatch) -> None:
+    """The store fails after Optuna created a trial: the retried ask leaves that trial without a
+    claim, and a study that meets its budget before the grace period ends does not keep it RUNNING."""
+    space = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
+    study = pt.create_study("orphan", f"sqlite:///{tmp_path}/o.db", space=space,
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"}, sampler="random", seed=3)
+    asked = flaky_ask(monkeypatch, fail_on_call=2)
+    study.optimize(null_evaluator, n_trials=3)
+    counts = study.counts()
+    assert counts["COMPLETE"] == 3 and counts["RUNNING"] == 0, counts
+    assert study.trial(asked[1]).state == pt.TrialState.FAIL and study.trial(asked[1]).reason == UNCLAIMED_REASON
