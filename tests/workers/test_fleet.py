@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 import paretotune as pt
-from helpers_eval import flaky_ask
-
 from paretotune.cli import _fleet_rows, main
 from paretotune.storage import FleetState, StudyStore
 from paretotune.storage.store import claims_table
 from paretotune.workers.fleet import FAIR_SHARE_SLACK, FleetWorker, rank, study_requirements, submit
 from paretotune.workers.reaper import UNCLAIMED_REASON
+
+from helpers_eval import flaky_ask
 
 SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.1, default=0.0)})
 OBJ = {"latency_p50_ms": "min", "accuracy": "max"}

@@ -6,11 +6,10 @@ import paretotune as pt
 from paretotune.search.study import MISSING_METRIC_STOP_AFTER
 from paretotune.storage import StopKind
 from paretotune.testing import FakeEvaluator, null_evaluator
+from paretotune.workers.reaper import UNCLAIMED_REASON
 
 import helpers_eval
 from helpers_eval import flaky_ask
-
-from paretotune.workers.reaper import UNCLAIMED_REASON
 
 
 def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path) -> None:
