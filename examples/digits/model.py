@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,17 +91,45 @@ def finetune(model: nn.Module) -> None:
     train(model, epochs=FINETUNE_EPOCHS, lr=1e-3)
 
 
+def weights_path() -> Path:
+    """Where this machine keeps the trained weights: the user's cache folder, under a key of
+    this file's source and the torch, numpy and scikit-learn versions (what decides them)."""
+    import sklearn
+
+    versions = f"{torch.__version__}|{np.__version__}|{sklearn.__version__}".encode()
+    key = hashlib.sha256(Path(__file__).read_bytes() + versions).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "paretotune" / f"digits-cnn-{key}.pt"
+
+
 @functools.lru_cache(maxsize=1)
 def _trained_state() -> dict[str, torch.Tensor]:
+    """The trained weights: trained once per machine (a few seconds, fixed seed, one thread)
+    and kept in `weights_path`, so a fresh trial process loads them instead of training."""
+    path = weights_path()
+    try:
+        return dict(torch.load(path, weights_only=True))
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # a damaged file: train again and replace it
+        logger.warning("digits weights in %s unreadable (%s); training again", path, exc)
     with torch.inference_mode(False):
         torch.manual_seed(SEED)
         model = DigitsCNN()
         train(model, epochs=EPOCHS)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        torch.save(state, partial)
+        os.replace(partial, path)  # atomic: a concurrent process reads the old file or the new
+    except OSError as exc:  # a read-only home: every process trains, as before
+        logger.info("digits weights not kept (%s)", exc)
+    return state
 
 
 def build_model() -> DigitsCNN:
-    """The trained CNN (trained once per process, a few seconds, fixed seed)."""
+    """The trained CNN (trained once per machine, a few seconds, fixed seed: `_trained_state`)."""
     model = DigitsCNN()
     model.load_state_dict(_trained_state())
     return model.eval()

@@ -113,3 +113,27 @@ def test_padding_mask_cuts_timing_batches_and_is_checked() -> None:
         Task(tiny_net, {"ids": ids, "mask": mask}, padding_mask="attention")
     with pytest.raises(TaskError, match="must be a \\(batch, sequence\\) array of 0/1"):
         Task(tiny_net, {"ids": ids, "mask": mask}, padding_mask="ids")
+
+
+def test_the_digits_example_keeps_the_weights_it_trains(tmp_path, monkeypatch) -> None:
+    """The weights a fresh process loads from the machine's cache are the ones training gives,
+    and a second process loads them instead of training (what makes trial processes quick)."""
+    from examples.digits import model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model._trained_state.cache_clear()
+    try:
+        trained = model._trained_state()  # no file yet: trains and keeps it
+        assert model.weights_path().parent == tmp_path / "paretotune" and model.weights_path().is_file()
+        model._trained_state.cache_clear()
+        monkeypatch.setattr(model, "train", lambda *a, **k: pytest.fail("trained although the weights were kept"))
+        loaded = model._trained_state()
+        assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
+        model.weights_path().write_bytes(b"not a checkpoint")  # a damaged file is trained again
+        model._trained_state.cache_clear()
+        monkeypatch.undo()
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        again = model._trained_state()
+        assert all(torch.equal(again[k], trained[k]) for k in trained)  # training is deterministic
+    finally:
+        model._trained_state.cache_clear()
