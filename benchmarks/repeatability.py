@@ -22,6 +22,15 @@ product's `Study.confirm` (each confirmation: the median of `--confirm-processes
 processes, default 3), `--repeats` times: the spread of the confirmed p50 (and of the best p50
 of each confirmation, the least disturbed process) is the repeatability of what
 `paretotune confirm` reports. `--confirm-processes 0` leaves that part out.
+
+`--drift SECONDS` asks why a paired speedup moves between processes: one fresh process measures
+each configuration back to back, with the same runners, for SECONDS, and reports per config the
+paired speedup's spread and coefficient of variation over those measurements, their lag-1
+autocorrelation, and the spread of medians of k consecutive measurements. A spread as large as
+the spread over processes, and medians that do not converge, mean the ratio drifts with the
+machine's state over seconds, which neither pairing nor more processes at one moment remove.
+
+    .venv/bin/python benchmarks/repeatability.py --drift 60 --configs 2
 """
 
 from __future__ import annotations
@@ -85,14 +94,69 @@ def measure(cache_dir: str, rotate: int, labels: list[str]) -> list[dict[str, An
     return rows
 
 
-def _fresh(cache_dir: str, rotate: int, labels: list[str]) -> list[dict[str, Any]]:
-    command = [sys.executable, __file__, "--worker", "--cache-dir", cache_dir, "--rotate", str(rotate)]
+def measure_drift(cache_dir: str, labels: list[str], seconds: float) -> dict[str, list[list[float]]]:
+    """Back-to-back measurements of each config in this process, the same runners throughout,
+    for about ``seconds``: per label, [seconds since start, paired speedup] pairs."""
+    import time
+
+    from examples.digits import task
+    from paretotune.evaluators import TaskEvaluator
+
+    evaluator = TaskEvaluator(task, cache_dir=cache_dir, memory_slots=len(CONFIGS))
+    chosen = [c for c in CONFIGS if c[0] in labels]
+    series: dict[str, list[list[float]]] = {label: [] for label, _ in chosen}
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        for label, config in chosen:
+            m = evaluator({**config, "threads": 1})
+            series[label].append([round(time.monotonic() - started, 3), m.metrics["speedup"]])
+    return series
+
+
+def drift_summary(series: dict[str, list[list[float]]], groups: tuple[int, ...] = (2, 4, 8)) -> list[dict[str, Any]]:
+    """Per config: the spread and CV of its back-to-back speedups, their lag-1 autocorrelation,
+    and the spread and CV of the medians of ``k`` consecutive measurements for each k in groups."""
+    out = []
+    for label, points in series.items():
+        values = [v for _, v in points]
+        row: dict[str, Any] = {"configuration": label, "measurements": len(values),
+                               "seconds": points[-1][0] if points else 0.0,
+                               "speedup_median": statistics.median(values),
+                               "spread": spread(values), "cv": cv(values), "lag1_autocorrelation": None}
+        if len(values) > 2 and statistics.pstdev(values[:-1]) > 0 and statistics.pstdev(values[1:]) > 0:
+            row["lag1_autocorrelation"] = statistics.correlation(values[:-1], values[1:])
+        for k in groups:
+            medians = [statistics.median(values[i:i + k]) for i in range(0, len(values) - k + 1, k)]
+            if len(medians) >= 2:
+                row[f"median_of_{k}_spread"] = spread(medians)
+                row[f"median_of_{k}_cv"] = cv(medians)
+        out.append(row)
+    return out
+
+
+def drift_markdown(summary: list[dict[str, Any]], groups: tuple[int, ...] = (2, 4, 8)) -> str:
+    head = ["configuration", "measurements", "s", "speedup (median)", "spread", "CV", "lag-1 autocorr."]
+    head += [f"median of {k}: spread / CV" for k in groups]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in summary:
+        auto = "n/a" if r["lag1_autocorrelation"] is None else f"{r['lag1_autocorrelation']:.2f}"
+        cells = [r["configuration"], str(r["measurements"]), f"{r['seconds']:.0f}", f"{r['speedup_median']:.3f}",
+                 f"{100 * r['spread']:.1f}%", f"{100 * r['cv']:.1f}%", auto]
+        for k in groups:
+            key = f"median_of_{k}_spread"
+            cells.append(f"{100 * r[key]:.1f}% / {100 * r[f'median_of_{k}_cv']:.1f}%" if key in r else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fresh(cache_dir: str, rotate: int, labels: list[str], extra: tuple[str, ...] = ()) -> Any:
+    command = [sys.executable, __file__, "--worker", "--cache-dir", cache_dir, "--rotate", str(rotate), *extra]
     done = subprocess.run(
         [*command, "--labels", *labels], capture_output=True, text=True, check=False, cwd=ROOT
     )
     if done.returncode != 0:
         raise SystemExit(f"a repeat failed with code {done.returncode}:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def confirmed_repeats(
@@ -244,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="artifact cache (default: temporary)")
     parser.add_argument("--confirm-processes", type=int, default=None,
                         help="fresh processes per confirmation (default 3, quick 2; 0: leave out)")
+    parser.add_argument("--drift", type=float, default=None, metavar="SECONDS",
+                        help="measure each config back to back in one fresh process for SECONDS "
+                             "and report how its paired speedup drifts (instead of the repeats)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rotate", type=int, default=0, help=argparse.SUPPRESS)
@@ -252,8 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     labels = args.labels or [label for label, _ in CONFIGS[: args.configs]]
     if args.worker:
-        print(json.dumps(measure(args.cache_dir, args.rotate, labels)))
+        if args.drift is not None:
+            print(json.dumps(measure_drift(args.cache_dir, labels, args.drift)))
+        else:
+            print(json.dumps(measure(args.cache_dir, args.rotate, labels)))
         return 0
+    if args.drift is not None:
+        return drift_main(args, labels)
     repeats_n = args.repeats or (2 if args.quick else 5)
     from paretotune.evaluators import hardware_fingerprint
 
@@ -304,6 +376,30 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"hardware": hw, "load_before": load_before, "repeats": repeats, "summary": summary,
                    "confirm_processes": k, "confirmed": confirmed, "confirmed_summary": confirmed_summary,
                    "best_summary": best_summary}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def drift_main(args: argparse.Namespace, labels: list[str]) -> int:
+    from paretotune.evaluators import hardware_fingerprint
+
+    if args.drift <= 0:
+        raise SystemExit(f"--drift must be a positive number of seconds, got {args.drift}")
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = args.cache_dir or tmp
+        _fresh(cache_dir, 0, labels)  # fills the artifact cache
+        series = _fresh(cache_dir, 0, labels, ("--drift", str(args.drift)))
+    summary = drift_summary(series)
+    hw = hardware_fingerprint(1)
+    print(f"digits CNN, 1 thread, default TimingPolicy; back-to-back measurements in one fresh process for "
+          f"{args.drift:g} s; {hw['cpu_model']}, {hw['logical_cores']} cores; load average before "
+          f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}\n")
+    print(drift_markdown(summary))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"hardware": hw, "load_before": load_before, "seconds": args.drift, "series": series,
+                   "summary": summary}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 

@@ -183,9 +183,14 @@ class Study:
             return TrialState.COMPLETE
         return states[-1] if states else None
 
+    @property
+    def _baseline_rule(self) -> str:
+        """The spec's `baseline` rule: what a dimension a config leaves out takes."""
+        return str(self.spec.get("baseline") or "low")
+
     def baseline_config(self) -> Config:
         """The config the baseline trial measures (the spec's `baseline` rule, `SearchSpace.baseline`)."""
-        return self.space.baseline(self.spec.get("baseline") or "low")
+        return self.space.baseline(self._baseline_rule)
 
     def enqueue_baseline(self) -> None:
         """Queue the baseline (unless one already completed or waits): it runs before the rest."""
@@ -230,7 +235,7 @@ class Study:
             if trial.config is None:
                 continue
             try:
-                config = self.space.config(dict(trial.config), fill_defaults=True)
+                config = self.space.config(dict(trial.config), fill_defaults=True, baseline=self._baseline_rule)
             except (ConfigError, InvalidConfigError) as exc:
                 refused.append(f"trial {trial.number}: {exc}")
                 continue
@@ -250,8 +255,9 @@ class Study:
 
     def enqueue(self, values: Mapping[str, Any]) -> Config:
         """Queue a config to run before the sampler's own proposals (validated first; measured
-        even when it was measured before)."""
-        config = self.space.config(values, fill_defaults=True)
+        even when it was measured before). A dimension it leaves out takes its baseline value
+        under the study's rule (the centre of its range in a "centre" study)."""
+        config = self.space.config(values, fill_defaults=True, baseline=self._baseline_rule)
         self._optuna.enqueue_trial(
             self.space.to_params(config), user_attrs={"enqueued": True}, skip_if_exists=False
         )

@@ -204,6 +204,21 @@ def test_repeatability_tiny(tmp_path: Path) -> None:
     assert "within the 5% p50 target (confirmed)" in stdout
 
 
+def test_repeatability_drift_summary_tells_a_drift_from_noise() -> None:
+    """A speedup that steps from 3.0 to 4.0 halfway keeps its spread in medians of 4 (a drift);
+    one that alternates 3.0, 4.0 loses it (noise that medians average out)."""
+    rep = _script("repeatability")
+    step = [[float(i), 3.0 if i < 8 else 4.0] for i in range(16)]
+    alternating = [[float(i), 3.0 + i % 2] for i in range(16)]
+    drift, noise = rep.drift_summary({"step": step, "alternating": alternating})
+    assert drift["spread"] == noise["spread"] == pytest.approx(1 / 3)
+    assert drift["lag1_autocorrelation"] > 0.7 and noise["lag1_autocorrelation"] == pytest.approx(-1.0)
+    assert drift["median_of_4_spread"] == pytest.approx(1 / 3) and noise["median_of_4_spread"] == 0.0
+    assert drift["measurements"] == 16 and drift["seconds"] == 15.0
+    table = rep.drift_markdown([drift, noise])
+    assert "| step | 16 | 15 | 3.500 | 33.3% |" in table and "median of 8" in table
+
+
 def test_repeatability_spread_is_max_over_min() -> None:
     rep = _script("repeatability")
     rows = [

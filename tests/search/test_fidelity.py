@@ -39,6 +39,9 @@ def test_a_callable_study_measures_the_centre_of_undeclared_ranges_first(tmp_pat
     assert study.spec["baseline"] == "centre"
     assert dict(study.baseline_config()) == {"a": 0.5, "b": 0.5, "c": pytest.approx(10**-1.5, rel=1e-11), "n": 8}
     assert dict(study.ask().config) == dict(study.baseline_config())
+    # a config enqueued with dimensions left out fills them under the same rule
+    queued = study.enqueue({"a": 0.1})
+    assert dict(queued) == {**dict(study.baseline_config()), "a": 0.1}
 
 
 def test_random_proposes_what_optunas_random_sampler_proposes(tmp_path) -> None:
