@@ -98,13 +98,18 @@ def run_worker(
     stop: threading.Event | None = None,
     on_trial: Callable[[Trial], None] | None = None,
     retry_window_s: float = DEFAULT_RETRY_WINDOW_S,
+    seed_stream: str | None = None,
 ) -> WorkerStats:
     """Work on the study until it holds ``n_trials`` completed trials, it is stopped, or
-    ``stop`` is set. Returns what this worker did."""
+    ``stop`` is set. Returns what this worker did. ``seed_stream``: the name this worker's
+    sampler seed derives from (default: its worker id, unique per process); the local pool
+    names its workers' streams ``local-0``, ``local-1``, ..., so that a seeded study run by one
+    worker proposes the same configs every time."""
     worker = worker or worker_id()
     w = retry_window_s
     store = storage if isinstance(storage, StudyStore) else retry(StudyStore, storage, what="connect", window_s=w)
-    study = retry(load_study_from_store, study_name, store, worker=worker, what="load study", window_s=w)
+    study = retry(load_study_from_store, study_name, store, worker=seed_stream or worker, what="load study",
+                  window_s=w)
     timeout = trial_timeout_s if trial_timeout_s is not None else study.trial_timeout_s
     grace = study.worker_grace_s
 

@@ -160,6 +160,11 @@ def _spawn_worker(args: bytes, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return proc
 
 
+def seed_stream(i: int) -> str:
+    """The sampler seed stream of the pool's ``i``-th worker (`run_worker`'s ``seed_stream``)."""
+    return f"local-{i}"
+
+
 def run_local(
     study: Study,
     evaluator: Callable[..., Any],
@@ -174,23 +179,26 @@ def run_local(
         monitor = Monitor(study, progress)
         if n_workers == 1:
             with monitor:
-                run_worker(study.store, study.name, evaluator, n_trials=n_trials, trial_timeout_s=trial_timeout_s)
+                run_worker(study.store, study.name, evaluator, n_trials=n_trials, trial_timeout_s=trial_timeout_s,
+                           seed_stream=seed_stream(0))
             return
-        args = pickle.dumps(
-            {
-                "storage": study.store.url,
-                "study": study.name,
-                "evaluator": cloudpickle.dumps(evaluator),
-                "n_trials": n_trials,
-                "trial_timeout_s": trial_timeout_s,
-            }
-        )
+        common = {
+            "storage": study.store.url,
+            "study": study.name,
+            "evaluator": cloudpickle.dumps(evaluator),
+            "n_trials": n_trials,
+            "trial_timeout_s": trial_timeout_s,
+        }
+
+        def args(i: int) -> bytes:
+            return pickle.dumps({**common, "seed_stream": seed_stream(i)})
+
         env = dict(os.environ)
         env.setdefault(
             "PARETOTUNE_LOG_LEVEL", logging.getLevelName(logging.getLogger("paretotune").getEffectiveLevel())
         )
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's GPU numbers = NVML's (telemetry)
-        procs = [_spawn_worker(args, env) for _ in range(n_workers)]
+        procs = [_spawn_worker(args(i), env) for i in range(n_workers)]
         respawns = 0
         try:
             while any(p.poll() is None for p in procs):
@@ -202,8 +210,8 @@ def run_local(
                     if p.poll() is not None and p.returncode < 0 and respawns < MAX_RESPAWNS * n_workers:
                         log.warning("worker process %d was killed by signal %d; starting a new one",
                                     p.pid, -p.returncode)
-                        procs[i] = _spawn_worker(args, env)
                         respawns += 1
+                        procs[i] = _spawn_worker(args(n_workers - 1 + respawns), env)  # a stream of its own
         except BaseException as exc:
             # Ctrl-C reached the workers too (one process group): let them record their trials
             # as interrupted before the rest are stopped; then settle what they left RUNNING.
