@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.2
 #: seconds between the monitor's reaps and progress refreshes
 PROGRESS_POLL_S = 1.0
+#: seconds before the monitor logs the same error as a warning again
+MONITOR_REPEAT_S = 60.0
 
 
 def worker_id(prefix: str = "w") -> str:
@@ -150,9 +153,13 @@ class Monitor:
         self.study, self.progress = study, progress
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        #: the last error logged as a warning, and when: the same one again within
+        #: MONITOR_REPEAT_S goes to the debug log (a tick runs every second)
+        self._last_error: tuple[str, float] | None = None
 
     def tick(self) -> None:
-        """One round; an outage only pauses it, any other error is logged."""
+        """One round; an outage only pauses it, any other error is logged (the same error
+        again only once per MONITOR_REPEAT_S)."""
         try:
             self.progress.update()
             reap_stale(self.study, self.study.worker_grace_s)
@@ -160,8 +167,13 @@ class Monitor:
             if is_transient(exc):
                 note_store_failure()
                 log.debug("monitor: store unavailable (%s)", type(exc).__name__)
-            else:
-                log.warning("monitor: %s: %s", type(exc).__name__, exc)
+                return
+            text, now = f"{type(exc).__name__}: {exc}", time.monotonic()
+            if self._last_error is not None and self._last_error[0] == text and now - self._last_error[1] < MONITOR_REPEAT_S:
+                log.debug("monitor (again): %s", text)
+                return
+            self._last_error = (text, now)
+            log.warning("monitor: %s", text)
 
     def _run(self) -> None:
         while not self._stop.wait(PROGRESS_POLL_S):

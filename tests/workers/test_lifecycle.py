@@ -99,3 +99,34 @@ def test_a_finished_study_settles_only_the_trials_no_claim_holds(storage_url: st
     assert settle_unclaimed(study) == [orphan.number]
     assert study.trial(orphan.number).reason == UNCLAIMED_REASON
     assert study.counts()["RUNNING"] == 0 and settle_unclaimed(study) == []
+
+
+def test_the_monitor_logs_a_repeated_error_once_a_minute(tmp_path, caplog, monkeypatch) -> None:
+    """A tick runs every second: a progress display that keeps failing is one warning, not one a
+    second, and a different error, or the same one a minute later, is logged again."""
+    import logging
+
+    from paretotune.workers import lifecycle
+
+    study = _study(f"sqlite:///{tmp_path}/m.db", "monitor", max_failures=5)
+
+    class Broken:
+        message = "terminal gone"
+
+        def update(self) -> None:
+            raise RuntimeError(self.message)
+
+    progress = Broken()
+    monitor = lifecycle.Monitor(study, progress)
+    clock = [1000.0]
+    monkeypatch.setattr(lifecycle.time, "monotonic", lambda: clock[0])
+    with caplog.at_level(logging.WARNING, logger="paretotune.workers.lifecycle"):
+        for _ in range(5):
+            monitor.tick()
+            clock[0] += 1.0
+        progress.message = "disk full"
+        monitor.tick()
+        clock[0] += lifecycle.MONITOR_REPEAT_S
+        monitor.tick()
+    assert [r.getMessage() for r in caplog.records if r.name == lifecycle.log.name] == [
+        "monitor: RuntimeError: terminal gone", "monitor: RuntimeError: disk full", "monitor: RuntimeError: disk full"]
