@@ -24,6 +24,7 @@ from paretotune.evaluators.serving import (
     measure_serving,
 )
 from paretotune.evaluators.serving.fake import FakeEngine
+from paretotune.evaluators.serving.measure import NoValidQPS
 
 pytestmark = pytest.mark.usefixtures("loadgen")
 
@@ -44,6 +45,22 @@ def _offline_ms_per_batch(a: float, b: float, batcher: BatcherConfig) -> tuple[f
     mean = result.details["mean_batch_size"]
     assert result.offline_qps is not None
     return 1000.0 * mean / result.offline_qps, mean
+
+
+def _server(*args, **kwargs) -> ServingResult:
+    """`measure_serving` of a Server scenario, once more if no QPS at all was valid.
+
+    These tests compare the harness with queueing theory on a machine that can serve the
+    engine within the bound at low load. This VM sometimes stalls for seconds on end (a woken
+    thread waits milliseconds for a core): then even a QPS at 15% of capacity misses the bound
+    (seen in CI: 73 QPS, p99 13.4 ms, LoadGen's early stopping wanting 657 more queries than
+    the budget allowed). That says nothing about the harness, whose answer (NoValidQPS) is
+    right. So the search runs once more, and two such runs in a row fail the test."""
+    try:
+        return measure_serving(*args, **kwargs)
+    except NoValidQPS as exc:
+        print(f"no valid QPS on the first search ({exc}); searching once more")
+        return measure_serving(*args, **kwargs)
 
 
 def _unit_schedule(result: ServingResult) -> list[float]:
@@ -84,7 +101,7 @@ def _spread(model: q.Sojourns, bound: float, lo: float, hi: float, n: int) -> li
 def md1_measured() -> tuple[ServingResult, float]:
     """The M/D/1 case measured once: (the peak search's result, effective ms per request)."""
     d_ms, _ = _offline_ms_per_batch(A_MS, B_MS, BatcherConfig())
-    result = measure_serving(
+    result = _server(
         _engine(A_MS, B_MS),
         INPUTS,
         Server(p99_ms=BOUND_MS, budget_s=40.0),
@@ -144,7 +161,7 @@ def test_server_qps_with_batching_matches_simulation() -> None:
     def service(n: int) -> float:  # measured at 1 and 8, linear between: a + b*n plus our cost
         return (one_ms + (full_ms - one_ms) * (n - 1) / 7) / 1000
 
-    result = measure_serving(
+    result = _server(
         _engine(a, b),
         INPUTS,
         Server(p99_ms=bound_ms, budget_s=40.0),
@@ -177,7 +194,7 @@ def test_server_qps_with_batching_matches_simulation() -> None:
 @pytest.fixture(scope="module")
 def fast_measured() -> ServingResult:
     """A 1 ms engine at the same bound: quick to search (it needs 500 queries a run)."""
-    return measure_serving(
+    return _server(
         _engine(0.5, 0.5),
         INPUTS,
         Server(p99_ms=BOUND_MS, budget_s=12.0, tolerance=0.1),
@@ -198,7 +215,7 @@ def test_looser_bound_serves_more_queries(md1_measured) -> None:
     # bounds of a few ms would measure this shared machine's scheduling stalls (a woken thread
     # can wait milliseconds for a core), so both bounds are many service times
     tight, _ = md1_measured
-    looser = measure_serving(
+    looser = _server(
         _engine(A_MS, B_MS),
         INPUTS,
         Server(p99_ms=4 * BOUND_MS, budget_s=12.0, tolerance=0.1),
