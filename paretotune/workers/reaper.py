@@ -45,14 +45,18 @@ def reap_stale(study: Study, grace_s: float, *, max_retries: int = MAX_RETRIES) 
             store.finish_claim_forced(claim["id"], completed=True)
             continue
         store.finish_claim(claim["id"], completed=False)  # the slot goes back to the budget
-    held = store.active_trial_numbers(study.name)
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_s)
-    for ft in study.optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-        if ft.number in held or ft.datetime_start is None or ft.datetime_start > cutoff:
-            continue
-        if study.fail_lost(ft.number, "worker lost: its trial was never claimed", max_retries):
-            reaped.append(ft.number)
+    for number in _unclaimed_running(study, cutoff):
+        if study.fail_lost(number, "worker lost: its trial was never claimed", max_retries):
+            reaped.append(number)
     return reaped
+
+
+def _unclaimed_running(study: Study, asked_before: datetime.datetime) -> list[int]:
+    """The RUNNING trials asked before ``asked_before`` that no active claim holds."""
+    held = study.store.active_trial_numbers(study.name)
+    return [ft.number for ft in study.optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+            if ft.number not in held and ft.datetime_start is not None and ft.datetime_start <= asked_before]
 
 
 #: why `settle_unclaimed` fails a trial
@@ -69,16 +73,10 @@ def settle_unclaimed(study: Study) -> list[int]:
     first would otherwise keep it RUNNING for good. Only trials asked before the check are
     touched, so a claim taken afterwards (a raised budget) keeps its trial.
     """
-    store = study.store
     cutoff = datetime.datetime.now()
-    if store.claim_counts(study.name)["active"]:
+    if study.store.claim_counts(study.name)["active"]:
         return []
-    settled: list[int] = []
-    for ft in study.optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-        if ft.datetime_start is not None and ft.datetime_start > cutoff:
-            continue
-        if study.tell_failure_by_number(ft.number, UNCLAIMED_REASON):
-            settled.append(ft.number)
+    settled = [n for n in _unclaimed_running(study, cutoff) if study.tell_failure_by_number(n, UNCLAIMED_REASON)]
     if settled:
         log.warning("study %r: trial(s) %s were asked but never claimed; failed them (the study is finished)",
                     study.name, ", ".join(map(str, settled)))

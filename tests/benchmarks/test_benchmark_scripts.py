@@ -342,3 +342,13 @@ def test_minilm_study_tiny(tmp_path: Path) -> None:
     assert payload["result"]["phases_s"]["total"] > 0
     assert 0 in payload["result"]["front"] or payload["result"]["front"]
     assert "rounds round-robin (batch 1, 1 thread) |" in stdout
+
+
+def test_speedup_probes_aligned_copy_is_the_same_array_on_a_64_byte_boundary() -> None:
+    import numpy as np
+
+    probes = _script("speedup_probes")
+    x = np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)[:, :, :, :]
+    for _ in range(4):
+        y = probes._aligned(x)
+        assert y.ctypes.data % 64 == 0 and y.shape == x.shape and y.dtype == x.dtype and np.array_equal(x, y)

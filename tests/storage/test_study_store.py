@@ -75,16 +75,22 @@ def test_released_claims_return_to_the_budget(storage_url: str) -> None:
         store.claim("other", "w", target=1)
 
 
-def test_stale_claims_are_released_once(storage_url: str) -> None:
+def _stale_claim(storage_url: str, target: int) -> tuple[StudyStore, int, dict]:
+    """A store with one claim of study "s" that has gone stale (grace 0.01 s), and that claim."""
     store = StudyStore(storage_url)
     store.save_spec("s", {})
-    c = store.claim("s", "w", target=3)
+    c = store.claim("s", "w", target=target)
     assert c is not None
     time.sleep(0.05)
-    stale = store.stale_claims("s", grace_s=0.01)
-    assert [x["id"] for x in stale] == [c]
-    assert store.take_over_if_stale(c, stale[0]["heartbeat_at"]) is True
-    assert store.take_over_if_stale(c, stale[0]["heartbeat_at"]) is False  # a second reaper loses
+    (stale,) = store.stale_claims("s", grace_s=0.01)
+    assert stale["id"] == c
+    return store, c, stale
+
+
+def test_stale_claims_are_released_once(storage_url: str) -> None:
+    store, c, stale = _stale_claim(storage_url, target=3)
+    assert store.take_over_if_stale(c, stale["heartbeat_at"]) is True
+    assert store.take_over_if_stale(c, stale["heartbeat_at"]) is False  # a second reaper loses
     d = store.claim("s", "w", target=3)
     store.heartbeat([d])
     assert store.stale_claims("s", grace_s=5.0) == []
@@ -93,12 +99,7 @@ def test_stale_claims_are_released_once(storage_url: str) -> None:
 def test_a_claim_taken_over_for_reaping_keeps_its_slot(storage_url: str) -> None:
     # a slow worker may complete its trial while a reaper settles the claim: until it is
     # settled, no other trial gets the slot, so the budget is never exceeded
-    store = StudyStore(storage_url)
-    store.save_spec("s", {})
-    c = store.claim("s", "w", target=1)
-    assert c is not None
-    time.sleep(0.05)
-    (stale,) = store.stale_claims("s", grace_s=0.01)
+    store, c, stale = _stale_claim(storage_url, target=1)
     assert store.take_over_if_stale(c, stale["heartbeat_at"])
     assert store.claim("s", "other", target=1) is None
     assert store.stale_claims("s", grace_s=0.01 + 0.04) == []  # the take-over is a heartbeat
