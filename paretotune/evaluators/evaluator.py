@@ -268,7 +268,17 @@ class TaskEvaluator:
             scenario_metrics = {"server_qps": 0.0}
             if exc.lowest_p99_ms is not None:
                 scenario_metrics["server_p99_ms"] = exc.lowest_p99_ms
-            serving = {"no_valid_qps": str(exc), "lowest_qps_tried": exc.lowest_qps, "runs": exc.runs}
+            # the same shape as a measured result, so a reader (the report, an export's
+            # measurements.json) finds the scenario, the batcher and the metrics either way
+            serving = {
+                "scenario": self.scenario.to_dict(),
+                "batcher": spec.batcher.to_dict(),
+                "metrics": dict(scenario_metrics),
+                "details": {},
+                "no_valid_qps": str(exc),
+                "lowest_qps_tried": exc.lowest_qps,
+                "runs": exc.runs,
+            }
         metrics = {
             **scenario_metrics,
             "accuracy": built.accuracy,

@@ -45,11 +45,13 @@ def test_a_server_trial_exports_its_batcher_and_scenario_result(tmp_path: Path) 
     chosen = {"engine": "onnxruntime", "max_batch_size": 8, "max_queue_delay_us": 1000, "instances": 2}
     study.enqueue(chosen)
     evaluator = TaskEvaluator(load_task(TASK), cache_dir=tmp_path / "cache", scenario=scenario)
+    measured = {}
     for _ in range(2):
         pending = study.ask()
         m = evaluator(pending.config)
         study.tell(pending, m.metrics, m.details)
-    trial = next(t for t in study.completed() if t.config["engine"] == "onnxruntime")
+        measured[pending.number] = m
+    trial = next(t for t in study.completed() if t.config == chosen)
     bundle = pt.export(study, trial, tmp_path / "bundle", cache_dir=tmp_path / "cache")
     triton = parse_model_config((bundle.model_repository / bundle.model_name / "config.pbtxt").read_text())
     assert triton.max_batch_size == 8
@@ -58,5 +60,10 @@ def test_a_server_trial_exports_its_batcher_and_scenario_result(tmp_path: Path) 
     assert [g.count for g in triton.instance_group] == [2]
     measurements = json.loads((bundle.path / "measurements.json").read_text())
     serving = measurements["trial"]["details"]["serving"]
+    # the bundle carries the trial's own scenario result, whatever the machine sustained (a
+    # stalling VM can find no valid QPS at 50 ms; the record then says so, with server_qps 0)
+    assert serving == json.loads(json.dumps(measured[trial.number].details["serving"]))
     assert serving["metrics"]["server_qps"] == trial.metrics["server_qps"]
     assert serving["scenario"]["p99_ms"] == 50
+    assert serving["batcher"]["max_batch_size"] == 8
+    assert serving["batcher"]["instances"] == 2
