@@ -9,10 +9,10 @@ one line per metric of the study:
   of each process's median per-window ratio a / b (for p50, per block: the sides alternate in
   blocks inside every window), with the distribution-free interval of that
   median over processes (`stats.order_statistic_interval`, its exact level stated: with 5
-  processes, min to max at 93.8%). The test is Mann-Whitney U on the per-window values after
-  dividing out each process's level (so a slow process is not evidence for either side): the
-  unit is the window (a median over its calls), never the single call, whose neighbours share
-  its luck. A difference is reported only when p < `ALPHA`, every process in the interval
+  processes, min to max at 93.8%). The test is a one-sample t-test of the per-process log
+  ratios (`stats.process_ratio_p`): the unit is the process, whose windows share its luck, so
+  the spread between processes is the noise; a slow process moves both sides and is evidence
+  for neither. A difference is reported only when p < `ALPHA`, every process in the interval
   agrees on its direction, and it is at least `TIMING_RESOLUTION`; otherwise "no significant
   difference".
 - Accuracy and sizes are not sampled: compared at the study's resolution (`pareto`).
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from paretotune.errors import StudyError
 from paretotune.search.confirmations import ConfirmedStudy
 from paretotune.search.pareto import parse_resolution
-from paretotune.search.stats import mann_whitney_p, order_statistic_interval
+from paretotune.search.stats import order_statistic_interval, process_ratio_p
 
 COMPARE_A, COMPARE_B = "compare_a", "compare_b"
 #: metrics measured per window, and how a line names them
@@ -160,10 +160,10 @@ def _pct(x: float) -> str:
 
 
 def _per_process(metric: str, a_details: Sequence[Mapping[str, Any]], b_details: Sequence[Mapping[str, Any]]
-                 ) -> tuple[list[float], list[float], list[float]] | None:
-    """(per-process median of window ratios a / b, a's and b's per-window values with each
-    process's level divided out), or None when some process lacks that metric's windows."""
-    ratios, norm_a, norm_b = [], [], []
+                 ) -> list[float] | None:
+    """Each process's median ratio a / b of its interleaved windows (for p50, of its
+    alternating blocks), or None when some process lacks that metric's windows."""
+    ratios = []
     for da, db in zip(a_details, b_details, strict=True):
         wa = (da.get("windows") or {}).get(metric)
         wb = (db.get("windows") or {}).get(metric)
@@ -174,32 +174,28 @@ def _per_process(metric: str, a_details: Sequence[Mapping[str, Any]], b_details:
             ratios.append(statistics.median(1.0 / x for x in blocks))
         else:
             ratios.append(statistics.median(x / y for x, y in zip(wa, wb, strict=True)))
-        level = math.exp(statistics.fmean(math.log(v) for v in wa + wb))
-        norm_a += [v / level for v in wa]
-        norm_b += [v / level for v in wb]
-    return ratios, norm_a, norm_b
+    return ratios
 
 
 def _timing(metric: str, a: int, b: int, a_details: Sequence[Mapping[str, Any]],
             b_details: Sequence[Mapping[str, Any]], calls: int) -> MetricVerdict:
     label = TIMINGS[metric]
-    got = _per_process(metric, a_details, b_details)
-    if got is None:
+    ratios = _per_process(metric, a_details, b_details)
+    if ratios is None:
         why = "windows of >= 100 calls" if metric == "latency_p99_ms" else "per-window values in every process"
         return MetricVerdict(metric, f"not compared: needs {why}", False)
-    ratios, norm_a, norm_b = got
-    return _verdict(metric, label, a, b, ratios, mann_whitney_p(norm_a, norm_b), calls,
+    return _verdict(metric, label, a, b, ratios, process_ratio_p(ratios), calls,
                     higher_is_better=metric == "throughput", a_details=a_details, b_details=b_details)
 
 
 def _speedup(a: int, b: int, a_details: Sequence[Mapping[str, Any]], b_details: Sequence[Mapping[str, Any]],
              calls: int) -> MetricVerdict:
     """speedup_a / speedup_b is p50_b / p50_a: the same baseline divides both."""
-    got = _per_process("latency_p50_ms", a_details, b_details)
-    if got is None:
+    ratios = _per_process("latency_p50_ms", a_details, b_details)
+    if ratios is None:
         return MetricVerdict("speedup", "not compared: needs p50 windows in every process", False)
-    ratios, norm_a, norm_b = got
-    return _verdict("speedup", "speedup", a, b, [1 / r for r in ratios], mann_whitney_p(norm_a, norm_b), calls,
+    inverse = [1 / r for r in ratios]
+    return _verdict("speedup", "speedup", a, b, inverse, process_ratio_p(inverse), calls,
                     higher_is_better=True, a_details=a_details, b_details=b_details)
 
 
@@ -214,7 +210,7 @@ def _verdict(metric: str, label: str, a: int, b: int, ratios: list[float], p: fl
     significant = p is not None and p < ALPHA and agrees and abs(ratio - 1) >= TIMING_RESOLUTION
     evidence = (
         f"{len(ratios)} processes × {calls:,} calls"
-        + ("" if p is None else f", Mann–Whitney p = {p:.2g}")
+        + ("" if p is None else f", t-test over processes p = {p:.2g}")
     )
     values: list[float | None] = [None, None]
     if metric != "speedup":

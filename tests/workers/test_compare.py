@@ -46,7 +46,7 @@ def test_a_config_against_itself_is_no_significant_difference_and_30_percent_slo
     assert p50.p_value is not None and p50.p_value < 0.01
     assert p50.ratio == pytest.approx(1.3, rel=0.05)
     assert p50.line.startswith("trial 1 is 3") and " slower than trial 0 at p50 (93.8% CI " in p50.line
-    assert "Mann–Whitney p = " in p50.line and "5 processes × " in p50.line
+    assert "t-test over processes p = " in p50.line and "5 processes × " in p50.line
     assert slower.verdict("speedup").line.startswith("trial 1 has a ") and " lower speedup than trial 0" in slower.verdict("speedup").line
     assert "(worse)" in slower.verdict("accuracy").line
     # stored beside the confirmations, and not mistaken for one
