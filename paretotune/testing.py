@@ -226,3 +226,27 @@ class SleepEvaluator:
 
 #: for specs and the CLI: ``task: paretotune.testing:sleep_evaluator``
 sleep_evaluator = SleepEvaluator()
+
+
+def comparison_rows(rng: Any, processes: int, effect: float = 0.0, *, between: float = 0.02,
+                    within: float = 0.005, windows: int = 3) -> list[dict[str, Any]]:
+    """A synthetic A/B comparison's stored rows (`search.comparisons.summarize` reads them) of
+    trials 1 (a) and 2 (b), p50 only: a known truth for the verdict's statistics.
+
+    Each fresh process has its own level (the machine it got) and its own offset between the
+    two sides (`between`, a log sd: one process's luck favours one side), and each window its
+    own noise (`within`, a log sd); `effect` is the true log ratio a / b. `rng` is a
+    `numpy.random.Generator`.
+    """
+    import numpy as np
+
+    rows = []
+    for k in range(processes):
+        level, offset = rng.normal(0, 0.1), rng.normal(0, between)
+        for role, shift in (("compare_a", effect + offset / 2), ("compare_b", -offset / 2)):
+            w = 2.0 * np.exp(level + shift + rng.normal(0, within, windows))
+            rows.append({"process": k, "run_id": "synthetic", "error": None,
+                         "metrics": {"latency_p50_ms": float(np.median(w))},
+                         "details": {"role": role, "pair": [1, 2], "n_samples": 100,
+                                     "windows": {"latency_p50_ms": w.tolist()}}})
+    return rows
