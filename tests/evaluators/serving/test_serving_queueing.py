@@ -9,6 +9,10 @@ the models. The models then predict the Server scenario, which the harness measu
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import _queueing as q
 import numpy as np
@@ -33,6 +37,7 @@ A_MS, B_MS = 1.5, 0.5  # M/D/1 engine: 2 ms a request
 BOUND_MS = 15.0  # ~7 service times: steep tail, so the critical QPS is well defined
 RUN_S = 2.0
 TOLERANCE = 0.15  # the issue's
+T = TypeVar("T")
 
 
 def _engine(a: float, b: float):
@@ -41,26 +46,86 @@ def _engine(a: float, b: float):
 
 def _offline_ms_per_batch(a: float, b: float, batcher: BatcherConfig) -> tuple[float, float]:
     """(ms per batch at saturation as LoadGen measures it, mean formed batch size)."""
-    result = measure_serving(_engine(a, b), INPUTS, Offline(budget_s=3.0), batcher)
+    result = _steady(lambda: measure_serving(_engine(a, b), INPUTS, Offline(budget_s=3.0), batcher),
+                     what="offline run")
     mean = result.details["mean_batch_size"]
     assert result.offline_qps is not None
     return 1000.0 * mean / result.offline_qps, mean
 
 
-def _server(*args, **kwargs) -> ServingResult:
-    """`measure_serving` of a Server scenario, once more if no QPS at all was valid.
+class _StallProbe:
+    """A thread that sleeps `PERIOD_S` at a time during a measurement and records how late it
+    wakes: the machine's own pauses, which no queueing model of the harness knows.
 
-    These tests compare the harness with queueing theory on a machine that can serve the
-    engine within the bound at low load. This VM sometimes stalls for seconds on end (a woken
-    thread waits milliseconds for a core): then even a QPS at 15% of capacity misses the bound
-    (seen in CI: 73 QPS, p99 13.4 ms, LoadGen's early stopping wanting 657 more queries than
-    the budget allowed). That says nothing about the harness, whose answer (NoValidQPS) is
-    right. So the search runs once more, and two such runs in a row fail the test."""
-    try:
-        return measure_serving(*args, **kwargs)
-    except NoValidQPS as exc:
-        print(f"no valid QPS on the first search ({exc}); searching once more")
-        return measure_serving(*args, **kwargs)
+    Measured here (AMD EPYC VM, 2 cores, a 2 ms period for 20 s): idle, the latest wake-up
+    was 3.9 ms late (p99.9 2.1 ms); with three busy processes beside it 8.0 ms (p99.9 4.0 ms):
+    Linux wakes a sleeper promptly even on a loaded machine. During this module's searches on
+    a quiet machine the worst was 6.4-9.9 ms (the harness's own threads). A wake-up later than
+    `STALL_MS`, longer than the 15 ms bound of most of these tests, is the VM itself paused
+    (another tenant's vCPU ran), as in the queueing failures seen in CI."""
+
+    PERIOD_S = 0.005
+    STALL_MS = 20.0
+
+    def __init__(self) -> None:
+        self.late_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            time.sleep(self.PERIOD_S)
+            self.late_ms.append(1000 * (time.perf_counter() - t - self.PERIOD_S))
+
+    def __enter__(self) -> _StallProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def stalls(self) -> list[float]:
+        return [x for x in self.late_ms if x > self.STALL_MS]
+
+    def summary(self) -> str:
+        worst = max(self.late_ms, default=0.0)
+        return f"{len(self.stalls)} pauses over {self.STALL_MS:g} ms in {len(self.late_ms)} wake-ups, the worst {worst:.1f} ms"
+
+
+def _steady(measure: Callable[[], T], *, what: str) -> T:
+    """`measure()`, measured again (up to twice) when the machine itself paused during it
+    (`_StallProbe`); the third is kept whatever the probe saw."""
+    for attempt in range(3):
+        with _StallProbe() as probe:
+            try:
+                outcome: T | NoValidQPS = measure()
+            except NoValidQPS as exc:
+                outcome = exc
+        print(f"{what} {attempt + 1}: {probe.summary()}")
+        # no QPS valid at all (15% of capacity missing the bound) is a stall the probe may have
+        # slept through, so it too is measured once more, as before the probe
+        if not probe.stalls and not (attempt == 0 and isinstance(outcome, NoValidQPS)):
+            break
+        print(f"the machine paused during the {what} (or no QPS was valid); measuring again")
+    if isinstance(outcome, NoValidQPS):
+        raise outcome
+    return outcome
+
+
+def _server(*args, **kwargs) -> ServingResult:
+    """`measure_serving` of a Server scenario on a steady machine (`_steady`).
+
+    These tests compare the harness with queueing theory on a machine that runs the harness's
+    threads when they are due. This VM sometimes pauses for tens of milliseconds, over and over
+    for seconds on end: then even a QPS at 15% of capacity misses the bound (seen in CI: 73 QPS,
+    p99 13.4 ms at a 15 ms bound), and the batching case found 418 QPS against 710 simulated.
+    That says nothing about the harness, whose answer is right for the machine it got. So a
+    search during which the probe saw such pauses is measured again, and so is a first search
+    that found no valid QPS at all. A search without pauses is judged as it is."""
+    return _steady(lambda: measure_serving(*args, **kwargs), what="search")
 
 
 def _unit_schedule(result: ServingResult) -> list[float]:
