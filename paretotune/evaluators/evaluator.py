@@ -239,7 +239,7 @@ class TaskEvaluator:
         batcher (one runner per instance), holding the machine's slot exclusively throughout
         (every core is in use). A config differing only in its batcher reuses the built engine
         and its accuracy (the batcher is not part of the build key)."""
-        from paretotune.evaluators.serving import NoValidQPS, measure_serving
+        from paretotune.evaluators.serving import NoValidQPS, ServingResult, measure_serving
 
         key = self._build_key(spec)
         built, source, phase_build = self._get_built(spec, key)
@@ -254,31 +254,23 @@ class TaskEvaluator:
 
         reset = reset_peak_rss()
         measured = time.perf_counter()
-        serving: dict[str, Any]
         try:
             with slot.exclusive():
                 result = measure_serving(
                     runner_factory, inputs, self.scenario, spec.batcher, padding_mask=self.task.padding_mask
                 )
-            scenario_metrics, serving = result.metrics(), result.to_dict()
         except NoValidQPS as exc:
             # measured, and it sustains no load within the bound: server_qps 0, which the study
             # holds infeasible (`server_qps >= 1`), so its accuracy still counts (a server
-            # study's baseline is often too slow for the bound) and the sampler learns from it
-            scenario_metrics = {"server_qps": 0.0}
-            if exc.lowest_p99_ms is not None:
-                scenario_metrics["server_p99_ms"] = exc.lowest_p99_ms
-            # the same shape as a measured result, so a reader (the report, an export's
-            # measurements.json) finds the scenario, the batcher and the metrics either way
-            serving = {
-                "scenario": self.scenario.to_dict(),
-                "batcher": spec.batcher.to_dict(),
-                "metrics": dict(scenario_metrics),
-                "details": {},
-                "no_valid_qps": str(exc),
-                "lowest_qps_tried": exc.lowest_qps,
-                "runs": exc.runs,
-            }
+            # study's baseline is often too slow for the bound) and the sampler learns from it.
+            # It is recorded as a result like any other (one shape for the report and an
+            # export's measurements.json), with why in its details.
+            result = ServingResult(
+                scenario=self.scenario.to_dict(), batcher=spec.batcher.to_dict(), server_qps=0.0,
+                server_p99_ms=exc.lowest_p99_ms,
+                details={"no_valid_qps": str(exc), "lowest_qps_tried": exc.lowest_qps, "runs": exc.runs},
+            )
+        scenario_metrics, serving = result.metrics(), result.to_dict()
         metrics = {
             **scenario_metrics,
             "accuracy": built.accuracy,

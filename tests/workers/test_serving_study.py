@@ -126,8 +126,8 @@ def test_a_config_that_sustains_no_load_within_the_bound_is_measured_as_zero_qps
     m = evaluator({"engine": "onnxruntime", "max_batch_size": 1})
     assert m.metrics["server_qps"] == 0.0 and m.metrics["server_p99_ms"] > 0.01
     assert m.metrics["accuracy"] == 1.0
-    assert "every target QPS tried INVALID for p99 <= 0.01 ms" in m.details["serving"]["no_valid_qps"]
-    assert m.details["serving"]["lowest_qps_tried"] > 0
+    assert "every target QPS tried INVALID for p99 <= 0.01 ms" in m.details["serving"]["details"]["no_valid_qps"]
+    assert m.details["serving"]["details"]["lowest_qps_tried"] > 0
     # the record has a measured result's shape: its scenario, batcher and metrics
     assert m.details["serving"]["metrics"]["server_qps"] == 0.0
     assert m.details["serving"]["scenario"]["p99_ms"] == 0.01
