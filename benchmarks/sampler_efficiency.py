@@ -90,6 +90,8 @@ SAMPLERS: list[tuple[str, Any]] = [
     ("gp", "gp"),
     ("random", "random"),
     ("grid", "grid"),
+    # a Bayesian linear model of each objective, picks by expected hypervolume (issue 18)
+    ("surrogate", "surrogate"),
     # the project's tpe before 2026-11-21: the joint (multivariate, grouped) model
     ("tpe multivariate", {"name": "tpe", "multivariate": True, "group": True}),
     # Optuna 5's own default (create_study's default sampler is TPESampler() for any number
@@ -433,7 +435,7 @@ def compare(
             base = scores.get(("random", budget))
             p_hv = p_igd = p_tpe = None
             default = scores.get(("tpe", budget))  # a start design against the default it changes
-            if default is not None and label in ("tpe transfer", *STUDY_OPTIONS):
+            if default is not None and label in ("tpe transfer", "surrogate", *STUDY_OPTIONS):
                 p_tpe = float(mannwhitneyu(cell["hv"], default["hv"], alternative="two-sided").pvalue)
             if base is not None and label != "random":
                 p_hv = float(mannwhitneyu(cell["hv"], base["hv"], alternative="greater").pvalue)
@@ -504,7 +506,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         )
     against = [r for r in result["rows"] if r.get("p_hv_vs_tpe") is not None]
     if against:
-        lines += ["", "Start designs against the default `tpe` (HV ratio, two-sided Mann-Whitney U):", ""]
+        lines += ["", "Against the default `tpe` (HV ratio, two-sided Mann-Whitney U):", ""]
         for row in against:
             tpe = next(r for r in result["rows"] if r["sampler"] == "tpe" and r["budget"] == row["budget"])
             lines.append(

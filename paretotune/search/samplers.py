@@ -15,18 +15,25 @@ from typing import Any
 import optuna
 
 from paretotune.errors import ConfigError
+from paretotune.space import SearchSpace
 
 SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
 
 _REGISTRY: dict[str, SamplerFactory] = {}
-DEFAULT_SAMPLER = "tpe"
+#: samplers whose factory takes the study's `space=` (they propose whole configs)
+_NEEDS_SPACE: set[str] = set()
+#: a study's sampler when none is named: `surrogate` or `tpe`, by the space (`auto_sampler`)
+DEFAULT_SAMPLER = "auto"
 
 
-def register_sampler(name: str, factory: SamplerFactory) -> None:
-    """Add a sampler. A name already taken is an error, never a silent overwrite."""
+def register_sampler(name: str, factory: SamplerFactory, *, needs_space: bool = False) -> None:
+    """Add a sampler. A name already taken is an error, never a silent overwrite.
+    ``needs_space``: the factory is also given the study's SearchSpace, as ``space=``."""
     if name in _REGISTRY:
         raise ConfigError(f"sampler {name!r} is already registered")
     _REGISTRY[name] = factory
+    if needs_space:
+        _NEEDS_SPACE.add(name)
 
 
 def sampler_names() -> list[str]:
@@ -44,8 +51,10 @@ def make_sampler(
     spec: str | Mapping[str, Any],
     *,
     seed: int | None,
+    space: SearchSpace | None = None,
 ) -> optuna.samplers.BaseSampler:
-    """``"tpe"`` or ``{"name": "nsga2", "population_size": 20}``."""
+    """``"tpe"`` or ``{"name": "nsga2", "population_size": 20}``. ``space``: the study's, for
+    the samplers that need one (`surrogate`)."""
     if isinstance(spec, Mapping):
         options = dict(spec)
         name = options.pop("name", None)
@@ -53,6 +62,10 @@ def make_sampler(
         name, options = spec, {}
     if name not in _REGISTRY:
         raise ConfigError(f"sampler: unknown name {name!r}; valid samplers: {sampler_names()}")
+    if name in _NEEDS_SPACE:
+        if space is None:
+            raise ConfigError(f"sampler {name!r} proposes whole configs and needs the study's space")
+        options["space"] = space
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -93,6 +106,28 @@ def _random(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed, **opts)
 
 
+def auto_sampler(space: SearchSpace) -> str:
+    """The sampler ``"auto"`` stands for: `surrogate` over a finite space (every dimension a
+    choice, an integer range or a float on a step grid: a deployment space), `tpe` where a
+    dimension is continuous. Measured in docs/benchmarks.md ("The surrogate sampler")."""
+    return "surrogate" if space.size(at_most=1) is not None else "tpe"
+
+
+def _auto(*, seed: int | None, space: SearchSpace, **opts: Any) -> optuna.samplers.BaseSampler:
+    if opts:
+        raise TypeError(f"'auto' takes no options (it stands for surrogate or tpe by the space; "
+                        f"name one of them to give options), got {sorted(opts)}")
+    if auto_sampler(space) == "surrogate":
+        return _surrogate(seed=seed, space=space)
+    return _tpe(seed=seed)
+
+
+def _surrogate(*, seed: int | None, space: SearchSpace, **opts: Any) -> optuna.samplers.BaseSampler:
+    from paretotune.search.surrogate import SurrogateSampler
+
+    return SurrogateSampler(space, seed=seed, **opts)
+
+
 def _grid(*, seed: int | None, **opts: Any) -> optuna.samplers.BaseSampler:
     # Optuna's GridSampler needs a fixed, unconditional grid; BruteForceSampler enumerates a
     # define-by-run (conditional) discrete space exhaustively, which is what a grid means here.
@@ -108,3 +143,5 @@ for _name, _factory in {
     "grid": _grid,
 }.items():
     register_sampler(_name, _factory)
+register_sampler("surrogate", _surrogate, needs_space=True)
+register_sampler("auto", _auto, needs_space=True)

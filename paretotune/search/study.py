@@ -55,7 +55,7 @@ from paretotune.search.proposals import (
     warm_start_configs,
 )
 from paretotune.search.relative import derive_relative
-from paretotune.search.samplers import DEFAULT_SAMPLER, make_sampler, worker_seed
+from paretotune.search.samplers import DEFAULT_SAMPLER, auto_sampler, make_sampler, worker_seed
 from paretotune.search.spec import StudySpec
 from paretotune.search.start import cover_configs
 from paretotune.search.trial import PendingTrial, Trial, TrialState, intervals_of, trial_from_optuna
@@ -105,6 +105,7 @@ class Study:
         sampler = make_sampler(
             spec.get("sampler") or DEFAULT_SAMPLER,
             seed=worker_seed(spec.get("seed"), worker),
+            space=definition.space,
         )
         try:
             self._optuna = optuna.load_study(
@@ -402,6 +403,11 @@ class Study:
                      feasible=self.is_feasible(metrics), is_baseline=pending.is_baseline,
                      intervals=intervals)
 
+    def _sampler_label(self) -> Any:
+        """The spec's sampler; ``auto`` with what it stands for in this space."""
+        sampler = self.spec.get("sampler") or DEFAULT_SAMPLER
+        return f"auto ({auto_sampler(self.space)})" if sampler == "auto" else sampler
+
     def _never_returned(self, missing: Sequence[str]) -> list[str]:
         """The metrics of ``missing`` that no completed trial has, once MISSING_METRIC_STOP_AFTER
         evaluations lacked them ([] before that: one bad trial is only that trial's FAIL)."""
@@ -581,7 +587,7 @@ class Study:
             "storage": self.store.masked_url,
             "objectives": self.objectives,
             "constraints": [str(c) for c in self.constraints],
-            "sampler": self.spec.get("sampler"),
+            "sampler": self._sampler_label(),
             "trials": counts,
             "front_size": len(front),
             "hypervolume": hv,

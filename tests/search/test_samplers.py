@@ -22,12 +22,12 @@ def run_inline(study: pt.Study, n: int) -> list[pt.Trial]:
 
 
 @pytest.mark.parametrize("n_obj", [2, 3])
-@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "nsga3", "gp", "random", "grid"])
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "nsga3", "gp", "random", "grid", "surrogate"])
 def test_every_sampler_handles_two_and_three_objectives_and_is_seedable(
     tmp_path, toy_space, sampler: str, n_obj: int
 ) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
-    sampler_spec = {"name": sampler, "n_startup_trials": 4} if sampler in ("tpe", "gp") else sampler
+    sampler_spec = {"name": sampler, "n_startup_trials": 4} if sampler in ("tpe", "gp", "surrogate") else sampler
     if sampler in ("nsga2", "nsga3"):
         sampler_spec = {"name": sampler, "population_size": 4}
     runs = []
@@ -49,7 +49,7 @@ def test_unknown_sampler_lists_valid_ones(tmp_path, toy_space) -> None:
         pt.create_study("x", f"sqlite:///{tmp_path}/s.db", space=toy_space,
                         objectives=OBJECTIVES[2], sampler="hyperband")
     msg = str(err.value)
-    assert "'hyperband'" in msg and all(name in msg for name in ["tpe", "nsga2", "nsga3", "gp", "random", "grid"])
+    assert "'hyperband'" in msg and all(name in msg for name in ["tpe", "nsga2", "nsga3", "gp", "random", "grid", "surrogate"])
 
 
 def test_bad_sampler_option_is_named(tmp_path, toy_space) -> None:
