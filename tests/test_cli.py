@@ -123,7 +123,7 @@ def test_worker_joins_a_running_study_with_only_url_and_name(tmp_path: Path) -> 
         ("name: x\nobjectives: {accuracy: max\n", "malformed YAML at line"),
         ("name: x\nobjectivs: {accuracy: max}\ntask: a:b\n", "unknown key(s) ['objectivs']"),
         ("name: x\nobjectives: [accuracy]\nspace: {dimensions: {x: [1, 2]}}\nsampler: hyperband\n",
-         "unknown name 'hyperband'; valid samplers: ['gp', 'grid', 'nsga2', 'nsga3', 'random', 'tpe']"),
+         "unknown name 'hyperband'; valid samplers: ['auto', 'gp', 'grid', 'nsga2', 'nsga3', 'random', 'surrogate', 'tpe']"),
         ("name: x\nobjectives: {acc: max}\nspace: {dimensions: {x: [1, 2]}}\n", "unknown metric 'acc'; known metrics: ["),
         ("name: x\nobjectives: [accuracy]\nspace: {dimensions: {x: {type: int, low: 5, high: 1}}}\n",
          "`low <= high` must hold, but got (low=5, high=1)"),

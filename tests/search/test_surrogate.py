@@ -123,3 +123,35 @@ def test_the_encoding_is_one_hot_for_values_and_a_position_for_continuous_ranges
     assert enc.width == 2 + 2 + 2
     assert rows[0].tolist() == [1, 0, 0.5, 0.25, 0, 0]
     assert rows[1].tolist() == [0, 1, 1.0, 1.0, 0, 1]
+
+
+def test_auto_is_the_surrogate_over_a_finite_space_and_tpe_over_a_continuous_one(tmp_path, toy_space) -> None:
+    import optuna
+
+    from paretotune.search.surrogate import SurrogateSampler
+
+    continuous = pt.SearchSpace({"x": pt.Float(0.0, 1.0), "engine": pt.Choice(["torch", "onnxruntime"])})
+    assert isinstance(make_sampler("auto", seed=0, space=toy_space), SurrogateSampler)
+    assert isinstance(make_sampler("auto", seed=0, space=continuous), optuna.samplers.TPESampler)
+    with pytest.raises(pt.ConfigError, match="'auto' takes no options"):
+        make_sampler({"name": "auto", "n_startup_trials": 4}, seed=0, space=toy_space)
+    study = pt.create_study("auto", f"sqlite:///{tmp_path}/s.db", space=toy_space,
+                            objectives={"latency_p50_ms": "min", "accuracy": "max"})
+    assert study.spec["sampler"] == "auto"
+    assert study.summary()["sampler"] == "auto (surrogate)"
+
+
+@pytest.mark.parametrize("n, width", [(30, 8), (5, 12)])
+def test_the_bayesian_linear_model_is_scikit_learns_bayesian_ridge(n: int, width: int) -> None:
+    from sklearn.linear_model import BayesianRidge
+
+    from paretotune.search.surrogate import bayesian_ridge
+
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 2, size=(n, width)).astype(float)  # one-hot-like columns
+    y = x @ rng.normal(size=width) + 0.1 * rng.normal(size=n)
+    coef, intercept, sigma = bayesian_ridge(x, y)
+    theirs = BayesianRidge().fit(x, y)
+    assert np.allclose(coef, theirs.coef_, rtol=1e-6, atol=1e-9)
+    assert intercept == pytest.approx(theirs.intercept_, rel=1e-6, abs=1e-9)
+    assert np.allclose(sigma, theirs.sigma_, rtol=1e-6, atol=1e-9)
