@@ -406,7 +406,8 @@ class Study:
     def _sampler_label(self) -> Any:
         """The spec's sampler; ``auto`` with what it stands for in this space."""
         sampler = self.spec.get("sampler") or DEFAULT_SAMPLER
-        return f"auto ({auto_sampler(self.space)})" if sampler == "auto" else sampler
+        name = sampler.get("name") if isinstance(sampler, Mapping) else sampler
+        return f"auto ({auto_sampler(self.space)})" if name == "auto" else sampler
 
     def _never_returned(self, missing: Sequence[str]) -> list[str]:
         """The metrics of ``missing`` that no completed trial has, once MISSING_METRIC_STOP_AFTER

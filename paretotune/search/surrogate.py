@@ -3,8 +3,8 @@ measured, and the next config chosen by the hypervolume it is expected to add.
 
 For each objective (its logarithm when every value measured so far is positive: latencies
 and throughputs are products of factors, so their logs add) and for each constraint value, a
-Bayesian linear regression (`bayesian_ridge`: scikit-learn's `BayesianRidge`) is fitted over an encoding of the measured configs: a one-hot
-column per value of a categorical or discrete dimension (a PerLayer dimension: per layer
+Bayesian linear regression (`bayesian_ridge`: scikit-learn's `BayesianRidge`) is fitted over
+an encoding of the measured configs: a one-hot column per value of a categorical or discrete dimension (a PerLayer dimension: per layer
 group), the position in its range and its square for a continuous one (log-scaled when the
 dimension is), and zeros where a dimension is inactive. One set of weights is drawn from each
 model's posterior (Thompson sampling: a value no trial has shown keeps its prior's spread, so
@@ -30,7 +30,6 @@ On the digits table it reaches the whole true front in most seeds at 5% of the s
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -48,10 +47,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from paretotune.errors import ConfigError, InvalidConfigError
 from paretotune.search.pareto import hypervolume, non_dominated, reference_point, to_loss
+from paretotune.search.proposals import ParamsKey, params_key
 from paretotune.space import SearchSpace
 from paretotune.space.dimensions import Dimension, Float, Int, PerLayer
-
-log = logging.getLogger(__name__)
 
 #: a finite space up to this many configs is scored whole; a bigger one by random candidates
 GRID_LIMIT = 5000
@@ -187,11 +185,13 @@ class SurrogateSampler(optuna.samplers.BaseSampler):
         self._encoder = Encoder(space)
         self._n_startup = n_startup_trials
         self._max_candidates = max_candidates
-        self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._py_rng = random.Random(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._picks: dict[int, dict[str, Any]] = {}
+        #: a finished trial's params key in the candidates' form, and its encoded row, by number
+        #: (a finished trial's params no longer change: each is worked out once, not per ask)
+        self._finished: dict[int, tuple[ParamsKey, np.ndarray]] = {}
         size = space.size(at_most=GRID_LIMIT)
         self._finite = size is not None and size <= GRID_LIMIT
         self._grid: list[dict[str, Any]] | None = None
@@ -250,14 +250,14 @@ class SurrogateSampler(optuna.samplers.BaseSampler):
         if len(inside):
             inside = inside[non_dominated(losses[inside])]
         front = losses[inside]
-        tried = {self._tried_key(t.params) for t in trials}
+        tried = {self._key_and_row(t)[0] for t in trials}
         pool, x_pool = self._candidates([seen[i] for i in inside])
-        untried = [i for i, p in enumerate(pool) if _key(p) not in tried]
+        untried = [i for i, p in enumerate(pool) if params_key(p) not in tried]
         if not untried:
             return None
         candidates = [pool[i] for i in untried]
         x_cand = x_pool[untried]
-        x_seen = self._encoder.rows([t.params for t in seen])
+        x_seen = np.vstack([self._key_and_row(t)[1] for t in seen])
         predicted = np.empty((len(candidates), len(directions)))
         for k in range(len(directions)):
             column = values[:, k]
@@ -283,12 +283,20 @@ class SurrogateSampler(optuna.samplers.BaseSampler):
             best = int(self._rng.integers(len(candidates)))
         return candidates[best]
 
-    def _tried_key(self, params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-        """A trial's params in the candidates' form (a float on a step grid, rounded alike)."""
+    def _key_and_row(self, trial: FrozenTrial) -> tuple[ParamsKey, np.ndarray]:
+        """A trial's params key in the candidates' form (a float on a step grid rounded alike)
+        and its encoded row; kept once the trial is finished."""
+        cached = self._finished.get(trial.number)
+        if cached is not None:
+            return cached
         try:
-            return _key(self._space.to_params(self._space.from_params(params, allow_forbidden=True)))
+            key = params_key(self._space.to_params(self._space.from_params(trial.params, allow_forbidden=True)))
         except (ConfigError, InvalidConfigError):
-            return _key(params)
+            key = params_key(trial.params)
+        out = (key, self._encoder.rows([trial.params])[0])
+        if trial.state.is_finished():
+            self._finished[trial.number] = out
+        return out
 
     def _reference(self, seen: Sequence[FrozenTrial], losses: np.ndarray) -> np.ndarray:
         """The study's reference point: `REFERENCE_MARGIN` worse than the baseline trial, or
@@ -324,7 +332,3 @@ class SurrogateSampler(optuna.samplers.BaseSampler):
                 except ConfigError:
                     break
         return out, self._encoder.rows(out)
-
-
-def _key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(params.items()))
