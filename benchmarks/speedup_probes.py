@@ -3,6 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/speedup_probes.py windows     # 14 x 2 arms, ~2 min
     PYTHONPATH=. .venv/bin/python benchmarks/speedup_probes.py alignment   # 14 x 2 arms, ~1 min
     PYTHONPATH=. .venv/bin/python benchmarks/speedup_probes.py repeats     # 10 x 2 configs, ~2 min
+    PYTHONPATH=. .venv/bin/python benchmarks/speedup_probes.py policies    # 10 fresh processes x 4 arms, ~6 min
 
 Each probe measures the digits CNN's ONNX Runtime config(s) through `TaskEvaluator` in this
 process, 1 thread, and prints per arm the paired speedup's coefficient of variation and spread
@@ -11,12 +12,20 @@ process, 1 thread, and prints per arm the paired speedup's coefficient of variat
 - windows: the default TimingPolicy against windows 4x longer (min_window_ms=400), interleaved;
 - alignment: the task's fresh timing inputs against copies aligned to 64 bytes, interleaved;
 - repeats: every measurement runs `repeats` (default 4) paired timings back to back and reports
-  the speedup of their median run (the lower of an even count), for int8 dynamic and fp32.
+  the speedup of their median run (the lower of an even count), for int8 dynamic and fp32;
+- policies: the question of the repeatability target itself, across fresh processes. Each of
+  `--n` (default 10) rounds starts one fresh process per timing policy (round-robin: the
+  default; windows 3x longer; pair blocks of 2 ms instead of 10; 6 reported windows instead
+  of 3), and each process measures the five configs of `benchmarks/repeatability.py` once, in
+  an order rotated by the round. Per policy and config: the paired speedup's CV over all
+  processes and its spread (max/min - 1) over each run of 5 consecutive rounds (the
+  repeatability benchmark's unit), and the seconds a process spent measuring.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -58,12 +67,82 @@ def _aligned(array: np.ndarray, align: int = 64) -> np.ndarray:
     return out
 
 
+#: the timing policies the `policies` probe compares (TimingPolicy keyword arguments)
+POLICIES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "windows 3x longer (300 ms)": {"min_window_ms": 300.0},
+    "pair blocks of 2 ms": {"pair_block_ms": 2.0},
+    "6 reported windows": {"stable_windows": 6, "max_windows": 10},
+}
+
+
+def _policy_worker(cache: str, policy: str, rotate: int) -> None:
+    """One fresh process of the `policies` probe: the repeatability configs, once each."""
+    import time
+
+    from examples.digits import task
+    from paretotune.evaluators import TaskEvaluator
+    from paretotune.evaluators.timing import TimingPolicy
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from repeatability import CONFIGS
+
+    evaluator = TaskEvaluator(task, cache_dir=cache, memory_slots=len(CONFIGS),
+                              timing=TimingPolicy(**POLICIES[policy]))
+    order = CONFIGS[rotate % len(CONFIGS):] + CONFIGS[: rotate % len(CONFIGS)]
+    started = time.perf_counter()
+    speedups = {label: float(evaluator({**config, "threads": 1}).metrics["speedup"]) for label, config in order}
+    print(json.dumps({"speedups": speedups, "seconds": time.perf_counter() - started}))
+
+
+def _policies(n: int) -> None:
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from repeatability import CONFIGS
+
+    rows: dict[str, list[dict[str, Any]]] = {policy: [] for policy in POLICIES}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory() as cache:
+        worker = [sys.executable, __file__, "policies", "--worker", cache]
+        subprocess.run([*worker, "default", "0"], check=True, env=env, capture_output=True)  # builds
+        for r in range(n):
+            for policy in POLICIES:
+                done = subprocess.run([*worker, policy, str(r)], check=True, env=env,
+                                      capture_output=True, text=True)
+                rows[policy].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  round {r + 1}/{n} done (load {os.getloadavg()[0]:.2f})", flush=True)
+    groups = [(i, i + 5) for i in range(0, n - 4, 5)]
+    print(f"\n| timing policy | s per process | {' | '.join(label for label, _ in CONFIGS)} |")
+    print("|---|---:|" + "---:|" * len(CONFIGS))
+    for policy, runs in rows.items():
+        cells = []
+        for label, _ in CONFIGS:
+            values = [run["speedups"][label] for run in runs]
+            spreads = "/".join(f"{100 * (max(values[a:b]) / min(values[a:b]) - 1):.1f}%" for a, b in groups)
+            cells.append(f"CV {100 * statistics.pstdev(values) / statistics.mean(values):.1f}%, spread {spreads}")
+        print(f"| {policy} | {statistics.mean(run['seconds'] for run in runs):.1f} | {' | '.join(cells)} |")
+    print("\n(spread: max/min - 1 over each run of 5 consecutive rounds; target <= 5%)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("probe", choices=["windows", "alignment", "repeats"])
+    parser.add_argument("probe", choices=["windows", "alignment", "repeats", "policies"])
+    parser.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=None, help="measurements per arm (default 14; repeats 10)")
     parser.add_argument("--repeats", type=int, default=4, help="paired timings per measurement (repeats probe)")
     args = parser.parse_args(argv)
+    if args.worker:
+        _policy_worker(args.worker[0], args.worker[1], int(args.worker[2]))
+        return 0
+    if args.probe == "policies":
+        from paretotune.evaluators import hardware_fingerprint
+
+        hw = hardware_fingerprint(1)
+        print(f"policies probe; {hw['cpu_model']}, {hw['logical_cores']} cores; load before {os.getloadavg()[0]:.2f}")
+        _policies(args.n or 10)
+        print(f"load after {os.getloadavg()[0]:.2f}")
+        return 0
     from examples.digits import task
     from paretotune.evaluators import TaskEvaluator, hardware_fingerprint
     from paretotune.evaluators import evaluator as evaluator_module
