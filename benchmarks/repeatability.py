@@ -31,6 +31,14 @@ the spread over processes, and medians that do not converge, mean the ratio drif
 machine's state over seconds, which neither pairing nor more processes at one moment remove.
 
     .venv/bin/python benchmarks/repeatability.py --drift 60 --configs 2
+
+`--runs N` repeats the whole single-measurement part N times, one run after another on one
+artifact cache, and ends with a table of the runs: how many configs each run brought within 5%
+by the absolute p50 and by the paired speedup, side by side from the same measurements. One run
+of five processes takes about 45 s; a machine's state changes over minutes, so one run's verdict
+is one draw, and the run table is the repeatability of the verdict itself.
+
+    .venv/bin/python benchmarks/repeatability.py --confirm-processes 0 --runs 6
 """
 
 from __future__ import annotations
@@ -300,6 +308,49 @@ def paired_markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def runs_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per run (``{"summary": ..., "loads": [min, max]}``): how many configs met the 5% target by
+    the absolute p50 and by the paired speedup; and over the runs, how many met the issue's
+    target (at least 4 of 5 by the paired speedup) and the median count of each."""
+    rows = []
+    for i, run in enumerate(runs, 1):
+        summary = run["summary"]
+        rows.append({
+            "run": i, "configs": len(summary), "loads": run["loads"],
+            "p50_met": sum(bool(s["meets_target"]) for s in summary),
+            "speedup_met": sum(bool(s["speedup_meets_target"]) for s in summary),
+            "worst_speedup_spread": max(s["speedup_spread"] for s in summary),
+        })
+    need = max(len(runs[0]["summary"]) - 1, 1) if runs else 0
+    return {
+        "rows": rows, "need": need,
+        "runs_meeting_target": sum(r["speedup_met"] >= need for r in rows),
+        "runs_meeting_target_by_p50": sum(r["p50_met"] >= need for r in rows),
+        "p50_met_median": statistics.median(r["p50_met"] for r in rows) if rows else None,
+        "speedup_met_median": statistics.median(r["speedup_met"] for r in rows) if rows else None,
+    }
+
+
+def runs_markdown(table: dict[str, Any]) -> str:
+    lines = [
+        "| run | load average | configs within 5%: absolute p50 | configs within 5%: paired speedup | "
+        "worst paired-speedup spread |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in table["rows"]:
+        lo, hi = r["loads"]
+        lines.append(f"| {r['run']} | {lo:.2f}-{hi:.2f} | {r['p50_met']}/{r['configs']} | "
+                     f"{r['speedup_met']}/{r['configs']} | {100 * r['worst_speedup_spread']:.1f}% |")
+    n = len(table["rows"])
+    lines.append(
+        f"\nTarget (paired speedup within 5% for at least {table['need']} configs) met in "
+        f"{table['runs_meeting_target']}/{n} runs; by the absolute p50, {table['runs_meeting_target_by_p50']}/{n}. "
+        f"Median configs within 5%: paired speedup {table['speedup_met_median']:g}, "
+        f"absolute p50 {table['p50_met_median']:g}."
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 repeats (make bench)")
@@ -311,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift", type=float, default=None, metavar="SECONDS",
                         help="measure each config back to back in one fresh process for SECONDS "
                              "and report how its paired speedup drifts (instead of the repeats)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the single-measurement part N times and tabulate each run's verdict")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rotate", type=int, default=0, help=argparse.SUPPRESS)
@@ -327,34 +380,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.drift is not None:
         return drift_main(args, labels)
     repeats_n = args.repeats or (2 if args.quick else 5)
+    if args.runs < 1:
+        raise SystemExit(f"--runs must be a positive number of runs, got {args.runs}")
     from paretotune.evaluators import hardware_fingerprint
 
     load_before = os.getloadavg()
+    hw = hardware_fingerprint(1)
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = args.cache_dir or tmp
         _fresh(cache_dir, 0, labels)  # fills the artifact cache: builds are not what we repeat
-        repeats = []
-        for i in range(repeats_n):
-            repeats.append(_fresh(cache_dir, i, labels))
-            print(f"  repeat {i + 1}/{repeats_n} done", file=sys.stderr)
+        for run in range(args.runs):
+            repeats = []
+            for i in range(repeats_n):
+                repeats.append(_fresh(cache_dir, i, labels))
+                print(f"  {f'run {run + 1}/{args.runs}, ' if args.runs > 1 else ''}repeat {i + 1}/{repeats_n} done",
+                      file=sys.stderr)
+            summary = summarize(repeats, labels)
+            loads = [r["load1"] for rows in repeats for r in rows]
+            runs.append({"repeats": repeats, "summary": summary, "loads": [min(loads), max(loads)]})
+            print(
+                f"{f'Run {run + 1}/{args.runs}: ' if args.runs > 1 else ''}digits CNN, 1 thread, default "
+                f"TimingPolicy, {repeats_n} fresh processes; {hw['cpu_model']}, {hw['logical_cores']} cores; "
+                f"load average before {load_before[0]:.2f}, during {min(loads):.2f}-{max(loads):.2f}\n"
+            )
+            print(markdown(summary))
+            met = sum(s["meets_target"] for s in summary)
+            print(f"\n{met}/{len(summary)} configurations within the 5% p50 target (one measurement per process)")
+            print("\nPaired speedup (reference timed in the same process, interleaved) and the p50's 95% interval, "
+                  "same measurements\n")
+            print(paired_markdown(summary))
+            met = sum(s["speedup_meets_target"] for s in summary)
+            print(f"\n{met}/{len(summary)} configurations within the 5% paired-speedup target\n", flush=True)
         k = args.confirm_processes if args.confirm_processes is not None else (2 if args.quick else 3)
         confirmed = confirmed_repeats(cache_dir, tmp, labels, repeats_n, k) if k > 0 else []
-    summary = summarize(repeats, labels)
-    hw = hardware_fingerprint(1)
-    loads = [r["load1"] for rows in repeats for r in rows]
-    print(
-        f"digits CNN, 1 thread, default TimingPolicy, {repeats_n} fresh processes; {hw['cpu_model']}, "
-        f"{hw['logical_cores']} cores; load average before {load_before[0]:.2f}, during "
-        f"{min(loads):.2f}-{max(loads):.2f}\n"
-    )
-    print(markdown(summary))
-    met = sum(s["meets_target"] for s in summary)
-    print(f"\n{met}/{len(summary)} configurations within the 5% p50 target (one measurement per process)")
-    print("\nPaired speedup (reference timed in the same process, interleaved) and the p50's 95% interval, "
-          "same measurements\n")
-    print(paired_markdown(summary))
-    met = sum(s["speedup_meets_target"] for s in summary)
-    print(f"\n{met}/{len(summary)} configurations within the 5% paired-speedup target")
+    table = runs_table(runs)
+    if args.runs > 1:
+        print(f"The {args.runs} runs, one after another (load average after {os.getloadavg()[0]:.2f})\n")
+        print(runs_markdown(table))
     confirmed_summary = summarize(confirmed, labels) if confirmed else []
     best_summary: list[dict[str, Any]] = []
     if confirmed:
@@ -373,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{met}/{len(best_summary)} configurations within the 5% p50 target (best of {k})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"hardware": hw, "load_before": load_before, "repeats": repeats, "summary": summary,
+        # "repeats" / "summary": the first run (the layout of one run); "runs": every run
+        payload = {"hardware": hw, "load_before": load_before, "repeats": runs[0]["repeats"],
+                   "summary": runs[0]["summary"], "runs": runs, "runs_table": table,
                    "confirm_processes": k, "confirmed": confirmed, "confirmed_summary": confirmed_summary,
                    "best_summary": best_summary}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -108,8 +108,10 @@ def _policies(n: int) -> None:
         subprocess.run([*worker, "default", "0"], check=True, env=env, capture_output=True)  # builds
         for r in range(n):
             for policy in POLICIES:
-                done = subprocess.run([*worker, policy, str(r)], check=True, env=env,
-                                      capture_output=True, text=True)
+                done = subprocess.run([*worker, policy, str(r)], env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"the {policy!r} process of round {r + 1} failed "
+                                     f"(exit {done.returncode}):\n{done.stderr[-2000:]}")
                 rows[policy].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"  round {r + 1}/{n} done (load {os.getloadavg()[0]:.2f})", flush=True)
     groups = [(i, i + 5) for i in range(0, n - 4, 5)]

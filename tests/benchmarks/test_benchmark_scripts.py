@@ -230,6 +230,29 @@ def test_repeatability_spread_is_max_over_min() -> None:
     assert s["gave_up"] == 1 and s["extended"] == 1
 
 
+def test_repeatability_runs_table_counts_each_runs_verdict_side_by_side() -> None:
+    rep = _script("repeatability")
+
+    def run(p50: list[bool], paired: list[float]) -> dict:
+        summary = [{"meets_target": m, "speedup_meets_target": x <= 0.05, "speedup_spread": x}
+                   for m, x in zip(p50, paired, strict=True)]
+        return {"summary": summary, "loads": [0.5, 1.25]}
+
+    table = rep.runs_table([
+        run([True, False, False, False, False], [0.01, 0.02, 0.03, 0.04, 0.09]),  # 4 of 5: met
+        run([True, True, True, True, False], [0.01, 0.06, 0.07, 0.02, 0.03]),  # 3 of 5: not met
+        run([False] * 5, [0.01] * 5),
+    ])
+    assert table["need"] == 4
+    assert [r["speedup_met"] for r in table["rows"]] == [4, 3, 5]
+    assert [r["p50_met"] for r in table["rows"]] == [1, 4, 0]
+    assert table["runs_meeting_target"] == 2 and table["runs_meeting_target_by_p50"] == 1
+    assert table["rows"][1]["worst_speedup_spread"] == pytest.approx(0.07)
+    text = rep.runs_markdown(table)
+    assert "| 2 | 0.50-1.25 | 4/5 | 3/5 | 7.0% |" in text
+    assert "met in 2/3 runs; by the absolute p50, 1/3" in text
+
+
 def test_minilm_summary_finds_the_first_match() -> None:
     mini = _script("minilm_study")
     refs = {
