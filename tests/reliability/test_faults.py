@@ -47,6 +47,29 @@ def lost(study: pt.Study) -> int:
         if by_number[n].state == pt.TrialState.FAIL and (by_number[n].reason or "").startswith("worker lost")
     }
     return len(done - measured) + len(measured - done - explained)
+def budget_diagnosis(study: pt.Study) -> str:
+    """What a budget assertion failed on: the claim counts, and each COMPLETE trial that no
+    done claim accounts for (its Optuna attributes say how it was asked and told)."""
+    import sqlalchemy as sa
+
+    from paretotune.storage.store import claims_table
+
+    with study.store.engine.connect() as conn:
+        claims = conn.execute(sa.select(claims_table).where(claims_table.c.study == study.name)).mappings().all()
+    by_trial: dict[int, list[str]] = {}
+    for c in claims:
+        if c["trial_number"] is not None:
+            by_trial.setdefault(c["trial_number"], []).append(f"{c['id']}:{c['state']}:{c['worker']}")
+    done = {c["trial_number"] for c in claims if c["state"] == "done"}
+    frozen = {ft.number: ft for ft in study.optuna_study.get_trials(deepcopy=False)}
+    odd = [
+        f"trial {t.number} {t.config and t.config.to_json()} claims={by_trial.get(t.number)} "
+        f"attrs={ {k: v for k, v in frozen[t.number].user_attrs.items() if k != 'metrics'} }"
+        for t in study.trials if t.state == pt.TrialState.COMPLETE and t.number not in done
+    ]
+    return f"counts={study.counts()} claims={study.store.claim_counts(study.name)}; unaccounted: {odd}"
+
+
 SPACE = pt.SearchSpace({"x": pt.Float(0.0, 1.0, step=0.01, default=0.0)})
 
 
@@ -214,7 +237,7 @@ def test_eight_workers_stay_inside_the_connection_bound(pg_cluster, pg_url: str,
     out = capfd.readouterr()
     assert "already finished" not in out.out + out.err
     counts = pt.load_study("eight", pg_url).counts()
-    assert counts["COMPLETE"] == 160 and counts["FAIL"] == 0
+    assert counts["COMPLETE"] == 160 and counts["FAIL"] == 0, budget_diagnosis(pt.load_study("eight", pg_url))
     bound = MAX_CONNECTIONS_PER_PROCESS * (8 + 1)
     assert 0 < peak <= bound, (peak, bound)
     record_figure(fault="8 workers x 20 trials on one PostgreSQL", injected=0, survived=True,
