@@ -71,12 +71,12 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 TARGET = 0.05
 
 
-def measure(cache_dir: str, rotate: int, labels: list[str]) -> list[dict[str, Any]]:
-    """One repeat, in this process."""
+def measure(cache_dir: str, rotate: int, labels: list[str], timing: Any = None) -> list[dict[str, Any]]:
+    """One repeat, in this process; `timing`: a TimingPolicy (default: the project's)."""
     from examples.digits import task
     from paretotune.evaluators import TaskEvaluator
 
-    evaluator = TaskEvaluator(task, cache_dir=cache_dir, memory_slots=len(CONFIGS))
+    evaluator = TaskEvaluator(task, cache_dir=cache_dir, memory_slots=len(CONFIGS), timing=timing)
     chosen = [c for c in CONFIGS if c[0] in labels]
     order = chosen[rotate % len(chosen):] + chosen[: rotate % len(chosen)]
     rows = []
@@ -414,10 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{met}/{len(summary)} configurations within the 5% paired-speedup target\n", flush=True)
         k = args.confirm_processes if args.confirm_processes is not None else (2 if args.quick else 3)
         confirmed = confirmed_repeats(cache_dir, tmp, labels, repeats_n, k) if k > 0 else []
-    table = runs_table(runs)
     if args.runs > 1:
         print(f"The {args.runs} runs, one after another (load average after {os.getloadavg()[0]:.2f})\n")
-        print(runs_markdown(table))
+        print(runs_markdown(runs_table(runs)))
     confirmed_summary = summarize(confirmed, labels) if confirmed else []
     best_summary: list[dict[str, Any]] = []
     if confirmed:
@@ -436,10 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{met}/{len(best_summary)} configurations within the 5% p50 target (best of {k})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        # "repeats" / "summary": the first run (the layout of one run); "runs": every run
-        payload = {"hardware": hw, "load_before": load_before, "repeats": runs[0]["repeats"],
-                   "summary": runs[0]["summary"], "runs": runs, "runs_table": table,
-                   "confirm_processes": k, "confirmed": confirmed, "confirmed_summary": confirmed_summary,
+        payload = {"hardware": hw, "load_before": load_before, "runs": runs, "confirm_processes": k, "confirmed": confirmed, "confirmed_summary": confirmed_summary,
                    "best_summary": best_summary}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

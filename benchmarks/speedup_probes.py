@@ -80,18 +80,15 @@ def _policy_worker(cache: str, policy: str, rotate: int) -> None:
     """One fresh process of the `policies` probe: the repeatability configs, once each."""
     import time
 
-    from examples.digits import task
-    from paretotune.evaluators import TaskEvaluator
+    import examples.digits  # noqa: F401 - imported before the clock starts, as the builds were
     from paretotune.evaluators.timing import TimingPolicy
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from repeatability import CONFIGS
+    from repeatability import CONFIGS, measure
 
-    evaluator = TaskEvaluator(task, cache_dir=cache, memory_slots=len(CONFIGS),
-                              timing=TimingPolicy(**POLICIES[policy]))
-    order = CONFIGS[rotate % len(CONFIGS):] + CONFIGS[: rotate % len(CONFIGS)]
     started = time.perf_counter()
-    speedups = {label: float(evaluator({**config, "threads": 1}).metrics["speedup"]) for label, config in order}
+    rows = measure(cache, rotate, [label for label, _ in CONFIGS], TimingPolicy(**POLICIES[policy]))
+    speedups = {row["configuration"]: float(row["speedup"]) for row in rows}
     print(json.dumps({"speedups": speedups, "seconds": time.perf_counter() - started}))
 
 

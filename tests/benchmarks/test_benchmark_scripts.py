@@ -187,12 +187,13 @@ def test_repeatability_tiny(tmp_path: Path) -> None:
                   "--confirm-processes", "2", "--json", str(out))
     result = json.loads(out.read_text())
     labels = ["torch fp32, batch 1", "onnxruntime fp32, batch 1"]
-    assert [s["configuration"] for s in result["summary"]] == labels
-    for s in result["summary"]:
+    (run,) = result["runs"]
+    assert [s["configuration"] for s in run["summary"]] == labels
+    for s in run["summary"]:
         assert s["repeats"] == 1 and s["p50_spread"] == 0.0 and s["p50_median_ms"] > 0
         assert 0 <= s["gave_up"] <= 1 and 0 <= s["extended"] <= 1
     assert "within the 5% p50 target" in stdout
-    for s in result["summary"]:  # the paired speedup and the interval, from the same measurements
+    for s in run["summary"]:  # the paired speedup and the interval, from the same measurements
         assert s["speedup_median"] > 0 and s["speedup_spread"] == 0.0 and s["p50_ci_width_median"] >= 0
     assert "within the 5% paired-speedup target" in stdout
     # the confirmed part: the product's Study.confirm, median of 2 fresh processes

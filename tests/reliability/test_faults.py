@@ -47,6 +47,8 @@ def lost(study: pt.Study) -> int:
         if by_number[n].state == pt.TrialState.FAIL and (by_number[n].reason or "").startswith("worker lost")
     }
     return len(done - measured) + len(measured - done - explained)
+
+
 def budget_diagnosis(study: pt.Study) -> str:
     """What a budget assertion failed on: the claim counts, and each COMPLETE trial that no
     done claim accounts for (its Optuna attributes say how it was asked and told)."""
