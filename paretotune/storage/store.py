@@ -428,11 +428,16 @@ class StudyStore:
             )
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    def bind_claim(self, claim_id: int, trial_number: int) -> None:
+    def bind_claim(self, claim_id: int, trial_number: int) -> bool:
+        """Bind an active claim to its asked trial. False when the claim is no longer active: a
+        reaper took its budget slot back (its worker went silent past the grace period)."""
         with self.engine.begin() as conn:
-            conn.execute(
-                claims_table.update().where(claims_table.c.id == claim_id).values(trial_number=trial_number)
+            result = conn.execute(
+                claims_table.update()
+                .where(claims_table.c.id == claim_id, claims_table.c.state == ACTIVE)
+                .values(trial_number=trial_number)
             )
+            return bool(result.rowcount)
 
     def finish_claim(self, claim_id: int, *, completed: bool) -> None:
         with self.engine.begin() as conn:

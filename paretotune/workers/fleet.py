@@ -273,7 +273,7 @@ class FleetWorker:
             old.close()
         return self._executors[name]
 
-    def _next(self) -> tuple[Study, lifecycle.Claimed, int] | None:
+    def _next(self, heartbeat: lifecycle.Heartbeat) -> tuple[Study, lifecycle.Claimed, int] | None:
         """Claim a trial of the study to serve next, or None when none is runnable now."""
         rows = retry(self.store.fleet_studies, FleetState.OPEN, what="status", window_s=self.window_s)
         for row in rank(rows, self.capabilities, list(self._executors)):
@@ -290,7 +290,7 @@ class FleetWorker:
                 continue
             if not retry(study.baseline_gate, what="status", window_s=self.window_s):
                 continue  # another worker runs its baseline: serve someone else meanwhile
-            claimed = lifecycle.claim_trial(study, self.worker, target, self.window_s)
+            claimed = lifecycle.claim_trial(study, self.worker, target, self.window_s, heartbeat)
             if claimed is not None:
                 return study, claimed, target
             if not lifecycle.budget_left(study, target, self.window_s):
@@ -308,7 +308,6 @@ class FleetWorker:
     def _run_one(self, study: Study, claimed: lifecycle.Claimed, target: int, heartbeat: lifecycle.Heartbeat,
                  row: _Row) -> None:
         started = time.monotonic()
-        heartbeat.hold(claimed.claim)
         row.set(study.name, claimed.pending.number)
         trial: Trial | None = None
         try:
@@ -351,7 +350,7 @@ class FleetWorker:
         idle_since: float | None = None
         try:
             while stop is None or not stop.is_set():
-                found = self._next()
+                found = self._next(heartbeat)
                 if found is None:
                     now = time.monotonic()
                     idle_since = idle_since or now

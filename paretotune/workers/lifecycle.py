@@ -25,7 +25,7 @@ from paretotune.evaluators.slot import timing_slot
 from paretotune.search import PendingTrial, Study, Trial, TrialState
 from paretotune.storage import FleetState, StopKind, StudyStore
 from paretotune.storage.retry import is_transient, note_store_failure, retry
-from paretotune.workers.reaper import reap_stale, settle_unclaimed
+from paretotune.workers.reaper import MAX_RETRIES, reap_stale, settle_unclaimed
 from paretotune.workers.retry import Spool
 
 log = logging.getLogger(__name__)
@@ -205,20 +205,35 @@ def _ask(study: Study) -> PendingTrial:
         return study.ask()
 
 
-def claim_trial(study: Study, worker: str, n_trials: int, window_s: float) -> Claimed | None:
+def claim_trial(study: Study, worker: str, n_trials: int, window_s: float, heartbeat: Heartbeat) -> Claimed | None:
     """Take a budget slot and ask the sampler for the trial that fills it; None when the
-    budget is spoken for (or the study is stopped). The slot goes back if the ask fails."""
+    budget is spoken for (or the study is stopped). The slot goes back if the ask fails.
+
+    ``heartbeat`` holds the claim from the moment it is taken: the ask can wait long for the
+    timing slot behind a neighbour's timed window, and a claim left without heartbeats that
+    long is reaped, its slot handed to another trial while this one still runs (the budget
+    overshoots). A claim reaped all the same (this worker stalled past the grace period)
+    refuses the bind: its trial fails as lost, its config is queued again, and a new slot is
+    claimed for it."""
     store = study.store
-    claim = retry(store.claim, study.name, worker, n_trials, what="claim", window_s=window_s)
-    if claim is None:
-        return None
-    try:
-        pending = retry(_ask, study, what="ask", window_s=window_s)
-        retry(store.bind_claim, claim, pending.number, what="claim", window_s=window_s)
-    except BaseException:
-        release(study, claim)
-        raise
-    return Claimed(claim, pending)
+    while True:
+        claim = retry(store.claim, study.name, worker, n_trials, what="claim", window_s=window_s)
+        if claim is None:
+            return None
+        heartbeat.hold(claim)
+        try:
+            pending = retry(_ask, study, what="ask", window_s=window_s)
+            bound = retry(store.bind_claim, claim, pending.number, what="claim", window_s=window_s)
+        except BaseException:
+            heartbeat.release(claim)
+            release(study, claim)
+            raise
+        if bound:
+            return Claimed(claim, pending)
+        heartbeat.release(claim)
+        reason = (f"worker lost: the budget claim of {worker} was reaped before its trial was bound "
+                  f"(no heartbeat for {study.worker_grace_s:g} s)")
+        retry(study.fail_lost, pending.number, reason, MAX_RETRIES, what="reap", window_s=window_s)
 
 
 def budget_left(study: Study, n_trials: int, window_s: float) -> bool:

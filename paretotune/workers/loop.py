@@ -131,7 +131,7 @@ def run_worker(
                 continue
             study.last_asked = None
             try:
-                claimed: Claimed | None = claim_trial(study, worker, n_trials, w)
+                claimed: Claimed | None = claim_trial(study, worker, n_trials, w, heartbeat)
             except KeyboardInterrupt as exc:  # between the ask and the bind
                 if study.last_asked is not None:
                     _fail_interrupted(study, study.last_asked, getattr(exc, "signame", "SIGINT"))
@@ -144,7 +144,6 @@ def run_worker(
                 reap_now()
                 time.sleep(IDLE_POLL_S)
                 continue
-            heartbeat.hold(claimed.claim)
             trial: Trial | None = None
             stop_now = False
             masked: set[int | signal.Signals] | None = None

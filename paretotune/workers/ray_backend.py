@@ -334,7 +334,8 @@ class StudySearcher(Searcher):
     def _claim_next(self, trial_id: str, now: float) -> dict[str, Any] | str | None:
         """Claim and ask the next trial (None: none now, FINISHED: none ever)."""
         heartbeat = self._start_heartbeat(float(getattr(self.study, "worker_grace_s", 20.0)))
-        claimed = lifecycle.claim_trial(self.study, self.driver, self.n_trials, self.retry_window_s)
+        claimed = lifecycle.claim_trial(self.study, self.driver, self.n_trials, self.retry_window_s,
+                                       heartbeat)
         if claimed is None:
             if not lifecycle.budget_left(self.study, self.n_trials, self.retry_window_s) and not self.held_claims():
                 self.finished = True

@@ -73,7 +73,7 @@ class FleetSearcher(StudySearcher):
             study = self._load(row["name"])
             if not self._retry(study.baseline_gate, what="status"):
                 continue
-            claimed = lifecycle.claim_trial(study, self.driver, row["target"], self.retry_window_s)
+            claimed = lifecycle.claim_trial(study, self.driver, row["target"], self.retry_window_s, heartbeat)
             if claimed is not None:
                 self._idle_since = None
                 return self._hand_out(trial_id, study, claimed, row["target"], heartbeat)

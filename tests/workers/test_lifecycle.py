@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
 import paretotune as pt
+from paretotune.evaluators.slot import slot_name
 from paretotune.storage import StopKind
-from paretotune.workers.lifecycle import Heartbeat, Outcome, claim_trial, finish, release, tell
+from paretotune.workers import reaper
+from paretotune.workers.lifecycle import (
+    Claimed,
+    Heartbeat,
+    Outcome,
+    claim_trial,
+    finish,
+    release,
+    tell,
+)
 from paretotune.workers.reaper import UNCLAIMED_REASON, settle_unclaimed
 
 
@@ -49,10 +61,9 @@ def test_claim_tell_finish_on_the_store(storage_url: str) -> None:
     study.store.set_target(study.name, 3)
     beat = Heartbeat(study.store, 0.05)
     try:
-        first = claim_trial(study, "w1", 3, 5.0)
+        first = claim_trial(study, "w1", 3, 5.0, beat)
         assert first is not None and first.pending.number == 0
-        beat.hold(first.claim)
-        assert beat.held() == [first.claim]
+        assert beat.held() == [first.claim]  # heartbeated from the moment it is taken
         trial = tell(study, first.pending, Outcome.complete({"accuracy": 0.5}), 5.0)
         assert trial.state == pt.TrialState.COMPLETE and trial.metrics["accuracy"] == 0.5
         assert finish(study, first.claim, trial, 3, 5.0) is False
@@ -60,7 +71,7 @@ def test_claim_tell_finish_on_the_store(storage_url: str) -> None:
         assert study.store.claim_counts(study.name)["done"] == 1
         stops = []
         for _ in range(2):
-            claimed = claim_trial(study, "w1", 3, 5.0)
+            claimed = claim_trial(study, "w1", 3, 5.0, beat)
             assert claimed is not None
             failed = tell(study, claimed.pending, Outcome.failed("boom"), 5.0)
             assert failed.state == pt.TrialState.FAIL and failed.reason == "boom"
@@ -68,7 +79,7 @@ def test_claim_tell_finish_on_the_store(storage_url: str) -> None:
         assert stops == [False, True]
         stop = study.store.stopped(study.name)
         assert stop is not None and stop.kind is StopKind.FAILED and "max_failures=2" in stop.reason
-        assert claim_trial(study, "w1", 3, 5.0) is None  # a stopped study hands out no slot
+        assert claim_trial(study, "w1", 3, 5.0, beat) is None  # a stopped study hands out no slot
     finally:
         beat.close()
 
@@ -80,17 +91,92 @@ def test_an_ask_that_fails_gives_its_slot_back(storage_url: str, monkeypatch: py
         raise RuntimeError("sampler exploded")
 
     monkeypatch.setattr(study, "ask", broken_ask)
-    with pytest.raises(RuntimeError, match="sampler exploded"):
-        claim_trial(study, "w1", 2, 1.0)
+    beat = Heartbeat(study.store, 0.05)
+    try:
+        with pytest.raises(RuntimeError, match="sampler exploded"):
+            claim_trial(study, "w1", 2, 1.0, beat)
+        assert beat.held() == []
+    finally:
+        beat.close()
     assert study.store.claim_counts(study.name) == {"active": 0, "done": 0, "released": 1}
     release(study, 12345)  # an unknown claim: logged, never raised
+
+
+def test_a_claim_stays_alive_while_its_ask_waits_behind_a_timed_window(
+    storage_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ask waits for the machine's timing slot while a neighbour times; its claim is
+    heartbeated meanwhile, so a reaper does not hand its budget slot to another trial (the
+    budget would overshoot: the trial completes on a released claim)."""
+    from paretotune.evaluators.slot import ENV, TimingSlot
+
+    monkeypatch.setenv(ENV, str(tmp_path / "slots"))
+    (tmp_path / "slots").mkdir()
+    monkeypatch.setattr(reaper, "store_healthy_for", lambda: float("inf"))  # no outage in this process
+    study = pt.create_study("slow-ask", storage=storage_url, space=pt.SearchSpace({"x": pt.Float(0.0, 1.0)}),
+                            objectives={"accuracy": "max"}, sampler="random", seed=0, worker_grace_s=1)
+    neighbour = TimingSlot(slot_name(False), str(tmp_path / "slots"))
+    beat = Heartbeat(study.store, 0.1)
+    got: list[object] = []
+    try:
+        with neighbour.exclusive():  # another worker's timed window, longer than the grace period
+            thread = threading.Thread(target=lambda: got.append(claim_trial(study, "w1", 1, 5.0, beat)))
+            thread.start()
+            time.sleep(2.0)
+            assert not got, "the ask ran while a neighbour held the timing slot"
+            assert reaper.reap_stale(study, 1.0) == []
+            assert study.store.claim_counts(study.name) == {"active": 1, "done": 0, "released": 0}
+        thread.join(30)
+        claimed = got[0]
+        assert isinstance(claimed, Claimed)
+        trial = tell(study, claimed.pending, Outcome.complete({"accuracy": 0.5}), 5.0)
+        finish(study, claimed.claim, trial, 1, 5.0)
+        assert study.store.claim_counts(study.name) == {"active": 0, "done": 1, "released": 0}
+        assert claim_trial(study, "w1", 1, 5.0, beat) is None  # the budget is full
+    finally:
+        beat.close()
+
+
+def test_a_claim_reaped_before_its_bind_fails_the_trial_and_claims_again(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stalls past the grace period between its claim and its bind finds the
+    claim reaped: the bind is refused, the asked trial fails as lost and its config is queued
+    again, and the trial that runs holds a fresh claim: a trial never runs on a released slot."""
+    study = _study(storage_url, "reaped-ask", max_failures=5)
+    real_ask = study.ask
+    reaped: list[int] = []
+
+    def stalled_ask():  # the reaper releases the claim while this worker is stalled in its ask
+        pending = real_ask()
+        for claim in study.store.active_claims(study.name):
+            study.store.finish_claim(claim["id"], completed=False)
+            reaped.append(claim["id"])
+        monkeypatch.setattr(study, "ask", real_ask)
+        return pending
+
+    monkeypatch.setattr(study, "ask", stalled_ask)
+    beat = Heartbeat(study.store, 60)
+    try:
+        claimed = claim_trial(study, "w1", 2, 5.0, beat)
+        assert claimed is not None and beat.held() == [claimed.claim]
+    finally:
+        beat.close()
+    lost = study.trial(0)
+    assert lost.state == pt.TrialState.FAIL and "was reaped before its trial was bound" in (lost.reason or "")
+    assert claimed.pending.number == 1 and claimed.pending.config == lost.config  # the config again
+    assert study.store.claim_counts(study.name) == {"active": 1, "done": 0, "released": 1}
+    assert reaped and reaped[0] != claimed.claim
+    assert not study.store.bind_claim(reaped[0], claimed.pending.number)  # a released claim binds nothing
 
 
 def test_a_finished_study_settles_only_the_trials_no_claim_holds(storage_url: str) -> None:
     """`settle_unclaimed` fails an asked-but-never-claimed trial, and does nothing while a claim
     is active: that claim's trial may be between its ask and its bind."""
     study = _study(storage_url, "settle", max_failures=5)
-    claimed = claim_trial(study, "w1", 2, 5.0)
+    beat = Heartbeat(study.store, 0.05)
+    claimed = claim_trial(study, "w1", 2, 5.0, beat)
+    beat.close()
     assert claimed is not None
     orphan = study.optuna_study.ask()  # no claim: its worker was lost between ask and bind
     assert settle_unclaimed(study) == []  # a claim is active: nothing is touched
