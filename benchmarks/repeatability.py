@@ -435,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{met}/{len(best_summary)} configurations within the 5% p50 target (best of {k})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"hardware": hw, "load_before": load_before, "runs": runs, "confirm_processes": k, "confirmed": confirmed, "confirmed_summary": confirmed_summary,
-                   "best_summary": best_summary}
+        payload = {"hardware": hw, "load_before": load_before, "runs": runs, "confirm_processes": k,
+                   "confirmed": confirmed, "confirmed_summary": confirmed_summary, "best_summary": best_summary}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 

@@ -344,11 +344,10 @@ class StudySearcher(Searcher):
             # or belong to a dead driver: the monitor reaps it after the grace period.
             self._next_claim_at = now + lifecycle.IDLE_POLL_S
             return None
-        return self._hand_out(trial_id, self.study, claimed, self.n_trials, heartbeat)
+        return self._hand_out(trial_id, self.study, claimed, self.n_trials)
 
-    def _hand_out(self, trial_id: str, study: Study, claimed: lifecycle.Claimed, target: int,
-                  heartbeat: Heartbeat) -> dict[str, Any]:
-        heartbeat.hold(claimed.claim)
+    def _hand_out(self, trial_id: str, study: Study, claimed: lifecycle.Claimed, target: int) -> dict[str, Any]:
+        """The claimed trial, to Tune (`claim_trial` has put its claim in the heartbeat)."""
         with self._lock:
             self._running[trial_id] = _Running(claimed.claim, claimed.pending, study, target)
         self.asked += 1

@@ -76,7 +76,7 @@ class FleetSearcher(StudySearcher):
             claimed = lifecycle.claim_trial(study, self.driver, row["target"], self.retry_window_s, heartbeat)
             if claimed is not None:
                 self._idle_since = None
-                return self._hand_out(trial_id, study, claimed, row["target"], heartbeat)
+                return self._hand_out(trial_id, study, claimed, row["target"])
             if not lifecycle.budget_left(study, row["target"], self.retry_window_s):
                 lifecycle.mark_done(study, self.retry_window_s)
         self._idle_since = self._idle_since or now
